@@ -1,0 +1,188 @@
+"""The ``apprentice-hw`` command line: parse options, call one function, print the result.
+
+User mistakes (:class:`UserError`, bad options) end with one ``error: ...`` line on stderr and
+exit status 2; ``--debug`` anywhere on the command line shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from apprentice_hw import __version__
+from apprentice_hw.errors import UserError
+
+DEBUG_FLAG = "--debug"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="apprentice-hw")
+def cli() -> None:
+    """Distil low-precision students (Apprentice, ICLR 2018) and deploy them with TVM.
+
+    Add --debug anywhere to see full tracebacks.
+    """
+
+
+@cli.command()
+@click.option("--verbose", "-v", is_flag=True, help="Show TVM target, toolchain and peak rates.")
+def targets(verbose: bool) -> None:
+    """List the hardware targets (one TOML file each in targets/)."""
+    from apprentice_hw.hardware import all_targets
+
+    for target in all_targets():
+        click.echo(
+            f"{target.name:<12} {target.arch:<8} {target.cores:>2} cores "
+            f"{target.clock_ghz:4.2f} GHz  {target.description}"
+        )
+        if verbose:
+            linker = target.cross_compiler or "host compiler"
+            peaks = ", ".join(f"{k} {v:g}" for k, v in target.peak_macs_per_cycle_per_core.items())
+            click.echo(f"    file:        {target.source}")
+            click.echo(f"    tvm target:  {target.tvm}")
+            click.echo(f"    linker:      {linker}")
+            click.echo(
+                f"    memory:      {target.memory_mib} MiB, {target.memory_bandwidth_gbs:g} GB/s"
+            )
+            click.echo(f"    peak MAC/cycle/core: {peaks}")
+            click.echo(f"    runs here:   {'yes' if target.runs_on_this_machine else 'no'}")
+
+
+@cli.command()
+def recipes() -> None:
+    """List the ready recipes (one TOML file each in pipelines/)."""
+    from apprentice_hw.config import load_recipe, recipe_files
+
+    for name in recipe_files():
+        recipe = load_recipe(name)
+        click.echo(
+            f"{name:<16} W{recipe.weight_bits}A{recipe.act_bits} scheme {recipe.distill.scheme}  "
+            f"{recipe.description}"
+        )
+
+
+@cli.command()
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    required=True,
+    help="Target name (see 'apprentice-hw targets') or path to a target .toml.",
+)
+@click.option(
+    "--bits",
+    "-b",
+    type=int,
+    default=None,
+    help="Weight bits: 2 (ternary), 3, 4 or 8. Default: the recipe's.",
+)
+@click.option(
+    "--act-bits",
+    type=int,
+    default=None,
+    help="Activation bits: 2, 4 or 8. Default: the recipe's (8).",
+)
+@click.option(
+    "--recipe",
+    "-r",
+    "recipe_name",
+    default="digits",
+    show_default=True,
+    help="Recipe name (see 'apprentice-hw recipes') or path to a recipe .toml.",
+)
+@click.option(
+    "--epochs", type=int, default=None, help="Override the teacher's and the student's epochs."
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Build directory. Default: build/<recipe>-<target>-w<bits>a<act-bits>.",
+)
+@click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def build(
+    target_name: str,
+    bits: int | None,
+    act_bits: int | None,
+    recipe_name: str,
+    epochs: int | None,
+    out: Path | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Train, distil, export, compile and report in one go.
+
+    Example: apprentice-hw build --target arm-a72 --bits 2
+    """
+    from apprentice_hw.config import load_recipe
+    from apprentice_hw.hardware import get_target
+    from apprentice_hw.pipeline import default_output_dir, run_build
+    from apprentice_hw.progress import Progress
+
+    target = get_target(target_name)
+    recipe = load_recipe(recipe_name).with_overrides(bits, act_bits, epochs)
+    out = out if out is not None else default_output_dir(recipe, target)
+    report = run_build(recipe, target, out, force, Progress(quiet))
+    acc = report["accuracy"]
+    weights = report["memory"]["weights"]
+    planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
+    latency = report["latency"]
+    click.echo(f"build written to {out}")
+    click.echo(
+        f"  teacher top-1 {acc['teacher_top1']:.2%}, student W{recipe.weight_bits}"
+        f"A{recipe.act_bits} top-1 {acc['student_top1']:.2%}"
+    )
+    click.echo(
+        f"  weights {weights['trained_precision_bytes'] / 1024:.1f} KiB at trained precision; "
+        f"activations planned {planned['batch_1'] / 1024:.1f} KiB (batch 1), "
+        f"{planned['batch_8'] / 1024:.1f} KiB (batch 8)"
+    )
+    check = report["checks"].get("compiled_vs_onnxruntime")
+    if check:
+        click.echo(
+            f"  compiled module vs ONNX Runtime: max {check['max_diff_steps']:.2f} output steps; "
+            f"latency {latency['median_ms']:.3f} ms median (batch 1)"
+        )
+    else:
+        click.echo(f"  compiled module not run here: {report['checks']['compiled_not_run_reason']}")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args
+    args = [a for a in args if a != DEBUG_FLAG]
+    try:
+        result = cli.main(args=args, prog_name="apprentice-hw", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        if debug:
+            raise
+        command = exc.ctx.command_path if exc.ctx else "apprentice-hw"
+        click.echo(f"error: {_one_line(exc.format_message())} (see '{command} --help')", err=True)
+        return 2
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {_one_line(str(exc))}", err=True)
+        return exc.exit_code
+    except (KeyboardInterrupt, click.Abort):
+        if debug:
+            traceback.print_exc()
+        click.echo("error: interrupted; no partial build directory was left behind", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

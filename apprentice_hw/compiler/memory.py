@@ -1,0 +1,97 @@
+"""Memory numbers read from the compiled Relax module, not from the training graph.
+
+Weights: the bytes of every constant left in the module after TVM's constant folding (what the
+deployed ``.so`` carries). Activations: every intermediate tensor's size summed (no reuse), and
+the storage TVM's static memory planner actually allocates (``StaticPlanBlockMemory``), which
+reuses buffers whose lifetimes do not overlap. The planned number is what a board must have free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Byte counts for one module at one batch size."""
+
+    batch: int
+    weight_bytes: int
+    weight_tensors: int
+    activation_bytes_unplanned: int  # every intermediate tensor, no reuse
+    activation_bytes_planned: int  # storage after the static memory plan
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dtype_bytes(dtype_str: str) -> int:
+    import tvm
+
+    dtype = tvm.DataType(dtype_str)
+    return ((dtype.bits + 7) // 8) * dtype.lanes
+
+
+def _shape_bytes(shape, dtype_str: str) -> int:
+    import tvm
+
+    size = 1
+    for dim in shape.values:
+        if not isinstance(dim, tvm.tirx.IntImm):
+            raise ValueError("memory planning needs static shapes; compile with a fixed batch")
+        size *= int(dim.value)
+    return size * _dtype_bytes(dtype_str)
+
+
+def _measure(mod) -> tuple[int, int, int, int]:
+    """(constant bytes, constant count, unplanned bytes, planned bytes) of a lowered module."""
+    from tvm import relax
+    from tvm.ir import Op
+    from tvm.ir.expr import GenericConst
+    from tvm.runtime import Tensor
+
+    builtin_alloc = Op.get("relax.builtin.alloc_tensor")
+    memory_alloc_tensor = Op.get("relax.memory.alloc_tensor")
+    memory_alloc_storage = Op.get("relax.memory.alloc_storage")
+    constants: dict[int, int] = {}
+    totals = {"unplanned": 0, "planned": 0}
+
+    def visit(node) -> None:
+        if isinstance(node, GenericConst) and isinstance(node.value, Tensor) and node.value.shape:
+            # Scalars are operator attributes (scales, zero points), not weights.
+            size = int(np.prod(node.value.shape)) * _dtype_bytes(str(node.value.dtype))
+            constants[node.__hash__()] = size
+        elif isinstance(node, relax.Call):
+            if node.op == builtin_alloc:
+                size = _shape_bytes(node.args[0], node.args[1].value)
+                totals["unplanned"] += size
+                totals["planned"] += size
+            elif node.op == memory_alloc_tensor:
+                totals["unplanned"] += _shape_bytes(node.args[2], node.args[3].value)
+            elif node.op == memory_alloc_storage:
+                totals["planned"] += int(node.args[0].values[0].value)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return sum(constants.values()), len(constants), totals["unplanned"], totals["planned"]
+
+
+def memory_plan(mod, target, batch: int) -> MemoryPlan:
+    """Lower ``mod`` as the CPU build does, up to the static memory plan, and count bytes."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        lowered = tvm.transform.Sequential(
+            cpu.library_dispatch_passes(tvm_target)
+            + cpu.legalize_passes(tvm_target)
+            + cpu.dataflow_lower_passes(tvm_target)
+            + [relax.transform.StaticPlanBlockMemory()]
+        )(mod)
+    weight_bytes, weight_count, unplanned, planned = _measure(lowered)
+    return MemoryPlan(batch, weight_bytes, weight_count, unplanned, planned)

@@ -1,0 +1,61 @@
+"""Loading a compiled module back, running it, and timing it on this machine."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-inference latency over ``repeats`` timed runs (each the mean of ``number`` calls)."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    stdev_ms: float
+    repeats: int
+    number: int
+    kind: str = "measured"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _virtual_machine(path: Path):
+    import tvm
+    from tvm import relax
+
+    library = tvm.runtime.load_module(str(path))
+    return relax.VirtualMachine(library, tvm.cpu()), tvm
+
+
+def run_module(path: Path, inputs: np.ndarray, batch: int = 1) -> np.ndarray:
+    """Run the module at ``path`` over ``inputs`` in chunks of its compiled ``batch`` size."""
+    vm, tvm = _virtual_machine(path)
+    if len(inputs) % batch:
+        raise ValueError(f"{len(inputs)} inputs do not split into batches of {batch}")
+    outputs = [
+        vm["main"](tvm.runtime.tensor(np.ascontiguousarray(inputs[i : i + batch]))).numpy()
+        for i in range(0, len(inputs), batch)
+    ]
+    return np.concatenate(outputs)
+
+
+def measure_latency(path: Path, sample: np.ndarray, repeats: int = 30, number: int = 10):
+    """Time the module on ``sample`` with TVM's time evaluator (warm-up run excluded)."""
+    vm, tvm = _virtual_machine(path)
+    timer = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeats, min_repeat_ms=0)
+    result = timer(tvm.runtime.tensor(np.ascontiguousarray(sample)))
+    times_ms = [t * 1e3 for t in result.results]
+    return LatencyStats(
+        median_ms=statistics.median(times_ms),
+        min_ms=min(times_ms),
+        max_ms=max(times_ms),
+        stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
+        repeats=repeats,
+        number=number,
+    )

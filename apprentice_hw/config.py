@@ -1,0 +1,207 @@
+"""Recipes: the training and build configuration read from ``pipelines/*.toml``.
+
+A recipe names the dataset, the teacher and student models, their training schedules, the
+distillation scheme and its loss weights, and the default bit widths. The CLI may override the
+bit widths and epochs; everything else comes from the file so a build is reproducible from its
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apprentice_hw.errors import UserError
+from apprentice_hw.models.base import ModelSpec
+from apprentice_hw.resources import data_dirs
+
+RECIPES_ENV = "APPRENTICE_HW_PIPELINES"
+DEFAULT_RECIPE = "digits"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """One network's training schedule (SGD with momentum, cosine learning-rate decay)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    """The Apprentice loss ``alpha*H(y,p_T) + beta*H(y,p_S) + gamma*H(z_T,p_S)`` and its scheme."""
+
+    scheme: str = "B"
+    alpha: float = 1.0
+    beta: float = 0.5
+    gamma: float = 0.5
+    tau: float = 1.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A complete, validated recipe."""
+
+    name: str
+    description: str
+    dataset: str
+    data_path: Path | None
+    seed: int
+    threads: int
+    teacher: ModelSpec
+    teacher_train: TrainSpec
+    student: ModelSpec
+    student_train: TrainSpec
+    distill: DistillSpec
+    weight_bits: int
+    act_bits: int
+    first_last_bits: int | None  # None: first and last layers at the body's precision
+    source: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_overrides(
+        self,
+        weight_bits: int | None = None,
+        act_bits: int | None = None,
+        epochs: int | None = None,
+    ) -> Recipe:
+        """A copy with the CLI's overrides applied (``None`` keeps the recipe's value)."""
+        recipe = self
+        if weight_bits is not None:
+            recipe = dataclasses.replace(recipe, weight_bits=weight_bits)
+        if act_bits is not None:
+            recipe = dataclasses.replace(recipe, act_bits=act_bits)
+        if epochs is not None:
+            if epochs < 1:
+                raise UserError(f"--epochs must be at least 1, got {epochs}")
+            recipe = dataclasses.replace(
+                recipe,
+                teacher_train=dataclasses.replace(recipe.teacher_train, epochs=epochs),
+                student_train=dataclasses.replace(recipe.student_train, epochs=epochs),
+            )
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, recorded in the manifest."""
+        data = dataclasses.asdict(self)
+        data["data_path"] = str(self.data_path) if self.data_path else None
+        data["source"] = str(self.source) if self.source else None
+        return data
+
+
+def _table(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _dataclass_from(cls: type, table: dict[str, Any], where: str, skip: tuple[str, ...] = ()):
+    """Build ``cls`` from ``table``, rejecting unknown keys and values of the wrong type."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in skip:
+            continue
+        if key not in known:
+            raise UserError(f"{where}: unknown field '{key}'; known: {', '.join(sorted(known))}")
+        default = known[key].default
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool) != isinstance(default, bool):
+            raise UserError(f"{where}: '{key}' must be a {expected.__name__}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise UserError(f"{where}: '{key}' must not be negative, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def _model_spec(table: dict[str, Any], where: str) -> ModelSpec:
+    name = table.get("model")
+    if not isinstance(name, str):
+        raise UserError(f"{where}: 'model' must name a zoo model, e.g. \"resnet-small\"")
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise UserError(f"{where}: 'options' must be a table")
+    return ModelSpec(name, dict(options))
+
+
+def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
+    """Validate a recipe file's contents."""
+    where = f"recipe {source}" if source else "recipe"
+    data_table = _table(data, "data", where)
+    teacher = _table(data, "teacher", where)
+    student = _table(data, "student", where)
+    distill = _table(data, "distill", where)
+    train_keys = ("model", "options", "weight_bits", "act_bits", "first_last_bits")
+    dataset = data_table.get("dataset")
+    if not isinstance(dataset, str):
+        raise UserError(f"{where}: [data] needs 'dataset', e.g. dataset = \"digits\"")
+    path = data_table.get("path")
+    first_last = student.get("first_last_bits", 8)
+    if first_last != "same" and (not isinstance(first_last, int) or isinstance(first_last, bool)):
+        raise UserError(f"{where}: 'first_last_bits' must be a bit width or \"same\"")
+    for key in ("weight_bits", "act_bits"):
+        if not isinstance(student.get(key, 2), int):
+            raise UserError(f"{where}: [student] '{key}' must be an integer")
+    recipe = Recipe(
+        name=str(data.get("name", source.stem if source else "recipe")),
+        description=str(data.get("description", "")),
+        dataset=dataset,
+        data_path=Path(path) if path else None,
+        seed=int(data.get("seed", 0)),
+        threads=int(data.get("threads", 2)),
+        teacher=_model_spec(teacher, f"{where} [teacher]"),
+        teacher_train=_dataclass_from(TrainSpec, teacher, f"{where} [teacher]", train_keys),
+        student=_model_spec(student, f"{where} [student]"),
+        student_train=_dataclass_from(TrainSpec, student, f"{where} [student]", train_keys),
+        distill=_dataclass_from(DistillSpec, distill, f"{where} [distill]"),
+        weight_bits=int(student.get("weight_bits", 2)),
+        act_bits=int(student.get("act_bits", 8)),
+        first_last_bits=None if first_last == "same" else int(first_last),
+        source=source,
+    )
+    if recipe.threads < 1:
+        raise UserError(f"{where}: 'threads' must be at least 1")
+    for spec, label in ((recipe.teacher_train, "teacher"), (recipe.student_train, "student")):
+        if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
+            raise UserError(f"{where}: [{label}] needs epochs >= 1, batch_size >= 1 and lr > 0")
+    return recipe
+
+
+def recipe_files() -> dict[str, Path]:
+    """Every known recipe name and its file."""
+    found: dict[str, Path] = {}
+    for folder in data_dirs("pipelines", RECIPES_ENV):
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def load_recipe(name_or_path: str = DEFAULT_RECIPE) -> Recipe:
+    """Load a recipe by name (from ``pipelines/``) or from a ``.toml`` path."""
+    if name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+    else:
+        files = recipe_files()
+        if name_or_path not in files:
+            choices = ", ".join(sorted(files)) or "(none found)"
+            raise UserError(
+                f"unknown recipe '{name_or_path}'; choose one of: {choices} "
+                f"(or pass a path to a recipe .toml file)"
+            )
+        path = files[name_or_path]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"recipe file {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"recipe file {path} is not valid TOML: {exc}") from exc
+    return parse_recipe(data, path)

@@ -1,0 +1,15 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake the user can fix (a wrong option, a missing file, a bad target
+file). The CLI prints its message as one line and exits with status 2; anything else is a bug and
+keeps its traceback. Keeping the distinction in one exception type means no layer of the code has
+to know how the CLI reports problems.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in the user's input, reported as ``error: <message>`` with exit status 2."""
+
+    exit_code = 2

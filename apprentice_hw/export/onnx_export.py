@@ -1,0 +1,141 @@
+"""QCDQ ONNX and QONNX export of a Brevitas student, and the ONNX Runtime check.
+
+Both exports use the TorchScript exporter (``dynamo=False``): the dynamo exporter fails on
+quantized biases and rewrites global pooling. The QCDQ graph gets a dynamic batch dimension so one
+file serves every batch size, and the BatchNorm parameters Brevitas duplicates as graph inputs
+are removed (an input shadowing an initializer invites a runtime to expect it as a feed).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from apprentice_hw.atomic import atomic_path
+from apprentice_hw.brevitas_compat import brevitas_export
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def strip_initializer_inputs(model: onnx.ModelProto) -> int:
+    """Remove graph inputs that are initializers; return how many were removed."""
+    initializers = {init.name for init in model.graph.initializer}
+    keep = [inp for inp in model.graph.input if inp.name not in initializers]
+    removed = len(model.graph.input) - len(keep)
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return removed
+
+
+def export_qcdq(student: nn.Module, sample: torch.Tensor, path: Path) -> onnx.ModelProto:
+    """Export ``student`` as QCDQ ONNX (QuantizeLinear/Clip/DequantizeLinear) to ``path``."""
+    export_onnx_qcdq = brevitas_export().export_onnx_qcdq
+    student.eval()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx_qcdq(
+            student,
+            sample,
+            export_path=str(tmp),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+        model = onnx.load(str(tmp))
+        strip_initializer_inputs(model)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+    return model
+
+
+def export_qonnx_model(student: nn.Module, sample: torch.Tensor, path: Path) -> onnx.ModelProto:
+    """Export ``student`` as QONNX (``Quant`` nodes carrying scale, zero point and bit width)."""
+    export_qonnx = brevitas_export().export_qonnx
+    student.eval()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qonnx(student, sample, export_path=str(tmp), dynamo=False)
+        model = onnx.load(str(tmp))
+    return model
+
+
+def output_quant_step(model: onnx.ModelProto) -> float:
+    """The quantization step (scale) of the graph output, read from its DequantizeLinear.
+
+    Differences between runtimes are reported in these steps: one step is one integer level of
+    the output quantizer, the smallest difference two correct integer pipelines can disagree by.
+    """
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(model.graph.output[0].name)
+    if node is None or node.op_type != "DequantizeLinear":
+        raise ValueError("the model output is not produced by a DequantizeLinear node")
+    initializers = {init.name: init for init in model.graph.initializer}
+    scale_name = node.input[1]
+    if scale_name in initializers:
+        return float(numpy_helper.to_array(initializers[scale_name]).reshape(-1)[0])
+    constants = {
+        out: node for node in model.graph.node if node.op_type == "Constant" for out in node.output
+    }
+    attr = constants[scale_name].attribute[0]
+    return float(numpy_helper.to_array(attr.t).reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    """How an exported model's outputs compare with a reference on the same inputs."""
+
+    samples: int
+    max_abs_diff: float
+    max_diff_steps: float
+    fraction_exact: float  # samples whose outputs are identical
+    prediction_agreement: float  # samples with the same top-1 class
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, step: float) -> OnnxCheck:
+    """Compare two (samples, classes) output arrays in units of the output step."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    per_sample = diff.reshape(len(diff), -1).max(axis=1)
+    return OnnxCheck(
+        samples=len(reference),
+        max_abs_diff=float(diff.max()),
+        # Both sides are integers times ``step``; rounding drops the float noise of the division.
+        max_diff_steps=round(float(diff.max() / step), 4),
+        fraction_exact=float(np.mean(per_sample == 0.0)),
+        prediction_agreement=float(np.mean(reference.argmax(1) == candidate.argmax(1))),
+    )
+
+
+def run_onnxruntime(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
+    """Outputs of ``model`` on ``inputs`` with ONNX Runtime's CPU provider (one thread: stable)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {INPUT_NAME: inputs.astype(np.float32)})[0]
+
+
+def check_with_onnxruntime(
+    student: nn.Module, model: onnx.ModelProto, inputs: torch.Tensor
+) -> tuple[OnnxCheck, np.ndarray]:
+    """Compare the torch student with ONNX Runtime on ``inputs``; also return ORT's outputs."""
+    from apprentice_hw.distill.trainer import predict
+
+    reference = predict(student, inputs).numpy()
+    ort_out = run_onnxruntime(model, inputs.numpy())
+    return compare_outputs(reference, ort_out, output_quant_step(model)), ort_out

@@ -1,0 +1,251 @@
+"""Hardware targets: one TOML file per target in ``targets/``.
+
+A target file holds everything the pipeline needs to know about a piece of hardware: the TVM
+target dict, how to link a module for it (host or cross compiler), its size (cores, clock,
+memory) and its nominal peak MAC rates per precision, used for latency estimates where the
+module cannot be run. Adding a target means adding a file; nothing in the code lists targets.
+
+The module is called ``hardware`` rather than ``targets`` so it never shadows the data folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shutil
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apprentice_hw.errors import UserError
+from apprentice_hw.resources import data_dirs
+
+TARGETS_ENV = "APPRENTICE_HW_TARGETS"
+
+# Placeholder values a target file may use for "whatever this machine has".
+HOST = "host"
+
+_HOST_ARCH_ALIASES = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A hardware target as read from its TOML file (placeholders already resolved)."""
+
+    name: str
+    description: str
+    device: str  # "cpu", later "cuda" / "fpga"
+    arch: str  # "x86_64" or "aarch64": the machine the compiled module runs on
+    tvm: dict[str, Any]
+    cross_compiler: str | None
+    cross_compiler_package: str | None
+    cores: int
+    clock_ghz: float
+    memory_mib: int
+    memory_bandwidth_gbs: float
+    peak_macs_per_cycle_per_core: dict[str, float]
+    source: Path
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def runs_on_this_machine(self) -> bool:
+        """True when the compiled module can be loaded and timed here (no board needed)."""
+        return self.cross_compiler is None and self.arch == host_arch()
+
+    def peak_gmacs(self, precision: str) -> float:
+        """Nominal peak throughput in GMAC/s for ``precision`` over all cores."""
+        per_cycle = self.peak_macs_per_cycle_per_core[precision]
+        return per_cycle * self.cores * self.clock_ghz
+
+    def tvm_target(self):  # -> tvm.target.Target; imported lazily: TVM takes seconds to load
+        import tvm
+
+        return tvm.target.Target(self.tvm)
+
+
+def host_arch() -> str:
+    """The normalized CPU architecture of this machine."""
+    machine = platform.machine().lower()
+    return _HOST_ARCH_ALIASES.get(machine, machine)
+
+
+@functools.cache
+def host_cpu_name() -> str:
+    """LLVM's name for this machine's CPU (e.g. ``emeraldrapids``), as TVM detects it."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def _require(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in table:
+        raise UserError(f"{where}: missing required field '{key}'; see targets/x86-host.toml")
+    value = table[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise UserError(f"{where}: field '{key}' must be a {names}, got {value!r}")
+    return value
+
+
+def _host_or_positive(
+    table: dict[str, Any], key: str, detect: Callable[[], float], where: str
+) -> float:
+    """A positive number, or ``"host"`` meaning "measure this machine"."""
+    value = _require(table, key, (int, float, str), where)
+    if value == HOST:
+        return detect()
+    if isinstance(value, str) or value <= 0:
+        raise UserError(f"{where}: '{key}' must be a positive number or \"host\", got {value!r}")
+    return value
+
+
+def _host_clock_ghz() -> float:
+    """This machine's nominal clock; virtual machines often hide it, so fall back to cpuinfo."""
+    import psutil
+
+    freq = psutil.cpu_freq()
+    if freq is not None and freq.max > 0:
+        return freq.max / 1000.0
+    if freq is not None and freq.current > 0:
+        return freq.current / 1000.0
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 1.0
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([0-9.]+)", text, re.M)]
+    return max(mhz) / 1000.0 if mhz else 1.0
+
+
+def _host_memory_mib() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total // 2**20)
+
+
+def _resolve_tvm_dict(tvm: dict[str, Any], cores: int) -> dict[str, Any]:
+    """Replace ``host`` placeholders with what this machine has."""
+    resolved = dict(tvm)
+    if resolved.get("mcpu") == HOST:
+        resolved["mcpu"] = host_cpu_name()
+    if resolved.get("num-cores") == HOST:
+        resolved["num-cores"] = cores
+    return resolved
+
+
+def parse_target(data: dict[str, Any], source: Path) -> Target:
+    """Validate a target file's contents and build a :class:`Target`."""
+    where = f"target file {source}"
+    name = _require(data, "name", str, where)
+    if name != source.stem:
+        raise UserError(f"{where}: name '{name}' must match the file name '{source.stem}'")
+    hw = _require(data, "hardware", dict, where)
+    hw_where = f"{where} [hardware]"
+    cores = int(_host_or_positive(hw, "cores", lambda: os.cpu_count() or 1, hw_where))
+    tvm = _require(data, "tvm", dict, where)
+    _require(tvm, "kind", str, f"{where} [tvm]")
+    toolchain = data.get("toolchain", {})
+    peaks = _require(data, "peak_macs_per_cycle_per_core", dict, where)
+    for precision, rate in peaks.items():
+        if not isinstance(rate, int | float) or rate <= 0:
+            raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
+    arch = _require(data, "arch", str, where)
+    if arch not in ("x86_64", "aarch64"):
+        raise UserError(f'{where}: \'arch\' must be "x86_64" or "aarch64", got {arch!r}')
+    known = {
+        "name",
+        "description",
+        "device",
+        "arch",
+        "hardware",
+        "tvm",
+        "toolchain",
+        "peak_macs_per_cycle_per_core",
+        "notes",
+    }
+    return Target(
+        name=name,
+        description=_require(data, "description", str, where),
+        device=_require(data, "device", str, where),
+        arch=arch,
+        tvm=_resolve_tvm_dict(tvm, cores),
+        cross_compiler=toolchain.get("cross_compiler"),
+        cross_compiler_package=toolchain.get("debian_package"),
+        cores=cores,
+        clock_ghz=float(_host_or_positive(hw, "clock_ghz", _host_clock_ghz, hw_where)),
+        memory_mib=int(_host_or_positive(hw, "memory_mib", _host_memory_mib, hw_where)),
+        memory_bandwidth_gbs=float(_require(hw, "memory_bandwidth_gbs", (int, float), hw_where)),
+        peak_macs_per_cycle_per_core={k: float(v) for k, v in peaks.items()},
+        source=source,
+        notes=str(data.get("notes", "")),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def load_target_file(path: Path) -> Target:
+    """Read and validate one target file."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"target file {path} does not exist") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"target file {path} is not valid TOML: {exc}") from exc
+    return parse_target(data, Path(path))
+
+
+def target_files() -> dict[str, Path]:
+    """Every known target name and its file; earlier search folders shadow later ones."""
+    found: dict[str, Path] = {}
+    for folder in data_dirs("targets", TARGETS_ENV):
+        for path in sorted(folder.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def get_target(name_or_path: str) -> Target:
+    """Look a target up by name, or load it from a ``.toml`` path."""
+    if name_or_path.endswith(".toml"):
+        return load_target_file(Path(name_or_path))
+    files = target_files()
+    if name_or_path not in files:
+        choices = ", ".join(sorted(files)) or "(none found)"
+        raise UserError(
+            f"unknown target '{name_or_path}'; choose one of: {choices} "
+            f"(or pass a path to a target .toml file)"
+        )
+    return load_target_file(files[name_or_path])
+
+
+def all_targets() -> list[Target]:
+    """All registered targets, sorted by name."""
+    return [load_target_file(path) for _, path in sorted(target_files().items())]
+
+
+def find_cross_compiler(target: Target) -> str | None:
+    """Path of the target's cross compiler, or ``None`` when it links with the host compiler.
+
+    Raises a :class:`UserError` naming the package to install when the compiler is missing, so a
+    long build never fails at its last step for want of a linker.
+    """
+    if target.cross_compiler is None:
+        return None
+    path = shutil.which(target.cross_compiler)
+    if path is None:
+        hint = (
+            f"install it with 'apt-get install {target.cross_compiler_package}'"
+            if target.cross_compiler_package
+            else "install it and put it on PATH"
+        )
+        raise UserError(
+            f"target '{target.name}' needs the cross compiler '{target.cross_compiler}'; {hint}"
+        )
+    return path

@@ -1,0 +1,356 @@
+"""The build pipeline: ordered steps that turn a recipe and a target into a build directory.
+
+Steps run in a private staging directory next to the requested output; only when every step
+has finished is it renamed into place, so an interrupted or failed build never leaves a
+half-written output directory (and never destroys the previous complete one). Each step's wall
+time and every artifact's hash go into ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from apprentice_hw import __version__
+from apprentice_hw.atomic import atomic_path, replace_directory, write_json
+from apprentice_hw.config import Recipe
+from apprentice_hw.data import DatasetSplits, load_dataset
+from apprentice_hw.errors import UserError
+from apprentice_hw.hardware import Target, find_cross_compiler
+from apprentice_hw.models import build_model
+from apprentice_hw.progress import Progress
+from apprentice_hw.quant import FloatLayers, QuantLayers, act_preset, weight_preset
+
+MODULE_FILE = "model.so"
+QCDQ_FILE = "model.qcdq.onnx"
+QONNX_FILE = "model.qonnx.onnx"
+REPORT_BATCHES = (1, 8)
+VERSIONED_PACKAGES = (
+    "torch", "brevitas", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "qonnx", "numpy",
+)  # fmt: skip
+
+
+@dataclass
+class BuildState:
+    """What the steps hand each other, plus timings and report fields."""
+
+    recipe: Recipe
+    target: Target
+    workdir: Path
+    progress: Progress
+    data: DatasetSplits | None = None
+    teacher: nn.Module | None = None
+    student: nn.Module | None = None
+    onnx_model: Any = None
+    ort_outputs: np.ndarray | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One named stage of the pipeline."""
+
+    name: str
+    title: str
+    run: Callable[[BuildState], None]
+
+
+def _quant_layers(recipe: Recipe) -> QuantLayers:
+    edge = None if recipe.first_last_bits is None else weight_preset(recipe.first_last_bits)
+    return QuantLayers(weight_preset(recipe.weight_bits), act_preset(recipe.act_bits), edge)
+
+
+def _save_state_dict(model: nn.Module, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+
+
+def step_data(state: BuildState) -> None:
+    state.data = load_dataset(state.recipe.dataset, state.recipe.data_path, state.recipe.seed)
+    d = state.data
+    state.progress.message(
+        f"    {d.name}: {len(d.train_x)} train / {len(d.test_x)} test images of shape "
+        f"{tuple(d.input_shape)}, {d.num_classes} classes"
+    )
+
+
+def step_teacher(state: BuildState) -> None:
+    from apprentice_hw.distill import evaluate, train_teacher
+
+    recipe, data = state.recipe, state.data
+    torch.manual_seed(recipe.seed)
+    teacher = build_model(recipe.teacher, FloatLayers(), data.input_shape[0], data.num_classes)
+    history = train_teacher(
+        teacher, (data.train_x, data.train_y), (data.test_x, data.test_y),
+        recipe.teacher_train, recipe.seed, state.progress,
+    )  # fmt: skip
+    _append_jsonl(state.workdir / "train_log.jsonl", [m.to_dict() for m in history])
+    _save_state_dict(teacher, state.workdir / "teacher.pt")
+    state.teacher = teacher
+    state.report["accuracy"] = {"teacher_top1": evaluate(teacher, data.test_x, data.test_y)}
+
+
+def step_student(state: BuildState) -> None:
+    from apprentice_hw.distill import evaluate
+    from apprentice_hw.distill.schemes import SchemeInputs, run_scheme
+
+    recipe, data = state.recipe, state.data
+    torch.manual_seed(recipe.seed + 1)
+    student = build_model(
+        recipe.student, _quant_layers(recipe), data.input_shape[0], data.num_classes
+    )
+    inputs = SchemeInputs(
+        teacher=state.teacher,
+        student=student,
+        train=(data.train_x, data.train_y),
+        test=(data.test_x, data.test_y),
+        spec=recipe.student_train,
+        distill=recipe.distill,
+        seed=recipe.seed,
+        progress=state.progress,
+    )
+    history = run_scheme(recipe.distill.scheme, inputs)
+    _append_jsonl(state.workdir / "train_log.jsonl", [m.to_dict() for m in history])
+    _save_state_dict(student, state.workdir / "student.pt")
+    state.student = student
+    state.report["accuracy"]["student_top1"] = evaluate(student, data.test_x, data.test_y)
+
+
+def step_export(state: BuildState) -> None:
+    from apprentice_hw.export import check_with_onnxruntime, export_qcdq, export_qonnx_model
+    from apprentice_hw.export.onnx_export import output_quant_step
+
+    data = state.data
+    sample = data.test_x[:1]
+    state.onnx_model = export_qcdq(state.student, sample, state.workdir / QCDQ_FILE)
+    export_qonnx_model(state.student, sample, state.workdir / QONNX_FILE)
+    check, ort_outputs = check_with_onnxruntime(state.student, state.onnx_model, data.test_x)
+    state.ort_outputs = ort_outputs
+    state.report["accuracy"]["onnxruntime_top1"] = float(
+        np.mean(ort_outputs.argmax(1) == data.test_y.numpy())
+    )
+    state.report["checks"] = {
+        "output_step": output_quant_step(state.onnx_model),
+        "onnxruntime_vs_brevitas": check.to_dict(),
+    }
+    state.progress.message(
+        f"    ONNX Runtime vs Brevitas on {check.samples} test images: max "
+        f"{check.max_diff_steps:.2f} output steps, top-1 agreement {check.prediction_agreement:.2%}"
+    )
+    if check.prediction_agreement < 0.99:
+        raise RuntimeError(
+            "the exported ONNX model disagrees with the trained student on "
+            f"{1 - check.prediction_agreement:.1%} of test images; the export is broken"
+        )
+
+
+def step_compile(state: BuildState) -> None:
+    from apprentice_hw.compiler import compile_module, export_module, import_onnx, memory_plan
+    from apprentice_hw.report import weight_footprint
+
+    target = state.target
+    module = import_onnx(state.onnx_model, batch=1)
+    executable = compile_module(module, target)
+    export_module(executable, target, state.workdir / MODULE_FILE)
+    plans = [memory_plan(import_onnx(state.onnx_model, b), target, b) for b in REPORT_BATCHES]
+    footprint = weight_footprint(state.student)
+    state.report["memory"] = {
+        "weights": {
+            "compiled_module_bytes": plans[0].weight_bytes,
+            "compiled_module_tensors": plans[0].weight_tensors,
+            "compiled_module_note": "fp32 after constant folding of the fake-quant graph",
+            "trained_precision_bytes": footprint.trained_precision_bytes,
+            "fp32_bytes": footprint.fp32_bytes,
+            "parameters": footprint.parameters,
+            "bits_per_layer": footprint.bits_per_layer,
+        },
+        "activations": {f"batch_{p.batch}": p.to_dict() for p in plans},
+    }
+
+
+def step_verify(state: BuildState) -> None:
+    from apprentice_hw.compiler import measure_latency, run_module
+    from apprentice_hw.export.onnx_export import compare_outputs
+
+    target, data, checks = state.target, state.data, state.report["checks"]
+    if not target.runs_on_this_machine:
+        reason = f"the module is built for {target.arch}, this machine is not one"
+        checks["compiled_vs_onnxruntime"] = None
+        checks["compiled_not_run_reason"] = reason
+        state.report["accuracy"]["compiled_top1"] = None
+        state.report["latency"] = {"kind": "not measured", "reason": reason}
+        state.progress.message(f"    skipped: {reason}")
+        return
+    module_path = state.workdir / MODULE_FILE
+    outputs = run_module(module_path, data.test_x.numpy(), batch=1)
+    check = compare_outputs(state.ort_outputs, outputs, checks["output_step"])
+    checks["compiled_vs_onnxruntime"] = check.to_dict()
+    state.report["accuracy"]["compiled_top1"] = float(
+        np.mean(outputs.argmax(1) == data.test_y.numpy())
+    )
+    latency = measure_latency(module_path, data.test_x[:1].numpy())
+    state.report["latency"] = latency.to_dict()
+    state.progress.message(
+        f"    compiled module vs ONNX Runtime: max {check.max_diff_steps:.2f} output steps; "
+        f"latency median {latency.median_ms:.3f} ms (batch 1)"
+    )
+
+
+def step_report(state: BuildState) -> None:
+    from apprentice_hw.report import write_report
+
+    recipe, target = state.recipe, state.target
+    first_last = (
+        f"{recipe.first_last_bits}-bit" if recipe.first_last_bits is not None else "same as body"
+    )
+    state.report = {
+        "model": {
+            "recipe": recipe.name,
+            "dataset": recipe.dataset,
+            "teacher": recipe.teacher.name,
+            "student": recipe.student.name,
+            "scheme": recipe.distill.scheme,
+            "weight_bits": recipe.weight_bits,
+            "weight_preset": weight_preset(recipe.weight_bits).levels,
+            "act_bits": recipe.act_bits,
+            "first_last": first_last,
+        },
+        "target": {
+            "name": target.name,
+            "description": target.description,
+            "arch": target.arch,
+            "tvm": target.tvm,
+        },
+        **state.report,
+        "execution": "float fake-quant in TVM (integer lowering of the quantized layers is not "
+        "implemented yet, so the module's weights are fp32)",
+    }
+    write_report(state.report, state.workdir)
+
+
+STEPS: tuple[Step, ...] = (
+    Step("data", "load data", step_data),
+    Step("teacher", "train fp32 teacher", step_teacher),
+    Step("student", "distil low-precision student", step_student),
+    Step("export", "export QCDQ ONNX + QONNX and check with ONNX Runtime", step_export),
+    Step("compile", "compile with TVM", step_compile),
+    Step("verify", "run and time the compiled module", step_verify),
+    Step("report", "write report", step_report),
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    versions = {"apprentice-hw": __version__, "python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def write_manifest(state: BuildState) -> dict[str, Any]:
+    """Record versions, configuration, step timings and artifact hashes."""
+    artifacts = {
+        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(state.workdir.iterdir())
+        if path.is_file()
+    }
+    manifest = {
+        "apprentice_hw_version": __version__,
+        "created_unix": time.time(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "versions": _versions(),
+        "recipe": state.recipe.to_dict(),
+        "target": {
+            "name": state.target.name,
+            "file": str(state.target.source),
+            "tvm": state.target.tvm,
+        },
+        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in state.timings.items()],
+        "artifacts": artifacts,
+    }
+    write_json(state.workdir / "manifest.json", manifest)
+    return manifest
+
+
+def default_output_dir(recipe: Recipe, target: Target) -> Path:
+    """``build/<recipe>-<target>-w<bits>a<bits>`` under the current directory."""
+    return Path("build") / f"{recipe.name}-{target.name}-w{recipe.weight_bits}a{recipe.act_bits}"
+
+
+def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
+    """Check everything that can be checked before minutes of training are spent."""
+    _quant_layers(recipe)  # unknown bit widths raise a UserError here
+    from apprentice_hw.distill import SCHEMES
+
+    SCHEMES.get(recipe.distill.scheme)
+    from apprentice_hw.data import DATASETS
+    from apprentice_hw.models import MODELS
+
+    DATASETS.get(recipe.dataset)
+    MODELS.get(recipe.teacher.name)
+    MODELS.get(recipe.student.name)
+    if target.device != "cpu":
+        raise UserError(
+            f"target '{target.name}' is a {target.device} target; only cpu is built yet"
+        )
+    find_cross_compiler(target)
+    if out.exists() and not force:
+        raise UserError(f"output directory {out} already exists; pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory; choose another --out")
+    parent = out.absolute().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {parent}; choose a writable --out directory")
+
+
+def run_build(recipe: Recipe, target: Target, out: Path, force: bool, progress: Progress):
+    """Run every step into a staging directory, then move it to ``out``. Returns the report."""
+    validate(recipe, target, out, force)
+    torch.set_num_threads(recipe.threads)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    workdir = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    state = BuildState(recipe=recipe, target=target, workdir=workdir, progress=progress)
+    try:
+        for index, step in enumerate(STEPS, start=1):
+            start = time.perf_counter()
+            with progress.step(index, len(STEPS), step.title):
+                step.run(state)
+            state.timings[step.name] = time.perf_counter() - start
+        write_manifest(state)
+        replace_directory(workdir, out.absolute())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return state.report

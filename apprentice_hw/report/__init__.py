@@ -1,0 +1,6 @@
+"""Build reports: footprint numbers and the JSON / Markdown writers."""
+
+from apprentice_hw.report.footprint import WeightFootprint, weight_footprint
+from apprentice_hw.report.writer import render_markdown, write_report
+
+__all__ = ["WeightFootprint", "render_markdown", "weight_footprint", "write_report"]

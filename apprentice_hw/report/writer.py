@@ -1,0 +1,101 @@
+"""Writers for ``report.json`` (the data) and ``report.md`` (the same data, for people).
+
+The Markdown is rendered from the JSON dict alone, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from apprentice_hw.atomic import write_json, write_text
+
+
+def _kib(value: float) -> str:
+    return f"{value / 1024:,.1f} KiB"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> str:
+    if not check:
+        return f"| {label} | not run{': ' + reason if reason else ''} | | |"
+    return (
+        f"| {label} | {check['max_diff_steps']:.2f} | {check['fraction_exact']:.1%} "
+        f"| {check['prediction_agreement']:.2%} |"
+    )
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A readable summary of ``report`` (the dict written to ``report.json``)."""
+    model, target, acc = report["model"], report["target"], report["accuracy"]
+    memory, checks, latency = report["memory"], report["checks"], report["latency"]
+    weights = memory["weights"]
+    lines = [
+        f"# apprentice-hw build: {model['recipe']} on {target['name']}",
+        "",
+        f"Student **W{model['weight_bits']}A{model['act_bits']}** "
+        f"({model['weight_preset']}; first/last layer weights: {model['first_last']}), "
+        f"distilled with scheme {model['scheme']} from an fp32 teacher on `{model['dataset']}`. "
+        f"Target: {target['description']}.",
+        "",
+        "## Accuracy (test split, top-1)",
+        "",
+        "| network | top-1 |",
+        "|---|---|",
+        f"| fp32 teacher | {_pct(acc['teacher_top1'])} |",
+        f"| student (Brevitas) | {_pct(acc['student_top1'])} |",
+        f"| student (ONNX Runtime, QCDQ) | {_pct(acc['onnxruntime_top1'])} |",
+        f"| student (compiled module) | {_pct(acc.get('compiled_top1'))} |",
+        "",
+        "## Agreement (max difference in output quantization steps)",
+        "",
+        f"One step = {checks['output_step']:.6g} (scale of the output quantizer).",
+        "",
+        "| comparison | max diff (steps) | identical samples | same top-1 |",
+        "|---|---|---|---|",
+        _check_row("ONNX Runtime vs Brevitas", checks["onnxruntime_vs_brevitas"]),
+        _check_row(
+            "compiled module vs ONNX Runtime",
+            checks.get("compiled_vs_onnxruntime"),
+            checks.get("compiled_not_run_reason", ""),
+        ),
+        "",
+        "## Memory",
+        "",
+        "| | bytes | |",
+        "|---|---|---|",
+        f"| weights in the compiled module | {weights['compiled_module_bytes']:,} "
+        f"| {_kib(weights['compiled_module_bytes'])} ({weights['compiled_module_note']}) |",
+        f"| weights at trained precision | {weights['trained_precision_bytes']:,.0f} "
+        f"| {_kib(weights['trained_precision_bytes'])} (parameters x bits / 8) |",
+        f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
+    ]
+    for act in memory["activations"].values():
+        lines.append(
+            f"| activations, batch {act['batch']}, planned peak | "
+            f"{act['activation_bytes_planned']:,} | {_kib(act['activation_bytes_planned'])} |"
+        )
+        lines.append(
+            f"| activations, batch {act['batch']}, sum of all tensors | "
+            f"{act['activation_bytes_unplanned']:,} | {_kib(act['activation_bytes_unplanned'])} |"
+        )
+    lines += ["", "## Latency (batch 1)", ""]
+    if latency.get("kind") == "measured":
+        lines.append(
+            f"Measured on this machine: median **{latency['median_ms']:.3f} ms** "
+            f"(min {latency['min_ms']:.3f}, max {latency['max_ms']:.3f}, "
+            f"{latency['repeats']} runs of {latency['number']} calls)."
+        )
+    else:
+        lines.append(f"Not measured: {latency.get('reason', 'unknown')}.")
+    lines += ["", f"Execution: {report['execution']}", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], directory: Path) -> None:
+    """Write ``report.json`` and ``report.md`` into ``directory`` atomically."""
+    write_json(directory / "report.json", report)
+    write_text(directory / "report.md", render_markdown(report))

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny recipe that builds end to end in seconds, and CLI helpers."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from apprentice_hw.cli import main
+
+# One thread: 1 and 2 threads give different float bits, and CI has 2 cores for everything.
+torch.set_num_threads(1)
+
+TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    """A private copy of tests/data/tiny.toml that a test may edit."""
+    path = tmp_path / "tiny.toml"
+    shutil.copy(TINY_RECIPE, path)
+    return path
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the CLI in-process (imports stay warm) and capture its exit code and output."""
+
+    def run(*args: str) -> CliResult:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

@@ -1,0 +1,206 @@
+"""`apprentice-hw build` end to end on a tiny recipe, and its error paths.
+
+These run the real pipeline (digits, Brevitas, ONNX Runtime, TVM, the aarch64 cross linker);
+the tiny recipe keeps each build to a few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from apprentice_hw import pipeline
+from apprentice_hw.data import load_dataset
+from apprentice_hw.export.onnx_export import output_quant_step, run_onnxruntime
+
+EM_AARCH64 = 183
+EM_X86_64 = 62
+EXPECTED_FILES = {
+    "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
+    "model.so", "teacher.pt", "student.pt", "train_log.jsonl",
+}  # fmt: skip
+
+
+def _elf_machine(path: Path) -> tuple[int, int, int]:
+    """(class, type, machine) from an ELF header: 2 = 64-bit, 3 = shared object."""
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return (
+        header[4],
+        int.from_bytes(header[16:18], "little"),
+        int.from_bytes(header[18:20], "little"),
+    )
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name or p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def x86_build(tmp_path_factory):
+    """One real x86-host build of the tiny recipe, shared by the tests that inspect it."""
+    from apprentice_hw.cli import main
+
+    recipe = Path(__file__).parent / "data" / "tiny.toml"
+    out = tmp_path_factory.mktemp("x86") / "build"
+    code = main(["build", "--target", "x86-host", "--recipe", str(recipe), "--out", str(out), "-q"])
+    assert code == 0
+    return out
+
+
+def test_build_writes_every_artifact(x86_build):
+    assert {p.name for p in x86_build.iterdir()} == EXPECTED_FILES
+    assert not _leftovers(x86_build.parent)
+    assert _elf_machine(x86_build / "model.so") == (2, 3, EM_X86_64)
+
+
+def test_manifest_records_versions_steps_and_hashes(x86_build):
+    manifest = json.loads((x86_build / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["steps"]] == [s.name for s in pipeline.STEPS]
+    assert all(s["seconds"] >= 0 for s in manifest["steps"])
+    assert manifest["versions"]["apache-tvm"] == "0.27.0.post1"
+    assert manifest["versions"]["brevitas"] == "0.13.4"
+    assert manifest["recipe"]["weight_bits"] == 2
+    for name, entry in manifest["artifacts"].items():
+        data = (x86_build / name).read_bytes()
+        assert entry["bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    assert set(manifest["artifacts"]) == EXPECTED_FILES - {"manifest.json"}
+
+
+def test_report_is_complete_and_consistent(x86_build):
+    report = json.loads((x86_build / "report.json").read_text())
+    acc = report["accuracy"]
+    for key in ("teacher_top1", "student_top1", "onnxruntime_top1", "compiled_top1"):
+        assert 0.0 <= acc[key] <= 1.0
+    assert acc["compiled_top1"] == acc["onnxruntime_top1"]
+    assert report["checks"]["compiled_vs_onnxruntime"]["max_diff_steps"] <= 1.0
+    assert report["latency"]["kind"] == "measured" and report["latency"]["median_ms"] > 0
+    activations = report["memory"]["activations"]
+    assert (
+        activations["batch_8"]["activation_bytes_planned"]
+        > activations["batch_1"]["activation_bytes_planned"]
+    )
+    weights = report["memory"]["weights"]
+    assert weights["trained_precision_bytes"] < weights["fp32_bytes"]
+    markdown = (x86_build / "report.md").read_text()
+    assert f"{weights['compiled_module_bytes']:,}" in markdown
+    assert f"{acc['teacher_top1']:.2%}" in markdown
+
+
+def test_loaded_module_reproduces_onnxruntime(x86_build):
+    """The acceptance check, done independently of the pipeline's own verify step."""
+    import tvm
+    from tvm import relax
+
+    model = onnx.load(str(x86_build / "model.qcdq.onnx"))
+    inputs = load_dataset("digits").test_x[:64].numpy()
+    expected = run_onnxruntime(model, inputs)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(x86_build / "model.so")), tvm.cpu())
+    got = np.concatenate(
+        [vm["main"](tvm.runtime.tensor(inputs[i : i + 1])).numpy() for i in range(64)]
+    )
+    steps = np.abs(got.astype(np.float64) - expected).max() / output_quant_step(model)
+    assert round(steps, 4) <= 1.0  # outputs are integers x step; rounding drops float noise
+
+
+def test_arm_build_is_an_aarch64_shared_object(tiny_recipe, tmp_path, run_cli):
+    out = tmp_path / "arm"
+    result = run_cli("build", "-t", "arm-a72", "--bits", "4", "-r", tiny_recipe, "-o", out)
+    assert result.code == 0, result.err
+    assert _elf_machine(out / "model.so") == (2, 3, EM_AARCH64)
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"]["weight_bits"] == 4
+    assert report["latency"]["kind"] == "not measured"
+    assert "aarch64" in report["checks"]["compiled_not_run_reason"]
+    assert "compiled module not run here" in result.out
+    # Progress goes to stderr, numbered per step.
+    assert f"[1/{len(pipeline.STEPS)}] load data" in result.err
+
+
+def test_existing_output_is_refused_then_replaced_with_force(x86_build, tiny_recipe, run_cli):
+    before = (x86_build / "manifest.json").read_bytes()
+    args = ("build", "-t", "x86-host", "-r", tiny_recipe, "-o", x86_build, "-q")
+    refused = run_cli(*args)
+    assert refused.code == 2 and "already exists; pass --force" in refused.err
+    assert (x86_build / "manifest.json").read_bytes() == before
+    replaced = run_cli(*args, "--force")
+    assert replaced.code == 0 and replaced.err == ""
+    assert (x86_build / "manifest.json").read_bytes() != before
+    assert not _leftovers(x86_build.parent)
+
+
+BAD_INPUTS = [
+    (["--target", "nope"], "unknown target 'nope'; choose one of"),
+    (["--target", "x86-host", "--bits", "5"], "weight bits 5 are not supported"),
+    (["--target", "x86-host", "--bits", "two"], "'two' is not a valid integer"),
+    (["--target", "x86-host", "--act-bits", "3"], "activation bits 3 are not supported"),
+    (["--target", "x86-host", "--epochs", "0"], "--epochs must be at least 1"),
+    (["--target", "x86-host", "--recipe", "nope"], "unknown recipe 'nope'"),
+    (
+        ["--target", "x86-host", "--recipe", "missing.toml"],
+        "recipe file missing.toml does not exist",
+    ),
+    (["--target", "missing.toml"], "target file missing.toml does not exist"),
+    (["--bits", "2"], "Missing option '--target'"),
+    (["--target", "x86-host", "--frobnicate"], "No such option '--frobnicate'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[m[:30] for _, m in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, message, tmp_path, run_cli):
+    out = tmp_path / "out"
+    result = run_cli("build", *args, "--out", out)
+    assert result.code == 2
+    assert result.err.startswith("error: ") and result.err.count("\n") == 1
+    assert message in result.err
+    assert "Traceback" not in result.err
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_unwritable_output_is_refused_before_training(tmp_path, run_cli, tiny_recipe):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", blocker / "sub")
+    assert result.code == 2 and "cannot write to" in result.err
+    assert "[1/" not in result.err  # refused before the first step
+
+
+def test_interrupt_leaves_nothing_half_written(tmp_path, run_cli, tiny_recipe, monkeypatch):
+    def interrupted(state):
+        raise KeyboardInterrupt
+
+    steps = tuple(
+        pipeline.Step(s.name, s.title, interrupted) if s.name == "compile" else s
+        for s in pipeline.STEPS
+    )
+    monkeypatch.setattr(pipeline, "STEPS", steps)
+    out = tmp_path / "out"
+    result = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "-q")
+    assert result.code == 130 and "interrupted" in result.err
+    assert not out.exists() and not _leftovers(tmp_path)
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    script = Path(sys.executable).with_name("apprentice-hw")
+    ok = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0 and "apprentice-hw" in ok.stdout
+    bad = subprocess.run(
+        [script, "build", "--target", "x86-host", "--bits", "7", "--out", tmp_path / "o"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()]
+    assert "weight bits 7 are not supported" in bad.stderr
+    debug = subprocess.run(
+        [script, "--debug", "build", "--target", "x86-host", "--bits", "7"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "Traceback" in debug.stderr and debug.returncode != 0

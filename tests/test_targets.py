@@ -1,0 +1,108 @@
+"""The target registry: shipped files, validation, user-added targets, the `targets` command."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apprentice_hw.errors import UserError
+from apprentice_hw.hardware import (
+    TARGETS_ENV,
+    all_targets,
+    find_cross_compiler,
+    get_target,
+    host_cpu_name,
+    target_files,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_targets_are_registered():
+    names = set(target_files())
+    assert {"x86-host", "arm-a72"} <= names
+
+
+@pytest.mark.parametrize("name", sorted(target_files()))
+def test_every_target_file_builds_a_tvm_target(name):
+    target = get_target(name)
+    tvm_target = target.tvm_target()
+    assert tvm_target.kind.name == target.tvm["kind"]
+    assert target.cores >= 1 and target.clock_ghz > 0 and target.memory_mib > 0
+    assert target.peak_gmacs("fp32") > 0
+
+
+def test_host_placeholders_are_resolved():
+    host = get_target("x86-host")
+    assert host.tvm["mcpu"] == host_cpu_name() != "host"
+    assert host.tvm["num-cores"] == host.cores
+    assert host.runs_on_this_machine
+
+
+def test_arm_target_is_cross_compiled():
+    arm = get_target("arm-a72")
+    assert arm.tvm["mtriple"] == "aarch64-linux-gnu"
+    assert arm.tvm["mcpu"] == "cortex-a72"
+    assert not arm.runs_on_this_machine
+    assert find_cross_compiler(arm).endswith("aarch64-linux-gnu-g++")
+
+
+def test_adding_a_target_is_adding_a_file(tmp_path, monkeypatch):
+    text = (REPO / "targets" / "arm-a72.toml").read_text().replace('"arm-a72"', '"my-board"')
+    (tmp_path / "my-board.toml").write_text(text.replace("num-cores = 4", "num-cores = 2"))
+    monkeypatch.setenv(TARGETS_ENV, str(tmp_path))
+    assert "my-board" in [t.name for t in all_targets()]
+    assert get_target("my-board").tvm["num-cores"] == 2
+
+
+def test_target_by_path(tmp_path):
+    path = tmp_path / "x86-host.toml"
+    shutil.copy(REPO / "targets" / "x86-host.toml", path)
+    assert get_target(str(path)).name == "x86-host"
+
+
+def _write_variant(tmp_path: Path, old: str, new: str, name: str = "arm-a72") -> str:
+    text = (REPO / "targets" / "arm-a72.toml").read_text()
+    assert old in text
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("\ncores = 4\n", "\n", "missing required field 'cores'"),
+        ("\ncores = 4\n", "\ncores = -1\n", "'cores' must be a positive number"),
+        ('arch = "aarch64"', 'arch = "riscv"', "'arch' must be"),
+        ("clock_ghz = 1.5", 'clock_ghz = "fast"', "'clock_ghz' must be a positive number"),
+        ("fp32 = 8 ", "fp32 = 0 ", "peak rate for 'fp32' must be a positive number"),
+        ('name = "arm-a72"', 'name = "other"', "must match the file name"),
+        ("[tvm]", "[tvm\n", "is not valid TOML"),
+    ],
+)
+def test_bad_target_files_are_user_errors(tmp_path, old, new, message):
+    path = _write_variant(tmp_path, old, new)
+    with pytest.raises(UserError, match=message):
+        get_target(path)
+
+
+def test_unknown_target_lists_the_choices():
+    with pytest.raises(UserError, match=r"unknown target 'nope'; choose one of: .*arm-a72"):
+        get_target("nope")
+
+
+def test_missing_cross_compiler_names_the_package(tmp_path):
+    path = _write_variant(tmp_path, '"aarch64-linux-gnu-g++"', '"no-such-g++"')
+    with pytest.raises(UserError, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
+        find_cross_compiler(get_target(path))
+
+
+def test_targets_command_lists_every_target(run_cli):
+    result = run_cli("targets", "--verbose")
+    assert result.code == 0
+    for name in target_files():
+        assert name in result.out
+    assert "cortex-a72" in result.out and "aarch64-linux-gnu-g++" in result.out
