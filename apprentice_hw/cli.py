@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from apprentice_hw import __version__
 from apprentice_hw.errors import UserError
+
+if TYPE_CHECKING:
+    from apprentice_hw.config import Recipe
 
 DEBUG_FLAG = "--debug"
 
@@ -64,6 +69,85 @@ def recipes() -> None:
         )
 
 
+def recipe_options(command: Callable) -> Callable:
+    """The options that pick a recipe and override parts of it (shared by train and build)."""
+    options = [
+        click.option("--recipe", "-r", "recipe_name", default="digits", show_default=True,
+                     help="Recipe name (see 'apprentice-hw recipes') or path to a recipe .toml."),
+        click.option("--bits", "-b", type=int, default=None,
+                     help="Weight bits: 2 (ternary), 3, 4 or 8. Default: the recipe's."),
+        click.option("--act-bits", type=int, default=None,
+                     help="Activation bits: 2, 4 or 8. Default: the recipe's."),
+        click.option("--quant", default=None,
+                     help="Quantizer family: float, per-channel, po2, wrpn (default: recipe)."),
+        click.option("--scheme", default=None,
+                     help="Distillation scheme: A, B, C or none. Default: the recipe's."),
+        click.option("--epochs", type=int, default=None,
+                     help="Override the teacher's and the student's epochs."),
+        click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
+                     help="Dataset folder, for datasets read from files."),
+        click.option("--seed", type=int, default=None, help="Override the recipe's seed."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load_recipe_with_overrides(recipe_name: str, **overrides) -> Recipe:
+    """Load a recipe, apply the CLI's overrides and resolve every registry name it uses."""
+    from apprentice_hw.config import load_recipe
+    from apprentice_hw.pipeline import validate_recipe
+
+    overrides["weight_bits"] = overrides.pop("bits", None)
+    recipe = load_recipe(recipe_name).with_overrides(**overrides)
+    validate_recipe(recipe)
+    return recipe
+
+
+@cli.command()
+@recipe_options
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Training directory: checkpoints, teacher.pt, student.pt, train_log.jsonl.",
+)
+@click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out.")
+@click.option("--force", is_flag=True, help="Start over even if --out holds a previous run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, **overrides) -> None:
+    """Train the teacher and distil the student (no export or compile).
+
+    Example: apprentice-hw train --scheme C --bits 4 --out runs/c-w4
+    """  # fmt: skip
+    import shutil
+
+    from apprentice_hw.data import load_dataset
+    from apprentice_hw.distill import evaluate
+    from apprentice_hw.progress import Progress
+    from apprentice_hw.training import train_models
+
+    recipe = load_recipe_with_overrides(recipe_name, **overrides)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a directory")
+    if out.exists() and any(out.iterdir()) and not (resume or force):
+        raise UserError(
+            f"{out} already holds a run; pass --resume to continue or --force to restart"
+        )
+    if force and out.exists():
+        shutil.rmtree(out)
+    data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed)
+    trained = train_models(recipe, data, out, Progress(quiet), resume=resume)
+    click.echo(f"training written to {out}")
+    if trained.teacher_trained:
+        click.echo(f"  teacher top-1 {evaluate(trained.teacher, data.test_x, data.test_y):.2%}")
+    click.echo(
+        f"  student W{recipe.weight_bits}A{recipe.act_bits} ({recipe.quant}, scheme "
+        f"{recipe.distill.scheme}) top-1 {evaluate(trained.student, data.test_x, data.test_y):.2%}"
+    )
+
+
 @cli.command()
 @click.option(
     "--target",
@@ -72,30 +156,7 @@ def recipes() -> None:
     required=True,
     help="Target name (see 'apprentice-hw targets') or path to a target .toml.",
 )
-@click.option(
-    "--bits",
-    "-b",
-    type=int,
-    default=None,
-    help="Weight bits: 2 (ternary), 3, 4 or 8. Default: the recipe's.",
-)
-@click.option(
-    "--act-bits",
-    type=int,
-    default=None,
-    help="Activation bits: 2, 4 or 8. Default: the recipe's (8).",
-)
-@click.option(
-    "--recipe",
-    "-r",
-    "recipe_name",
-    default="digits",
-    show_default=True,
-    help="Recipe name (see 'apprentice-hw recipes') or path to a recipe .toml.",
-)
-@click.option(
-    "--epochs", type=int, default=None, help="Override the teacher's and the student's epochs."
-)
+@recipe_options
 @click.option(
     "--out",
     "-o",
@@ -106,35 +167,27 @@ def recipes() -> None:
 @click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def build(
-    target_name: str,
-    bits: int | None,
-    act_bits: int | None,
-    recipe_name: str,
-    epochs: int | None,
-    out: Path | None,
-    force: bool,
-    quiet: bool,
+    target_name: str, recipe_name: str, out: Path | None, force: bool, quiet: bool, **overrides
 ) -> None:
     """Train, distil, export, compile and report in one go.
 
     Example: apprentice-hw build --target arm-a72 --bits 2
-    """
-    from apprentice_hw.config import load_recipe
+    """  # fmt: skip
     from apprentice_hw.hardware import get_target
     from apprentice_hw.pipeline import default_output_dir, run_build
     from apprentice_hw.progress import Progress
 
     target = get_target(target_name)
-    recipe = load_recipe(recipe_name).with_overrides(bits, act_bits, epochs)
+    recipe = load_recipe_with_overrides(recipe_name, **overrides)
     out = out if out is not None else default_output_dir(recipe, target)
     report = run_build(recipe, target, out, force, Progress(quiet))
     acc = report["accuracy"]
     weights = report["memory"]["weights"]
     planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
-    latency = report["latency"]
+    teacher = "not trained" if acc["teacher_top1"] is None else f"{acc['teacher_top1']:.2%}"
     click.echo(f"build written to {out}")
     click.echo(
-        f"  teacher top-1 {acc['teacher_top1']:.2%}, student W{recipe.weight_bits}"
+        f"  teacher top-1 {teacher}, student W{recipe.weight_bits}"
         f"A{recipe.act_bits} top-1 {acc['student_top1']:.2%}"
     )
     click.echo(
@@ -146,7 +199,7 @@ def build(
     if check:
         click.echo(
             f"  compiled module vs ONNX Runtime: max {check['max_diff_steps']:.2f} output steps; "
-            f"latency {latency['median_ms']:.3f} ms median (batch 1)"
+            f"latency {report['latency']['median_ms']:.3f} ms median (batch 1)"
         )
     else:
         click.echo(f"  compiled module not run here: {report['checks']['compiled_not_run_reason']}")

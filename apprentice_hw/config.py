@@ -31,6 +31,7 @@ class TrainSpec:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: str = "cosine"  # a name in distill.trainer.SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DistillSpec:
     """The Apprentice loss ``alpha*H(y,p_T) + beta*H(y,p_S) + gamma*H(z_T,p_S)`` and its scheme."""
 
     scheme: str = "B"
+    student_init: str = ""  # scheme C: fp32 checkpoint of the student's architecture (optional)
     alpha: float = 1.0
     beta: float = 0.5
     gamma: float = 0.5
@@ -52,6 +54,7 @@ class Recipe:
     description: str
     dataset: str
     data_path: Path | None
+    augment: bool
     seed: int
     threads: int
     teacher: ModelSpec
@@ -62,6 +65,7 @@ class Recipe:
     weight_bits: int
     act_bits: int
     first_last_bits: int | None  # None: first and last layers at the body's precision
+    quant: str  # quantizer family (quant.presets.QUANT_FAMILIES)
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -70,9 +74,23 @@ class Recipe:
         weight_bits: int | None = None,
         act_bits: int | None = None,
         epochs: int | None = None,
+        scheme: str | None = None,
+        quant: str | None = None,
+        data_path: Path | None = None,
+        seed: int | None = None,
     ) -> Recipe:
         """A copy with the CLI's overrides applied (``None`` keeps the recipe's value)."""
         recipe = self
+        if scheme is not None:
+            recipe = dataclasses.replace(
+                recipe, distill=dataclasses.replace(recipe.distill, scheme=scheme)
+            )
+        if quant is not None:
+            recipe = dataclasses.replace(recipe, quant=quant)
+        if data_path is not None:
+            recipe = dataclasses.replace(recipe, data_path=data_path)
+        if seed is not None:
+            recipe = dataclasses.replace(recipe, seed=seed)
         if weight_bits is not None:
             recipe = dataclasses.replace(recipe, weight_bits=weight_bits)
         if act_bits is not None:
@@ -140,11 +158,17 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
     teacher = _table(data, "teacher", where)
     student = _table(data, "student", where)
     distill = _table(data, "distill", where)
-    train_keys = ("model", "options", "weight_bits", "act_bits", "first_last_bits")
+    train_keys = ("model", "options", "weight_bits", "act_bits", "first_last_bits", "quant")
     dataset = data_table.get("dataset")
     if not isinstance(dataset, str):
         raise UserError(f"{where}: [data] needs 'dataset', e.g. dataset = \"digits\"")
     path = data_table.get("path")
+    augment = data_table.get("augment", True)
+    if not isinstance(augment, bool):
+        raise UserError(f"{where}: [data] 'augment' must be true or false")
+    quant = student.get("quant", "float")
+    if not isinstance(quant, str):
+        raise UserError(f"{where}: [student] 'quant' must name a quantizer family, e.g. \"float\"")
     first_last = student.get("first_last_bits", 8)
     if first_last != "same" and (not isinstance(first_last, int) or isinstance(first_last, bool)):
         raise UserError(f"{where}: 'first_last_bits' must be a bit width or \"same\"")
@@ -156,6 +180,7 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
         description=str(data.get("description", "")),
         dataset=dataset,
         data_path=Path(path) if path else None,
+        augment=augment,
         seed=int(data.get("seed", 0)),
         threads=int(data.get("threads", 2)),
         teacher=_model_spec(teacher, f"{where} [teacher]"),
@@ -166,6 +191,7 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
         weight_bits=int(student.get("weight_bits", 2)),
         act_bits=int(student.get("act_bits", 8)),
         first_last_bits=None if first_last == "same" else int(first_last),
+        quant=quant,
         source=source,
     )
     if recipe.threads < 1:

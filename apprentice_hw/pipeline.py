@@ -9,7 +9,6 @@ time and every artifact's hash go into ``manifest.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -25,14 +24,13 @@ import torch
 from torch import nn
 
 from apprentice_hw import __version__
-from apprentice_hw.atomic import atomic_path, replace_directory, write_json
+from apprentice_hw.atomic import replace_directory, write_json
 from apprentice_hw.config import Recipe
 from apprentice_hw.data import DatasetSplits, load_dataset
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
-from apprentice_hw.models import build_model
 from apprentice_hw.progress import Progress
-from apprentice_hw.quant import FloatLayers, QuantLayers, act_preset, weight_preset
+from apprentice_hw.quant import weight_preset
 
 MODULE_FILE = "model.so"
 QCDQ_FILE = "model.qcdq.onnx"
@@ -69,22 +67,6 @@ class Step:
     run: Callable[[BuildState], None]
 
 
-def _quant_layers(recipe: Recipe) -> QuantLayers:
-    edge = None if recipe.first_last_bits is None else weight_preset(recipe.first_last_bits)
-    return QuantLayers(weight_preset(recipe.weight_bits), act_preset(recipe.act_bits), edge)
-
-
-def _save_state_dict(model: nn.Module, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
-
-
-def _append_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-
-
 def step_data(state: BuildState) -> None:
     state.data = load_dataset(state.recipe.dataset, state.recipe.data_path, state.recipe.seed)
     d = state.data
@@ -94,46 +76,19 @@ def step_data(state: BuildState) -> None:
     )
 
 
-def step_teacher(state: BuildState) -> None:
-    from apprentice_hw.distill import evaluate, train_teacher
-
-    recipe, data = state.recipe, state.data
-    torch.manual_seed(recipe.seed)
-    teacher = build_model(recipe.teacher, FloatLayers(), data.input_shape[0], data.num_classes)
-    history = train_teacher(
-        teacher, (data.train_x, data.train_y), (data.test_x, data.test_y),
-        recipe.teacher_train, recipe.seed, state.progress,
-    )  # fmt: skip
-    _append_jsonl(state.workdir / "train_log.jsonl", [m.to_dict() for m in history])
-    _save_state_dict(teacher, state.workdir / "teacher.pt")
-    state.teacher = teacher
-    state.report["accuracy"] = {"teacher_top1": evaluate(teacher, data.test_x, data.test_y)}
-
-
-def step_student(state: BuildState) -> None:
+def step_train(state: BuildState) -> None:
     from apprentice_hw.distill import evaluate
-    from apprentice_hw.distill.schemes import SchemeInputs, run_scheme
+    from apprentice_hw.training import train_models
 
-    recipe, data = state.recipe, state.data
-    torch.manual_seed(recipe.seed + 1)
-    student = build_model(
-        recipe.student, _quant_layers(recipe), data.input_shape[0], data.num_classes
-    )
-    inputs = SchemeInputs(
-        teacher=state.teacher,
-        student=student,
-        train=(data.train_x, data.train_y),
-        test=(data.test_x, data.test_y),
-        spec=recipe.student_train,
-        distill=recipe.distill,
-        seed=recipe.seed,
-        progress=state.progress,
-    )
-    history = run_scheme(recipe.distill.scheme, inputs)
-    _append_jsonl(state.workdir / "train_log.jsonl", [m.to_dict() for m in history])
-    _save_state_dict(student, state.workdir / "student.pt")
-    state.student = student
-    state.report["accuracy"]["student_top1"] = evaluate(student, data.test_x, data.test_y)
+    data = state.data
+    trained = train_models(state.recipe, data, state.workdir, state.progress)
+    state.teacher, state.student = trained.teacher, trained.student
+    state.report["accuracy"] = {
+        "teacher_top1": (
+            evaluate(trained.teacher, data.test_x, data.test_y) if trained.teacher_trained else None
+        ),
+        "student_top1": evaluate(trained.student, data.test_x, data.test_y),
+    }
 
 
 def step_export(state: BuildState) -> None:
@@ -230,6 +185,7 @@ def step_report(state: BuildState) -> None:
             "teacher": recipe.teacher.name,
             "student": recipe.student.name,
             "scheme": recipe.distill.scheme,
+            "quant": recipe.quant,
             "weight_bits": recipe.weight_bits,
             "weight_preset": weight_preset(recipe.weight_bits).levels,
             "act_bits": recipe.act_bits,
@@ -250,8 +206,7 @@ def step_report(state: BuildState) -> None:
 
 STEPS: tuple[Step, ...] = (
     Step("data", "load data", step_data),
-    Step("teacher", "train fp32 teacher", step_teacher),
-    Step("student", "distil low-precision student", step_student),
+    Step("train", "train teacher and distil the low-precision student", step_train),
     Step("export", "export QCDQ ONNX + QONNX and check with ONNX Runtime", step_export),
     Step("compile", "compile with TVM", step_compile),
     Step("verify", "run and time the compiled module", step_verify),
@@ -307,18 +262,25 @@ def default_output_dir(recipe: Recipe, target: Target) -> Path:
     return Path("build") / f"{recipe.name}-{target.name}-w{recipe.weight_bits}a{recipe.act_bits}"
 
 
-def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
-    """Check everything that can be checked before minutes of training are spent."""
-    _quant_layers(recipe)  # unknown bit widths raise a UserError here
-    from apprentice_hw.distill import SCHEMES
-
-    SCHEMES.get(recipe.distill.scheme)
+def validate_recipe(recipe: Recipe) -> None:
+    """Resolve every registry name a recipe uses, so a typo fails before any training."""
     from apprentice_hw.data import DATASETS
+    from apprentice_hw.distill import SCHEDULES, SCHEMES
     from apprentice_hw.models import MODELS
+    from apprentice_hw.training import quant_layers
 
+    quant_layers(recipe)
+    SCHEMES.get(recipe.distill.scheme)
     DATASETS.get(recipe.dataset)
     MODELS.get(recipe.teacher.name)
     MODELS.get(recipe.student.name)
+    SCHEDULES.get(recipe.teacher_train.schedule)
+    SCHEDULES.get(recipe.student_train.schedule)
+
+
+def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
+    """Check everything that can be checked before minutes of training are spent."""
+    validate_recipe(recipe)
     if target.device != "cpu":
         raise UserError(
             f"target '{target.name}' is a {target.device} target; only cpu is built yet"

@@ -24,7 +24,7 @@ EM_AARCH64 = 183
 EM_X86_64 = 62
 EXPECTED_FILES = {
     "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
-    "model.so", "teacher.pt", "student.pt", "train_log.jsonl",
+    "model.so", "teacher.pt", "student.pt", "train_log.jsonl", "recipe.json", "checkpoints",
 }  # fmt: skip
 
 
@@ -72,7 +72,7 @@ def test_manifest_records_versions_steps_and_hashes(x86_build):
         data = (x86_build / name).read_bytes()
         assert entry["bytes"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert set(manifest["artifacts"]) == EXPECTED_FILES - {"manifest.json"}
+    assert set(manifest["artifacts"]) == EXPECTED_FILES - {"manifest.json", "checkpoints"}
 
 
 def test_report_is_complete_and_consistent(x86_build):

@@ -21,6 +21,7 @@ class DatasetSplits:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    augmentation: str = "none"  # the dataset's standard training augmentation (a registry name)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -39,4 +39,5 @@ def load_digits(path: Path | None, seed: int) -> DatasetSplits:
         test_x=torch.from_numpy(test_x),
         test_y=torch.from_numpy(test_y),
         num_classes=10,
+        augmentation="shift1",
     )

@@ -5,6 +5,9 @@
 ``softmax(z_T / tau)`` and the student's ``softmax(z_S / tau)``. The paper uses tau = 1 and
 alpha = 1, beta = gamma = 0.5. When the teacher is frozen (schemes B and C) the alpha term has no
 gradient; it is still computed so the logged loss means the same thing in every scheme.
+
+The soft term uses the teacher's logits detached: in joint training (scheme A) the teacher learns
+from the labels (alpha term) only and is never pulled towards the low-precision student.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def apprentice_loss(
     gamma: float,
     tau: float,
 ) -> ApprenticeLoss:
-    """Compute the loss. Pass detached teacher logits when the teacher is frozen."""
+    """Compute the loss; gradients reach the teacher through the alpha term only."""
     teacher_hard = functional.cross_entropy(teacher_logits, labels)
     student_hard = functional.cross_entropy(student_logits, labels)
-    soft = soft_cross_entropy(teacher_logits, student_logits, tau)
+    soft = soft_cross_entropy(teacher_logits.detach(), student_logits, tau)
     total = alpha * teacher_hard + beta * student_hard + gamma * soft
     return ApprenticeLoss(total, teacher_hard, student_hard, soft)

@@ -1,40 +1,62 @@
-"""Distillation schemes as registry entries.
+"""The Apprentice distillation schemes (and a no-distillation baseline) as registry entries.
 
-A scheme decides where the student starts and which networks learn. Scheme B (the paper's
-"distil a trained, frozen teacher into a student trained from scratch") is implemented here;
-schemes A and C register themselves the same way.
+A scheme decides where the student starts and which networks learn:
+
+- ``A``: teacher and student trained jointly from scratch; the loss's alpha term trains the
+  teacher, the beta and gamma terms the student. The teacher's logits enter the soft term
+  detached: the teacher learns from the labels only, never from the low-precision student.
+- ``B``: the teacher is trained first and frozen; the student starts from random weights.
+- ``C``: like B, but the student starts from trained full-precision weights of its own
+  architecture: the teacher's when both are the same model, a checkpoint given as
+  ``student_init``, or else an fp32 twin of the student trained first.
+- ``none``: the student trained alone with cross-entropy: the baseline every scheme must beat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from apprentice_hw.config import DistillSpec, TrainSpec
 from apprentice_hw.distill.loss import apprentice_loss
-from apprentice_hw.distill.trainer import EpochMetrics, fit
-from apprentice_hw.progress import Progress
+from apprentice_hw.distill.trainer import (
+    EpochMetrics,
+    Phase,
+    TrainContext,
+    cross_entropy_phase,
+    run_phase,
+)
+from apprentice_hw.errors import UserError
 from apprentice_hw.registry import Registry
 
 
-@dataclass(frozen=True)
+@dataclass
 class SchemeInputs:
-    """Everything a scheme needs; the teacher arrives trained."""
+    """Freshly built networks and everything needed to train them."""
 
     teacher: nn.Module
     student: nn.Module
-    train: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    spec: TrainSpec
+    teacher_spec: TrainSpec
+    student_spec: TrainSpec
     distill: DistillSpec
-    seed: int
-    progress: Progress
+    context: TrainContext
+    same_architecture: bool  # teacher and student are the same model with the same options
+    build_fp32_student: Callable[[], nn.Module]
 
 
-Scheme = Callable[[SchemeInputs], list[EpochMetrics]]
+@dataclass
+class SchemeResult:
+    """What a scheme produced; ``teacher_trained`` is False for the baseline."""
+
+    history: list[EpochMetrics]
+    teacher_trained: bool
+
+
+Scheme = Callable[[SchemeInputs], SchemeResult]
 SCHEMES: Registry[Scheme] = Registry("distillation scheme")
 
 
@@ -45,36 +67,106 @@ def freeze(model: nn.Module) -> None:
         parameter.requires_grad_(False)
 
 
-@SCHEMES.register("B")
-def scheme_b(inputs: SchemeInputs) -> list[EpochMetrics]:
-    """Scheme B: frozen trained teacher, student from random initialization."""
-    teacher, student, d = inputs.teacher, inputs.student, inputs.distill
+def _loss_terms(loss) -> dict[str, float]:
+    return {
+        "H(y,p_T)": loss.teacher_hard.detach().item(),
+        "H(y,p_S)": loss.student_hard.detach().item(),
+        "H(z_T,p_S)": loss.soft.detach().item(),
+    }
+
+
+def distill_phase(teacher: nn.Module, student: nn.Module, inputs: SchemeInputs) -> Phase:
+    """The student learns from labels and the frozen teacher's soft targets."""
     freeze(teacher)
+    d = inputs.distill
 
     def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
         with torch.no_grad():
             teacher_logits = teacher(xb)
         loss = apprentice_loss(student(xb), teacher_logits, yb, d.alpha, d.beta, d.gamma, d.tau)
-        terms = {
-            "H(y,p_T)": loss.teacher_hard.item(),
-            "H(y,p_S)": loss.student_hard.detach().item(),
-            "H(z_T,p_S)": loss.soft.detach().item(),
-        }
-        # The alpha term has no gradient here (frozen teacher); it is logged, not optimized.
-        return loss.total, terms
+        # The alpha term is constant here (frozen teacher): logged, not optimized.
+        return loss.total, _loss_terms(loss)
 
-    return fit(
-        student,
-        "student",
-        loss_fn,
-        inputs.train,
-        inputs.test,
-        inputs.spec,
-        inputs.seed,
-        inputs.progress,
-    )
+    return Phase("student", {"student": student}, ("student",), loss_fn, inputs.student_spec)
 
 
-def run_scheme(name: str, inputs: SchemeInputs) -> list[EpochMetrics]:
+def train_teacher(inputs: SchemeInputs) -> list[EpochMetrics]:
+    phase = cross_entropy_phase("teacher", inputs.teacher, inputs.teacher_spec)
+    return run_phase(phase, inputs.context)
+
+
+def load_fp32_into_student(student: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy fp32 weights into a Brevitas student by name.
+
+    The student may have extra keys (quantizer scales) but must not lack any fp32 key: a
+    missing weight would silently stay random.
+    """
+    result = student.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise UserError(
+            "the fp32 weights do not fit the student: unexpected keys "
+            + ", ".join(result.unexpected_keys[:5])
+        )
+    not_quant = [k for k in result.missing_keys if "quant" not in k]
+    if not_quant:
+        raise UserError("the fp32 weights lack student parameters: " + ", ".join(not_quant[:5]))
+
+
+def _fp32_student_weights(inputs: SchemeInputs) -> dict[str, torch.Tensor]:
+    if inputs.distill.student_init:
+        path = Path(inputs.distill.student_init)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise UserError(f"cannot read student_init checkpoint {path}: {exc}") from exc
+    if inputs.same_architecture:
+        return inputs.teacher.state_dict()
+    twin = inputs.build_fp32_student()
+    run_phase(cross_entropy_phase("fp32-student", twin, inputs.teacher_spec), inputs.context)
+    return twin.state_dict()
+
+
+@SCHEMES.register("none")
+def scheme_none(inputs: SchemeInputs) -> SchemeResult:
+    """No distillation: the student alone with cross-entropy (the baseline)."""
+    phase = cross_entropy_phase("student", inputs.student, inputs.student_spec)
+    return SchemeResult(run_phase(phase, inputs.context), teacher_trained=False)
+
+
+@SCHEMES.register("A")
+def scheme_a(inputs: SchemeInputs) -> SchemeResult:
+    """Scheme A: teacher and student trained jointly from scratch."""
+    teacher, student, d = inputs.teacher, inputs.student, inputs.distill
+
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
+        loss = apprentice_loss(student(xb), teacher(xb), yb, d.alpha, d.beta, d.gamma, d.tau)
+        return loss.total, _loss_terms(loss)
+
+    phase = Phase(
+        "joint", {"teacher": teacher, "student": student}, ("teacher", "student"), loss_fn,
+        inputs.student_spec,
+    )  # fmt: skip
+    history = run_phase(phase, inputs.context)
+    return SchemeResult(history, teacher_trained=True)
+
+
+@SCHEMES.register("B")
+def scheme_b(inputs: SchemeInputs) -> SchemeResult:
+    """Scheme B: frozen trained teacher, student from random initialization."""
+    history = train_teacher(inputs)
+    history += run_phase(distill_phase(inputs.teacher, inputs.student, inputs), inputs.context)
+    return SchemeResult(history, teacher_trained=True)
+
+
+@SCHEMES.register("C")
+def scheme_c(inputs: SchemeInputs) -> SchemeResult:
+    """Scheme C: student initialized from trained fp32 weights, fine-tuned with distillation."""
+    history = train_teacher(inputs)
+    load_fp32_into_student(inputs.student, _fp32_student_weights(inputs))
+    history += run_phase(distill_phase(inputs.teacher, inputs.student, inputs), inputs.context)
+    return SchemeResult(history, teacher_trained=True)
+
+
+def run_scheme(name: str, inputs: SchemeInputs) -> SchemeResult:
     """Run the registered scheme ``name``."""
     return SCHEMES.get(name)(inputs)

@@ -1,56 +1,106 @@
-"""A small, deterministic trainer for in-memory datasets.
+"""A small, deterministic, resumable trainer for in-memory datasets.
 
-SGD with momentum and a cosine learning-rate schedule, one seeded generator for shuffling, and
-evaluation after every epoch. The loss is a callable, so the teacher (cross-entropy) and every
-distillation scheme (Apprentice loss) share the same loop.
+One *phase* trains some networks with one loss: the teacher alone, the student against a frozen
+teacher, or both jointly (scheme A). SGD with momentum, a registered learning-rate schedule, and
+one seeded generator for shuffling and augmentation. After every epoch the phase writes a
+checkpoint atomically (weights, optimizer, generator state, history), so a killed run resumed
+from it ends with exactly the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from apprentice_hw.atomic import atomic_path
 from apprentice_hw.config import TrainSpec
+from apprentice_hw.data.augment import AUGMENTATIONS
 from apprentice_hw.progress import Progress
+from apprentice_hw.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+Schedule = Callable[[float, int, int], float]
+SCHEDULES: Registry[Schedule] = Registry("learning-rate schedule")
+EVAL_BATCH = 512
+
+
+@SCHEDULES.register("cosine")
+def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Cosine decay from ``base_lr`` towards 0, evaluated at the start of ``epoch``."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+@SCHEDULES.register("step")
+def step_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    """Divide by 10 at 50 % and again at 75 % of the epochs (the ResNet paper's schedule)."""
+    return base_lr * 0.1 ** sum(epoch >= int(epochs * f) for f in (0.5, 0.75))
+
+
+@SCHEDULES.register("constant")
+def constant_lr(base_lr: float, epoch: int, epochs: int) -> float:
+    return base_lr
 
 
 @dataclass(frozen=True)
 class EpochMetrics:
     """What one epoch did, written as one JSON line per epoch."""
 
-    network: str
+    phase: str
     epoch: int
     lr: float
     train_loss: float
-    test_top1: float
-    terms: dict[str, float]
+    test_top1: dict[str, float]
+    test_top5: dict[str, float]
+    terms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Phase:
+    """One training run: the networks it evaluates, which of them learn, and the loss."""
+
+    name: str
+    networks: dict[str, nn.Module]
+    trainable: tuple[str, ...]
+    loss_fn: LossFn
+    spec: TrainSpec
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What every phase of one training run shares."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    augmentation: str
+    seed: int
+    progress: Progress
+    checkpoint_dir: Path | None = None
+    resume: bool = False
 
 
 def batches(
     x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches in a seeded random order (or in order when ``generator`` is None)."""
-    order = (
-        torch.randperm(len(x), generator=generator)
-        if generator is not None
-        else torch.arange(len(x))
-    )
+    if generator is None:
+        order = torch.arange(len(x))
+    else:
+        order = torch.randperm(len(x), generator=generator)
     for start in range(0, len(x), batch_size):
         index = order[start : start + batch_size]
         yield x[index], y[index]
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits of ``model`` in eval mode over ``x``."""
     was_training = model.training
     model.eval()
@@ -59,86 +109,119 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
     return torch.cat(outputs)
 
 
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Fraction of samples whose label is among the ``k`` highest logits."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return float((top == labels[:, None]).any(dim=1).float().mean())
+
+
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
-    return float((predict(model, x).argmax(dim=1) == y).float().mean())
+    return topk_accuracy(predict(model, x), y, 1)
 
 
-def cosine_lr(base_lr: float, epoch: int, epochs: int) -> float:
-    """Cosine decay from ``base_lr`` to 0 over ``epochs``, evaluated at the start of ``epoch``."""
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * epoch / epochs))
+def _checkpoint_path(context: TrainContext, phase: Phase) -> Path | None:
+    return None if context.checkpoint_dir is None else context.checkpoint_dir / f"{phase.name}.ckpt"
 
 
-def fit(
-    model: nn.Module,
-    network: str,
-    loss_fn: LossFn,
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
-    spec: TrainSpec,
-    seed: int,
-    progress: Progress,
-) -> list[EpochMetrics]:
-    """Train ``model`` (in place) with ``loss_fn`` and return per-epoch metrics."""
+def _save_checkpoint(path: Path, phase: Phase, optimizer, generator, epoch, history) -> None:
+    state = {
+        "phase": phase.name,
+        "epoch": epoch,
+        "networks": {name: phase.networks[name].state_dict() for name in phase.trainable},
+        "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(),
+        "history": [m.to_dict() for m in history],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path, phase: Phase, optimizer, generator) -> tuple[int, list]:
+    from apprentice_hw.errors import UserError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        for name in phase.trainable:
+            phase.networks[name].load_state_dict(state["networks"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    except (RuntimeError, KeyError, EOFError, OSError) as exc:
+        raise UserError(
+            f"checkpoint {path} is unreadable or from another configuration: {exc}"
+        ) from exc
+    return int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]]
+
+
+def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
+    """Train ``phase`` (in place), checkpointing every epoch; return per-epoch metrics."""
+    spec = phase.spec
+    schedule = SCHEDULES.get(spec.schedule)
+    augment = AUGMENTATIONS.get(context.augmentation)
+    parameters = [
+        p for name in phase.trainable for p in phase.networks[name].parameters() if p.requires_grad
+    ]
     optimizer = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=spec.lr,
-        momentum=spec.momentum,
-        weight_decay=spec.weight_decay,
+        parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
         nesterov=spec.momentum > 0,
-    )
-    generator = torch.Generator().manual_seed(seed)
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(context.seed)
     history: list[EpochMetrics] = []
-    steps_per_epoch = math.ceil(len(train[0]) / spec.batch_size)
-    for epoch in range(spec.epochs):
-        lr = cosine_lr(spec.lr, epoch, spec.epochs)
+    start_epoch = 0
+    checkpoint = _checkpoint_path(context, phase)
+    if context.resume and checkpoint is not None and checkpoint.exists():
+        start_epoch, history = _load_checkpoint(checkpoint, phase, optimizer, generator)
+        context.progress.message(f"    {phase.name}: resumed after epoch {start_epoch}")
+    steps_per_epoch = math.ceil(len(context.train[0]) / spec.batch_size)
+    for epoch in range(start_epoch, spec.epochs):
+        lr = schedule(spec.lr, epoch, spec.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        for name in phase.trainable:
+            phase.networks[name].train()
         total, count, term_sums = 0.0, 0, {}
-        bar = progress.bar(
-            batches(*train, spec.batch_size, generator),
-            desc=f"{network} epoch {epoch + 1}/{spec.epochs}",
+        bar = context.progress.bar(
+            batches(*context.train, spec.batch_size, generator),
+            desc=f"{phase.name} epoch {epoch + 1}/{spec.epochs}",
             total=steps_per_epoch,
         )
         for xb, yb in bar:
-            loss, terms = loss_fn(xb, yb)
+            loss, terms = phase.loss_fn(augment(xb, generator), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(xb)
+            total += loss.detach().item() * len(xb)
             count += len(xb)
             for key, value in terms.items():
                 term_sums[key] = term_sums.get(key, 0.0) + value * len(xb)
+        logits = {name: predict(net, context.test[0]) for name, net in phase.networks.items()}
         metrics = EpochMetrics(
-            network=network,
+            phase=phase.name,
             epoch=epoch + 1,
             lr=lr,
             train_loss=total / count,
-            test_top1=evaluate(model, *test),
+            test_top1={n: topk_accuracy(v, context.test[1], 1) for n, v in logits.items()},
+            test_top5={n: topk_accuracy(v, context.test[1], 5) for n, v in logits.items()},
             terms={k: v / count for k, v in term_sums.items()},
         )
         history.append(metrics)
-        progress.message(
-            f"    {network} epoch {epoch + 1}/{spec.epochs}: loss {metrics.train_loss:.4f}, "
-            f"test top-1 {metrics.test_top1:.2%}"
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, phase, optimizer, generator, epoch + 1, history)
+        accuracy = ", ".join(f"{n} {a:.2%}" for n, a in metrics.test_top1.items())
+        context.progress.message(
+            f"    {phase.name} epoch {epoch + 1}/{spec.epochs}: loss {metrics.train_loss:.4f}, "
+            f"test top-1 {accuracy}"
         )
-    model.eval()
+    for net in phase.networks.values():
+        net.eval()
     return history
 
 
-def train_teacher(
-    teacher: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
-    spec: TrainSpec,
-    seed: int,
-    progress: Progress,
-) -> list[EpochMetrics]:
-    """Train the full-precision teacher with plain cross-entropy."""
+def cross_entropy_phase(name: str, model: nn.Module, spec: TrainSpec) -> Phase:
+    """A phase that trains ``model`` alone with cross-entropy (teacher, or no distillation)."""
 
     def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
-        loss = nn.functional.cross_entropy(teacher(xb), yb)
-        return loss, {}
+        return nn.functional.cross_entropy(model(xb), yb), {}
 
-    return fit(teacher, "teacher", loss_fn, train, test, spec, seed, progress)
+    return Phase(name, {name: model}, (name,), loss_fn, spec)

@@ -87,3 +87,18 @@ def resnet_small(
     if width < 1 or not blocks or min(blocks) < 1:
         raise ValueError("width and every stage's block count must be positive")
     return SmallResNet(layers, in_channels, num_classes, width, tuple(blocks))
+
+
+CIFAR_DEPTHS = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18}
+
+
+def _register_cifar(depth: int, blocks_per_stage: int) -> None:
+    def builder(layers: LayerFactory, in_channels: int, num_classes: int, width: int = 16):
+        """CIFAR ResNet (He et al. 2016): 3 stages of ``blocks_per_stage`` basic blocks."""
+        return SmallResNet(layers, in_channels, num_classes, width, (blocks_per_stage,) * 3)
+
+    MODELS.add(f"resnet{depth}", builder)
+
+
+for _depth, _blocks in CIFAR_DEPTHS.items():
+    _register_cifar(_depth, _blocks)

@@ -17,8 +17,13 @@ from typing import Protocol
 
 from torch import nn
 
-from apprentice_hw.brevitas_compat import brevitas_nn, brevitas_quant
-from apprentice_hw.quant.presets import ActPreset, WeightPreset
+from apprentice_hw.brevitas_compat import brevitas_nn
+from apprentice_hw.quant.presets import (
+    ActPreset,
+    WeightPreset,
+    act_preset,
+    weight_preset,
+)
 
 
 class LayerFactory(Protocol):
@@ -73,12 +78,24 @@ class QuantLayers:
     act: ActPreset
     edge_weight: WeightPreset | None
 
+    @classmethod
+    def from_bits(
+        cls, weight_bits: int, act_bits: int, edge_bits: int | None, family: str
+    ) -> QuantLayers:
+        """Layers for ``weight_bits``/``act_bits`` in quantizer ``family`` (edge: first/last)."""
+        edge = None if edge_bits is None else weight_preset(edge_bits, family)
+        return cls(weight_preset(weight_bits, family), act_preset(act_bits, family), edge)
+
+    def _edge_act(self) -> ActPreset:
+        """8-bit activations of the same family for the input, pooled features and logits."""
+        return act_preset(8, self.act.family.name)
+
     def _weight_quant(self, edge: bool) -> type:
         preset = self.edge_weight if edge and self.edge_weight is not None else self.weight
         return preset.injector()
 
     def input_quant(self) -> nn.Module:
-        return brevitas_nn().QuantIdentity(act_quant=brevitas_quant().Uint8ActPerTensorFloat)
+        return brevitas_nn().QuantIdentity(act_quant=self._edge_act().unsigned())
 
     def conv(self, cin: int, cout: int, kernel: int, stride: int, edge: bool = False) -> nn.Module:
         return brevitas_nn().QuantConv2d(
@@ -98,7 +115,7 @@ class QuantLayers:
         return brevitas_nn().QuantIdentity(act_quant=self.act.signed())
 
     def head_quant(self) -> nn.Module:
-        return brevitas_nn().QuantIdentity(act_quant=brevitas_quant().Uint8ActPerTensorFloat)
+        return brevitas_nn().QuantIdentity(act_quant=self._edge_act().unsigned())
 
     def linear(self, cin: int, cout: int, edge: bool = True) -> nn.Module:
         return brevitas_nn().QuantLinear(
@@ -106,4 +123,4 @@ class QuantLayers:
         )
 
     def output_quant(self) -> nn.Module:
-        return brevitas_nn().QuantIdentity(act_quant=brevitas_quant().Int8ActPerTensorFloat)
+        return brevitas_nn().QuantIdentity(act_quant=self._edge_act().signed())

@@ -1,0 +1,113 @@
+"""The training stage shared by ``apprentice-hw train`` and ``build``.
+
+It builds the fp32 teacher and the Brevitas student from a recipe, runs the recipe's
+distillation scheme with per-epoch checkpoints in ``<out>/checkpoints``, and writes
+``teacher.pt``, ``student.pt`` and ``train_log.jsonl``. ``resume`` continues from those
+checkpoints; the recipe is stored beside them and a resume with a different recipe is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from apprentice_hw.atomic import atomic_path, write_json, write_text
+from apprentice_hw.config import Recipe
+from apprentice_hw.data import DatasetSplits
+from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, run_scheme
+from apprentice_hw.errors import UserError
+from apprentice_hw.models import build_model
+from apprentice_hw.progress import Progress
+from apprentice_hw.quant import FloatLayers, QuantLayers
+
+CHECKPOINTS = "checkpoints"
+RECIPE_RECORD = "recipe.json"
+
+
+@dataclass
+class TrainedModels:
+    """The networks a scheme produced, in eval mode, and the per-epoch history."""
+
+    teacher: nn.Module
+    student: nn.Module
+    teacher_trained: bool
+    history: list[EpochMetrics]
+
+
+def quant_layers(recipe: Recipe) -> QuantLayers:
+    """The student's layer factory; unknown bit widths or families raise a UserError."""
+    return QuantLayers.from_bits(
+        recipe.weight_bits, recipe.act_bits, recipe.first_last_bits, recipe.quant
+    )
+
+
+def build_teacher(recipe: Recipe, data: DatasetSplits) -> nn.Module:
+    torch.manual_seed(recipe.seed)
+    return build_model(recipe.teacher, FloatLayers(), data.input_shape[0], data.num_classes)
+
+
+def build_student(recipe: Recipe, data: DatasetSplits, fp32: bool = False) -> nn.Module:
+    """The student (or, with ``fp32``, its full-precision twin), seeded independently."""
+    torch.manual_seed(recipe.seed + 1)
+    layers = FloatLayers() if fp32 else quant_layers(recipe)
+    return build_model(recipe.student, layers, data.input_shape[0], data.num_classes)
+
+
+def _check_resume(out: Path, recipe: Recipe) -> None:
+    record = out / RECIPE_RECORD
+    current = recipe.to_dict()
+    current.pop("source", None)
+    if record.exists():
+        stored = json.loads(record.read_text())
+        stored.pop("source", None)
+        if stored != current:
+            changed = sorted(k for k in current if stored.get(k) != current[k])
+            raise UserError(
+                f"{out} was trained with a different recipe (differs in: {', '.join(changed)}); "
+                "resume with the same options or choose another --out"
+            )
+    write_json(record, current)
+
+
+def train_models(
+    recipe: Recipe, data: DatasetSplits, out: Path, progress: Progress, resume: bool = False
+) -> TrainedModels:
+    """Run the recipe's scheme, checkpointing into ``out``; write the trained weights there."""
+    out.mkdir(parents=True, exist_ok=True)
+    _check_resume(out, recipe)
+    teacher = build_teacher(recipe, data)
+    student = build_student(recipe, data)
+    context = TrainContext(
+        train=(data.train_x, data.train_y),
+        test=(data.test_x, data.test_y),
+        augmentation=data.augmentation if recipe.augment else "none",
+        seed=recipe.seed,
+        progress=progress,
+        checkpoint_dir=out / CHECKPOINTS,
+        resume=resume,
+    )
+    (out / CHECKPOINTS).mkdir(exist_ok=True)
+    inputs = SchemeInputs(
+        teacher=teacher,
+        student=student,
+        teacher_spec=recipe.teacher_train,
+        student_spec=recipe.student_train,
+        distill=recipe.distill,
+        context=context,
+        same_architecture=recipe.teacher == recipe.student,
+        build_fp32_student=lambda: build_student(recipe, data, fp32=True),
+    )
+    result = run_scheme(recipe.distill.scheme, inputs)
+    if result.teacher_trained:
+        with atomic_path(out / "teacher.pt") as tmp:
+            torch.save(teacher.state_dict(), tmp)
+    with atomic_path(out / "student.pt") as tmp:
+        torch.save(student.state_dict(), tmp)
+    write_text(
+        out / "train_log.jsonl", "".join(json.dumps(m.to_dict()) + "\n" for m in result.history)
+    )
+    return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
