@@ -2,7 +2,7 @@
 #   make demo   build the embedded default (digits) for a Raspberry Pi 4, 2-bit weights
 #   make test   run the test suite
 # Both create or update the virtual environment in .venv on first use and install the system
-# packages the default targets need (the aarch64 cross compiler).
+# packages the default targets and the tests need (aarch64 cross compiler, Fashion-MNIST).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,8 +10,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CROSS_CXX := aarch64-linux-gnu-g++
 CROSS_PKG := g++-aarch64-linux-gnu
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+FASHION_PKG := dataset-fashion-mnist
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test test-slow lint system-deps clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || \
@@ -21,17 +23,18 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian packages: the aarch64 cross compiler (arm targets) and the real Fashion-MNIST
+# (benchmark and its loader test). Installed when missing; without root or sudo, one line says how.
 system-deps:
-	@if ! command -v $(CROSS_CXX) >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing $(CROSS_PKG) (aarch64 cross compiler for the arm-a72 target)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CROSS_PKG) >/dev/null; \
-	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
-	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CROSS_PKG) >/dev/null; \
-	  else \
-	    echo "error: the arm targets need $(CROSS_CXX); install it with 'sudo apt-get install $(CROSS_PKG)' and rerun"; \
-	    exit 1; \
-	  fi; \
+	@missing=""; \
+	command -v $(CROSS_CXX) >/dev/null 2>&1 || missing="$$missing $(CROSS_PKG)"; \
+	[ -d $(FASHION_DIR) ] || missing="$$missing $(FASHION_PKG)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then SUDO=""; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	  else echo "error: missing system packages; run 'sudo apt-get install$$missing' and rerun"; exit 1; fi; \
+	  echo "installing$$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 demo: $(STAMP) system-deps
@@ -39,6 +42,9 @@ demo: $(STAMP) system-deps
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+test-slow: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check apprentice_hw tests benchmarks

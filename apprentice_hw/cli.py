@@ -137,7 +137,7 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
         )
     if force and out.exists():
         shutil.rmtree(out)
-    data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed)
+    data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed, recipe.train_limit)
     trained = train_models(recipe, data, out, Progress(quiet), resume=resume)
     click.echo(f"training written to {out}")
     if trained.teacher_trained:

@@ -55,6 +55,7 @@ class Recipe:
     dataset: str
     data_path: Path | None
     augment: bool
+    train_limit: int  # use a seeded random subset of this many training images (0: all)
     seed: int
     threads: int
     teacher: ModelSpec
@@ -166,6 +167,9 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
     augment = data_table.get("augment", True)
     if not isinstance(augment, bool):
         raise UserError(f"{where}: [data] 'augment' must be true or false")
+    train_limit = data_table.get("train_limit", 0)
+    if not isinstance(train_limit, int) or isinstance(train_limit, bool) or train_limit < 0:
+        raise UserError(f"{where}: [data] 'train_limit' must be a non-negative integer")
     quant = student.get("quant", "float")
     if not isinstance(quant, str):
         raise UserError(f"{where}: [student] 'quant' must name a quantizer family, e.g. \"float\"")
@@ -181,6 +185,7 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
         dataset=dataset,
         data_path=Path(path) if path else None,
         augment=augment,
+        train_limit=train_limit,
         seed=int(data.get("seed", 0)),
         threads=int(data.get("threads", 2)),
         teacher=_model_spec(teacher, f"{where} [teacher]"),

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from apprentice_hw import __version__
@@ -68,7 +67,9 @@ class Step:
 
 
 def step_data(state: BuildState) -> None:
-    state.data = load_dataset(state.recipe.dataset, state.recipe.data_path, state.recipe.seed)
+    state.data = load_dataset(
+        state.recipe.dataset, state.recipe.data_path, state.recipe.seed, state.recipe.train_limit
+    )
     d = state.data
     state.progress.message(
         f"    {d.name}: {len(d.train_x)} train / {len(d.test_x)} test images of shape "
@@ -299,7 +300,6 @@ def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
 def run_build(recipe: Recipe, target: Target, out: Path, force: bool, progress: Progress):
     """Run every step into a staging directory, then move it to ``out``. Returns the report."""
     validate(recipe, target, out, force)
-    torch.set_num_threads(recipe.threads)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     workdir = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)

@@ -77,6 +77,8 @@ def train_models(
     recipe: Recipe, data: DatasetSplits, out: Path, progress: Progress, resume: bool = False
 ) -> TrainedModels:
     """Run the recipe's scheme, checkpointing into ``out``; write the trained weights there."""
+    # The recipe fixes the thread count: 1 and 2 threads give different float results.
+    torch.set_num_threads(recipe.threads)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, recipe)
     teacher = build_teacher(recipe, data)

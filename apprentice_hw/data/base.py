@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,14 @@ class DatasetSplits:
     num_classes: int
     augmentation: str = "none"  # the dataset's standard training augmentation (a registry name)
 
+    def limit_train(self, count: int, seed: int) -> DatasetSplits:
+        """Keep a seeded random ``count`` of the training images (0 keeps all); test is kept."""
+        if count <= 0 or count >= len(self.train_x):
+            return self
+        keep = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(seed))
+        keep = keep[:count].sort().values
+        return dataclasses.replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of one image."""
@@ -33,6 +42,8 @@ DatasetLoader = Callable[[Path | None, int], DatasetSplits]
 DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
-def load_dataset(name: str, path: Path | None = None, seed: int = 0) -> DatasetSplits:
+def load_dataset(
+    name: str, path: Path | None = None, seed: int = 0, train_limit: int = 0
+) -> DatasetSplits:
     """Load a registered dataset; ``path`` is for datasets read from the user's files."""
-    return DATASETS.get(name)(path, seed)
+    return DATASETS.get(name)(path, seed).limit_train(train_limit, seed)
