@@ -124,10 +124,11 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
     import shutil
 
     from apprentice_hw.data import load_dataset
-    from apprentice_hw.distill import evaluate
+    from apprentice_hw.distill import distributed, evaluate
     from apprentice_hw.progress import Progress
     from apprentice_hw.training import train_models
 
+    world = distributed.init_from_env()  # a no-op unless started by torchrun
     recipe = load_recipe_with_overrides(recipe_name, **overrides)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory")
@@ -135,11 +136,16 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
         raise UserError(
             f"{out} already holds a run; pass --resume to continue or --force to restart"
         )
-    if force and out.exists():
+    distributed.barrier()  # every rank has checked --out before the main rank changes it
+    if force and out.exists() and world.is_main:
         shutil.rmtree(out)
+    distributed.barrier()
     data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed, recipe.train_limit)
-    trained = train_models(recipe, data, out, Progress(quiet), resume=resume)
-    click.echo(f"training written to {out}")
+    trained = train_models(recipe, data, out, Progress(quiet or not world.is_main), resume=resume)
+    if not world.is_main:
+        return
+    processes = f"{world.size} processes" if world.size > 1 else "1 process"
+    click.echo(f"training written to {out} ({processes})")
     if trained.teacher_trained:
         click.echo(f"  teacher top-1 {evaluate(trained.teacher, data.test_x, data.test_y):.2%}")
     click.echo(

@@ -18,7 +18,7 @@ from torch import nn
 from apprentice_hw.atomic import atomic_path, write_json, write_text
 from apprentice_hw.config import Recipe
 from apprentice_hw.data import DatasetSplits
-from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, run_scheme
+from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, distributed, run_scheme
 from apprentice_hw.errors import UserError
 from apprentice_hw.models import build_model
 from apprentice_hw.progress import Progress
@@ -45,23 +45,31 @@ def quant_layers(recipe: Recipe) -> QuantLayers:
     )
 
 
+def _for_this_world(model: nn.Module) -> nn.Module:
+    """Data-parallel runs need BatchNorm statistics over the global batch."""
+    return distributed.convert_batchnorm(model) if distributed.current().size > 1 else model
+
+
 def build_teacher(recipe: Recipe, data: DatasetSplits) -> nn.Module:
     torch.manual_seed(recipe.seed)
-    return build_model(recipe.teacher, FloatLayers(), data.input_shape[0], data.num_classes)
+    teacher = build_model(recipe.teacher, FloatLayers(), data.input_shape[0], data.num_classes)
+    return _for_this_world(teacher)
 
 
 def build_student(recipe: Recipe, data: DatasetSplits, fp32: bool = False) -> nn.Module:
     """The student (or, with ``fp32``, its full-precision twin), seeded independently."""
     torch.manual_seed(recipe.seed + 1)
     layers = FloatLayers() if fp32 else quant_layers(recipe)
-    return build_model(recipe.student, layers, data.input_shape[0], data.num_classes)
+    return _for_this_world(
+        build_model(recipe.student, layers, data.input_shape[0], data.num_classes)
+    )
 
 
-def _check_resume(out: Path, recipe: Recipe) -> None:
+def _check_resume(out: Path, recipe: Recipe, resume: bool) -> None:
     record = out / RECIPE_RECORD
     current = recipe.to_dict()
     current.pop("source", None)
-    if record.exists():
+    if record.exists() and resume:
         stored = json.loads(record.read_text())
         stored.pop("source", None)
         if stored != current:
@@ -70,7 +78,9 @@ def _check_resume(out: Path, recipe: Recipe) -> None:
                 f"{out} was trained with a different recipe (differs in: {', '.join(changed)}); "
                 "resume with the same options or choose another --out"
             )
-    write_json(record, current)
+    distributed.barrier()  # every rank has compared before the main rank rewrites the record
+    if distributed.current().is_main:
+        write_json(record, current)
 
 
 def train_models(
@@ -80,7 +90,7 @@ def train_models(
     # The recipe fixes the thread count: 1 and 2 threads give different float results.
     torch.set_num_threads(recipe.threads)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, recipe)
+    _check_resume(out, recipe, resume)
     teacher = build_teacher(recipe, data)
     student = build_student(recipe, data)
     context = TrainContext(
@@ -93,6 +103,7 @@ def train_models(
         resume=resume,
     )
     (out / CHECKPOINTS).mkdir(exist_ok=True)
+    is_main = distributed.current().is_main
     inputs = SchemeInputs(
         teacher=teacher,
         student=student,
@@ -104,6 +115,13 @@ def train_models(
         build_fp32_student=lambda: build_student(recipe, data, fp32=True),
     )
     result = run_scheme(recipe.distill.scheme, inputs)
+    if is_main:
+        _write_results(out, teacher, student, result)
+    distributed.barrier()
+    return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
+
+
+def _write_results(out: Path, teacher: nn.Module, student: nn.Module, result) -> None:
     if result.teacher_trained:
         with atomic_path(out / "teacher.pt") as tmp:
             torch.save(teacher.state_dict(), tmp)
@@ -112,4 +130,3 @@ def train_models(
     write_text(
         out / "train_log.jsonl", "".join(json.dumps(m.to_dict()) + "\n" for m in result.history)
     )
-    return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)

@@ -22,8 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from apprentice_hw.atomic import write_json
 from apprentice_hw.config import load_recipe
 from apprentice_hw.data import load_dataset
@@ -97,12 +95,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="fashion-mnist")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="override all epochs")
     parser.add_argument("--train-limit", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe).with_overrides(epochs=args.epochs)
     limit = base.train_limit if args.train_limit is None else args.train_limit
     runs: list[dict] = []
@@ -133,7 +129,7 @@ def main() -> None:
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
         },
-        "threads": args.threads,
+        "threads": base.threads,
         "recipe": base.to_dict() | {"train_limit": limit},
         "runs": runs,
         "summary": rows,

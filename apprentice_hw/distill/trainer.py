@@ -20,7 +20,9 @@ from torch import nn
 from apprentice_hw.atomic import atomic_path
 from apprentice_hw.config import TrainSpec
 from apprentice_hw.data.augment import AUGMENTATIONS
+from apprentice_hw.distill import distributed
 from apprentice_hw.progress import Progress
+from apprentice_hw.quant.calibration import calibrate_activations, has_runtime_stats
 from apprentice_hw.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -170,9 +172,14 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
     history: list[EpochMetrics] = []
     start_epoch = 0
     checkpoint = _checkpoint_path(context, phase)
+    world = distributed.current()
     if context.resume and checkpoint is not None and checkpoint.exists():
         start_epoch, history = _load_checkpoint(checkpoint, phase, optimizer, generator)
         context.progress.message(f"    {phase.name}: resumed after epoch {start_epoch}")
+    for name in phase.trainable:
+        if has_runtime_stats(phase.networks[name]):
+            with distributed.replicated_batch():  # every rank calibrates on the same batches
+                calibrate_activations(phase.networks[name], context.train[0], spec.batch_size)
     steps_per_epoch = math.ceil(len(context.train[0]) / spec.batch_size)
     for epoch in range(start_epoch, spec.epochs):
         lr = schedule(spec.lr, epoch, spec.epochs)
@@ -187,14 +194,25 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             total=steps_per_epoch,
         )
         for xb, yb in bar:
-            loss, terms = phase.loss_fn(augment(xb, generator), yb)
+            # Augment the whole global batch, then take this rank's share of it: every rank
+            # (and a single process) draws the same random numbers in the same order.
+            xb, global_count = augment(xb, generator), len(xb)
+            xb, yb = distributed.shard(xb, yb, world)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach().item() * len(xb)
+            if len(xb):
+                loss, terms = phase.loss_fn(xb, yb)
+                (loss * (len(xb) / global_count)).backward()
+                total += loss.detach().item() * len(xb)
+                for key, value in terms.items():
+                    term_sums[key] = term_sums.get(key, 0.0) + value * len(xb)
             count += len(xb)
-            for key, value in terms.items():
-                term_sums[key] = term_sums.get(key, 0.0) + value * len(xb)
+            distributed.sum_gradients(parameters, world)
+            optimizer.step()
+        keys = sorted(term_sums)
+        total, count, *sums = distributed.sum_over_ranks(
+            [total, count, *(term_sums[k] for k in keys)], world
+        )
+        term_sums = dict(zip(keys, sums, strict=True))
         logits = {name: predict(net, context.test[0]) for name, net in phase.networks.items()}
         metrics = EpochMetrics(
             phase=phase.name,
@@ -206,7 +224,7 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             terms={k: v / count for k, v in term_sums.items()},
         )
         history.append(metrics)
-        if checkpoint is not None:
+        if checkpoint is not None and world.is_main:
             _save_checkpoint(checkpoint, phase, optimizer, generator, epoch + 1, history)
         accuracy = ", ".join(f"{n} {a:.2%}" for n, a in metrics.test_top1.items())
         context.progress.message(

@@ -1,0 +1,39 @@
+"""Activation-scale initialization by calibration, before quantization-aware training.
+
+Brevitas otherwise initializes each learned activation scale from statistics of the first
+training batches, while those batches are also training the network. Calibrating first, on a
+fixed set of training batches in data order with quantization disabled (Brevitas'
+``calibration_mode``), makes the starting point independent of the batch order and of how a
+batch is split across data-parallel ranks, and gives training a sensible start.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from apprentice_hw.brevitas_compat import brevitas_quant
+
+CALIBRATION_BATCHES = 8
+
+
+def has_runtime_stats(model: nn.Module) -> bool:
+    """True when ``model`` has Brevitas scales still waiting for their statistics."""
+    return any(
+        hasattr(m, "collect_stats_steps") and getattr(m, "counter", 1) == 0 for m in model.modules()
+    )
+
+
+@torch.no_grad()
+def calibrate_activations(
+    model: nn.Module, images: torch.Tensor, batch_size: int, batches: int = CALIBRATION_BATCHES
+) -> None:
+    """Initialize ``model``'s activation scales from its first ``batches`` training batches."""
+    brevitas_quant()  # imports Brevitas with its import-time warnings silenced
+    from brevitas.graph.calibrate import calibration_mode
+
+    was_training = model.training
+    with calibration_mode(model):
+        for start in range(0, min(len(images), batches * batch_size), batch_size):
+            model(images[start : start + batch_size])
+    model.train(was_training)
