@@ -9,10 +9,10 @@ batch is split across data-parallel ranks, and gives training a sensible start.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
-
-from apprentice_hw.brevitas_compat import brevitas_quant
 
 CALIBRATION_BATCHES = 8
 
@@ -29,8 +29,9 @@ def calibrate_activations(
     model: nn.Module, images: torch.Tensor, batch_size: int, batches: int = CALIBRATION_BATCHES
 ) -> None:
     """Initialize ``model``'s activation scales from its first ``batches`` training batches."""
-    brevitas_quant()  # imports Brevitas with its import-time warnings silenced
-    from brevitas.graph.calibrate import calibration_mode
+    with warnings.catch_warnings():  # Brevitas warns about optional kernels at import time
+        warnings.simplefilter("ignore")
+        from brevitas.graph.calibrate import calibration_mode
 
     was_training = model.training
     with calibration_mode(model):
