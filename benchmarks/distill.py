@@ -8,12 +8,15 @@ and wall time, printed as Markdown and written to ``benchmarks/results/distill.j
 
     python benchmarks/distill.py                    # the committed configuration
     python benchmarks/distill.py --seeds 0 --epochs 1 --train-limit 1000   # a quick look
+    python benchmarks/distill.py --seeds 1 --out /tmp/s1.json &             # seeds in parallel,
+    python benchmarks/distill.py --merge /tmp/s0.json /tmp/s1.json ...      # then one table
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -91,6 +94,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[Path], out: Path) -> None:
+    """Combine the runs of several result files (e.g. one per seed) into one report."""
+    reports = [json.loads(p.read_text()) for p in paths]
+    runs = sorted(
+        (run for r in reports for run in r["runs"]),
+        key=lambda r: (r["seed"], r["weight_bits"], SCHEMES.index(r["scheme"])),
+    )
+    report = {**reports[0], "runs": runs, "summary": summarize(runs), "merged_from": len(paths)}
+    write_json(out, report)
+    print(markdown(report["summary"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="fashion-mnist")
@@ -98,7 +113,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override all epochs")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", type=Path, nargs="+", help="combine result files, run nothing")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     base = load_recipe(args.recipe).with_overrides(epochs=args.epochs)
     limit = base.train_limit if args.train_limit is None else args.train_limit
     runs: list[dict] = []
