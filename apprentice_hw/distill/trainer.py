@@ -114,6 +114,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Fraction of samples whose label is among the ``k`` highest logits."""
     k = min(k, logits.shape[1])
+    if k == 1:  # argmax breaks ties (common in quantized logits) the same way as numpy
+        return float((logits.argmax(dim=1) == labels).float().mean())
     top = logits.topk(k, dim=1).indices
     return float((top == labels[:, None]).any(dim=1).float().mean())
 
