@@ -49,7 +49,6 @@ class BuildState:
     workdir: Path
     progress: Progress
     data: DatasetSplits | None = None
-    teacher: nn.Module | None = None
     student: nn.Module | None = None
     onnx_model: Any = None
     ort_outputs: np.ndarray | None = None
@@ -83,7 +82,7 @@ def step_train(state: BuildState) -> None:
 
     data = state.data
     trained = train_models(state.recipe, data, state.workdir, state.progress)
-    state.teacher, state.student = trained.teacher, trained.student
+    state.student = trained.student
     state.report["accuracy"] = {
         "teacher_top1": (
             evaluate(trained.teacher, data.test_x, data.test_y) if trained.teacher_trained else None
