@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from apprentice_hw.config import Recipe
 
 DEBUG_FLAG = "--debug"
+KERNEL_HELP = (
+    "Force a kernel strategy for the quantized layers it supports (see 'apprentice-hw "
+    "kernels'); other layers keep the target's choice."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,22 +175,32 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
     help="Build directory. Default: build/<recipe>-<target>-w<bits>a<act-bits>.",
 )
 @click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
+@click.option("--kernel", default=None, help=KERNEL_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def build(
-    target_name: str, recipe_name: str, out: Path | None, force: bool, quiet: bool, **overrides
+    target_name: str,
+    recipe_name: str,
+    out: Path | None,
+    force: bool,
+    kernel: str | None,
+    quiet: bool,
+    **overrides,
 ) -> None:
     """Train, distil, export, compile and report in one go.
 
     Example: apprentice-hw build --target arm-a72 --bits 2
     """  # fmt: skip
     from apprentice_hw.hardware import get_target
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
     from apprentice_hw.pipeline import default_output_dir, run_build
     from apprentice_hw.progress import Progress
 
     target = get_target(target_name)
     recipe = load_recipe_with_overrides(recipe_name, **overrides)
     out = out if out is not None else default_output_dir(recipe, target)
-    report = run_build(recipe, target, out, force, Progress(quiet))
+    if kernel is not None:
+        KERNEL_STRATEGIES.get(kernel)
+    report = run_build(recipe, target, out, force, Progress(quiet), kernel=kernel)
     acc = report["accuracy"]
     weights = report["memory"]["weights"]
     planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
@@ -197,18 +211,84 @@ def build(
         f"A{recipe.act_bits} top-1 {acc['student_top1']:.2%}"
     )
     click.echo(
-        f"  weights {weights['trained_precision_bytes'] / 1024:.1f} KiB at trained precision; "
+        f"  quantized weights in the module {weights['quantized_weight_bytes'] / 1024:.1f} KiB "
+        f"(parameters x bits / 8: {weights['trained_quantized_bytes'] / 1024:.1f} KiB); "
         f"activations planned {planned['batch_1'] / 1024:.1f} KiB (batch 1), "
         f"{planned['batch_8'] / 1024:.1f} KiB (batch 8)"
     )
-    check = report["checks"].get("compiled_vs_onnxruntime")
-    if check:
-        click.echo(
-            f"  compiled module vs ONNX Runtime: max {check['max_diff_steps']:.2f} output steps; "
-            f"latency {report['latency']['median_ms']:.3f} ms median (batch 1)"
-        )
+    checks = report["checks"]
+    click.echo(
+        f"  compiled module vs ONNX Runtime: max "
+        f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps, vs Brevitas: "
+        f"max {checks['compiled_vs_brevitas']['max_diff_steps']:.2f} "
+        f"({checks['compiled_module_checked']})"
+    )
+    latency = report["latency"]
+    if latency.get("median_ms") is not None:
+        click.echo(f"  latency {latency['median_ms']:.3f} ms median (batch 1)")
     else:
-        click.echo(f"  compiled module not run here: {report['checks']['compiled_not_run_reason']}")
+        click.echo(f"  latency not measured: {latency['reason']}")
+
+
+@cli.command()
+def kernels() -> None:
+    """List the kernel strategies for quantized layers (pick one with 'build --kernel')."""
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
+
+    for name in KERNEL_STRATEGIES.names():
+        click.echo(f"{name:<10} {KERNEL_STRATEGIES.get(name).description}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--samples", "-n", default=100, show_default=True, help="Inputs to compare.")
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .npy array of inputs (N, C, H, W) for MODEL.onnx. Default: seeded uniform [0, 1).",
+)
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    default=None,
+    help="Target whose kernel choices to check (default: the build's, or x86-host).",
+)
+@click.option("--kernel", default=None, help=KERNEL_HELP)
+@click.option("--tolerance", default=1.0, show_default=True, help="Allowed output steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify(
+    path: Path,
+    samples: int,
+    inputs_path: Path | None,
+    target_name: str | None,
+    kernel: str | None,
+    tolerance: float,
+    as_json: bool,
+) -> int:
+    """Run the same inputs through Brevitas, ONNX Runtime and the compiled module.
+
+    PATH is a build directory (test images, the trained student and its module) or a quantized
+    ONNX model (QCDQ, QONNX or QDQ from another tool). Differences are reported in output
+    quantization steps; on a mismatch the first diverging layer is named. Exit status 1 when
+    the check fails.
+
+    Example: apprentice-hw verify build/digits-x86-host-w2a8
+    """  # fmt: skip
+    import json
+
+    from apprentice_hw.verify import run_verify
+
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    result = run_verify(path, samples, inputs_path, target_name, kernel, tolerance)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(result.summary())
+    return 0 if result.passed else 1
 
 
 def _one_line(message: str) -> str:

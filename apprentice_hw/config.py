@@ -106,6 +106,24 @@ class Recipe:
             )
         return recipe
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Inverse of :meth:`to_dict` (used to rebuild a build's student from ``recipe.json``)."""
+        try:
+            values = dict(data)
+            for key in ("teacher", "student"):
+                values[key] = ModelSpec(**values[key])
+            for key in ("teacher_train", "student_train"):
+                values[key] = TrainSpec(**values[key])
+            values["distill"] = DistillSpec(**values["distill"])
+            for key in ("data_path", "source"):
+                values[key] = Path(values[key]) if values.get(key) else None
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise UserError(
+                f"the recorded recipe is incomplete or from another version: {exc}"
+            ) from exc
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form, recorded in the manifest."""
         data = dataclasses.asdict(self)

@@ -54,6 +54,7 @@ class Target:
     memory_bandwidth_gbs: float
     peak_macs_per_cycle_per_core: dict[str, float]
     source: Path
+    kernels: tuple[str, ...] = ()  # kernel strategy preference, first that fits a layer wins
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -142,6 +143,20 @@ def _resolve_tvm_dict(tvm: dict[str, Any], cores: int) -> dict[str, Any]:
     return resolved
 
 
+def _kernel_preference(data: dict[str, Any], where: str) -> tuple[str, ...]:
+    """The target's kernel strategy order (``kernels = [...]``), checked against the registry."""
+    from apprentice_hw.lowering.strategies import DEFAULT_PREFERENCE, KERNEL_STRATEGIES
+
+    names = data.get("kernels", list(DEFAULT_PREFERENCE))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"{where}: 'kernels' must be a list of strategy names")
+    for name in names:
+        if name not in KERNEL_STRATEGIES:
+            choices = ", ".join(KERNEL_STRATEGIES.names())
+            raise UserError(f"{where}: unknown kernel strategy '{name}'; choose from {choices}")
+    return tuple(names)
+
+
 def parse_target(data: dict[str, Any], source: Path) -> Target:
     """Validate a target file's contents and build a :class:`Target`."""
     where = f"target file {source}"
@@ -171,6 +186,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         "toolchain",
         "peak_macs_per_cycle_per_core",
         "notes",
+        "kernels",
     }
     return Target(
         name=name,
@@ -186,6 +202,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         memory_bandwidth_gbs=float(_require(hw, "memory_bandwidth_gbs", (int, float), hw_where)),
         peak_macs_per_cycle_per_core={k: float(v) for k, v in peaks.items()},
         source=source,
+        kernels=_kernel_preference(data, where),
         notes=str(data.get("notes", "")),
         extra={k: v for k, v in data.items() if k not in known},
     )
@@ -249,3 +266,17 @@ def find_cross_compiler(target: Target) -> str | None:
             f"target '{target.name}' needs the cross compiler '{target.cross_compiler}'; {hint}"
         )
     return path
+
+
+HOST_TARGET = "x86-host" if host_arch() == "x86_64" else "aarch64-host"
+
+
+def host_twin(target: Target) -> Target:
+    """This machine's target with ``target``'s kernel choices: runs here what ``target`` would.
+
+    The integer kernels compute the same exact sums on every CPU, so a host build with the
+    same strategies checks a cross-compiled module's arithmetic without the board.
+    """
+    from dataclasses import replace
+
+    return replace(get_target(HOST_TARGET), kernels=target.kernels)

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from apprentice_hw.cli import main
+from apprentice_hw.torch_backend import configure_torch
 
 # One thread: 1 and 2 threads give different float bits, and CI has 2 cores for everything.
 torch.set_num_threads(1)
+configure_torch()
 
 TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
 

@@ -119,8 +119,12 @@ def test_arm_build_is_an_aarch64_shared_object(tiny_recipe, tmp_path, run_cli):
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["weight_bits"] == 4
     assert report["latency"]["kind"] == "not measured"
-    assert "aarch64" in report["checks"]["compiled_not_run_reason"]
-    assert "compiled module not run here" in result.out
+    assert "aarch64" in report["latency"]["reason"]
+    assert "latency not measured" in result.out
+    # The arithmetic is still checked, on a host build with the same integer kernels.
+    assert "host build" in report["checks"]["compiled_module_checked"]
+    assert report["checks"]["compiled_vs_brevitas"]["max_diff_steps"] <= 1.0
+    assert {layer["strategy"] for layer in report["layers"]} == {"int8", "packed"}
     # Progress goes to stderr, numbered per step.
     assert f"[1/{len(pipeline.STEPS)}] load data" in result.err
 
@@ -151,6 +155,7 @@ BAD_INPUTS = [
     (["--target", "missing.toml"], "target file missing.toml does not exist"),
     (["--bits", "2"], "Missing option '--target'"),
     (["--target", "x86-host", "--frobnicate"], "No such option '--frobnicate'"),
+    (["--target", "x86-host", "--kernel", "fast"], "unknown kernel strategy 'fast'"),
 ]
 
 
@@ -204,3 +209,60 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert "Traceback" in debug.stderr and debug.returncode != 0
+
+
+def test_verify_command_checks_a_build_against_brevitas(x86_build, run_cli):
+    result = run_cli("verify", x86_build, "--json")
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert data["passed"] and data["samples"] == 100
+    assert data["module"] == str(x86_build / "model.so")
+    assert set(data["comparisons"]) == {
+        "compiled_vs_onnxruntime", "onnxruntime_vs_brevitas", "compiled_vs_brevitas",
+    }  # fmt: skip
+    for check in data["comparisons"].values():
+        assert check["max_diff_steps"] <= 1.0 and check["prediction_agreement"] >= 0.99
+
+
+def _doubling_strategy():
+    """A deliberately wrong kernel: int8 conv2d whose sums come out twice as large."""
+    from tvm import relax
+
+    from apprentice_hw.lowering import KERNEL_STRATEGIES, KernelStrategy
+
+    int8 = KERNEL_STRATEGIES.get("int8")
+
+    def emit(bb, data, layer):
+        return bb.emit(relax.op.multiply(int8.emit(bb, data, layer), relax.const(2, "int32")))
+
+    return KernelStrategy(
+        name="doubling", description="broken on purpose",
+        unsupported=lambda layer: None if layer.kind == "conv2d" else "conv2d only",
+        weight_bytes=int8.weight_bytes, emit=emit,
+    )  # fmt: skip
+
+
+def test_verify_names_the_first_layer_that_diverges(x86_build, run_cli, monkeypatch):
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
+
+    monkeypatch.setitem(KERNEL_STRATEGIES._entries, "doubling", _doubling_strategy())
+    result = run_cli("verify", x86_build, "--kernel", "doubling", "-n", "20")
+    assert result.code == 1
+    assert "verify: FAIL" in result.out
+    # The input quantizer agrees; the first activation after the broken conv1 does not.
+    assert "first divergence: layer /relu " in result.out
+
+
+VERIFY_BAD_INPUTS = [
+    (["/nonexistent/model.onnx"], "does not exist"),
+    (["README.md"], "is not a valid ONNX model"),
+    (["tests", "-n", "0"], "--samples must be at least 1"),
+    (["tests"], "is not a build directory"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), VERIFY_BAD_INPUTS)
+def test_verify_bad_input_is_one_line_exit_2(args, message, run_cli):
+    result = run_cli("verify", *args)
+    assert result.code == 2 and result.err.count("\n") == 1, result.err
+    assert message in result.err

@@ -47,7 +47,7 @@ def test_qcdq_export_matches_brevitas_within_one_step(student, digits, tmp_path)
     assert [i.name for i in model.graph.input] == ["input"]  # BatchNorm inputs stripped
     assert not initializers & {i.name for i in model.graph.input}
     assert {n.op_type for n in model.graph.node} >= {"QuantizeLinear", "DequantizeLinear", "Conv"}
-    check, _ = check_with_onnxruntime(student, model, digits.test_x)
+    check, _, _ = check_with_onnxruntime(student, model, digits.test_x)
     assert check.samples == len(digits.test_x)
     assert check.max_diff_steps <= 1.0
     assert check.prediction_agreement >= 0.99

@@ -30,7 +30,7 @@ def _train_step_and_export(model, shape, tmp_path) -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     model.eval()
     onnx_model = export_qcdq(model, x[:1], tmp_path / "m.onnx")
-    check, _ = check_with_onnxruntime(model, onnx_model, x)
+    check, _, _ = check_with_onnxruntime(model, onnx_model, x)
     assert check.max_diff_steps <= 1.0
 
 

@@ -1,31 +1,109 @@
-"""ONNX -> Relax import, compilation for a target, and export of a deployable shared object.
+"""ONNX -> Relax import, integer lowering, compilation for a target, and module export.
 
 The module is compiled for a fixed batch size (1 by default, what an edge device serves): static
 shapes let TVM plan all memory ahead of time and give the report exact byte counts.
 
-In this version the quantized graph is executed as float fake-quant (TVM's ONNX importer computes
-QuantizeLinear/DequantizeLinear in float); integer lowering with packed weights replaces it later.
+Every quantized conv2d / dense layer is lowered to an integer kernel with its weights stored at
+the trained precision (see ``apprentice_hw.lowering``); layers the lowering cannot take stay
+float and are listed, with the reason, in the returned layer records.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from apprentice_hw.atomic import atomic_path
-from apprentice_hw.export.onnx_export import INPUT_NAME
 from apprentice_hw.hardware import Target, find_cross_compiler
+from apprentice_hw.lowering import (
+    LoweredLayer,
+    LoweringOptions,
+    canonicalize,
+    graph_input,
+    lower_to_integer,
+)
+from apprentice_hw.lowering.relax_pass import weight_digest
+
+LOWERED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class PreparedModule:
+    """A Relax module ready to compile, and what the lowering did to each layer."""
+
+    mod: object  # tvm.IRModule
+    layers: list[LoweredLayer]
+    input_name: str
+    input_shape: tuple[int, ...]
+
+
+def input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
+    """The model input's shape with the batch dimension set to ``batch``."""
+    dims = graph_input(model).type.tensor_type.shape.dim
+    rest = [d.dim_value for d in dims[1:]]
+    if any(d <= 0 for d in rest):
+        raise ValueError("the model input needs static dimensions apart from the batch")
+    return (batch, *rest)
 
 
 def import_onnx(model: onnx.ModelProto, batch: int = 1):
-    """Import ``model`` into a Relax IRModule with the input's batch dimension fixed."""
+    """Import ``model`` as it is (no canonicalization, no lowering): the float reference."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    input_info = next(i for i in model.graph.input if i.name == INPUT_NAME)
-    dims = [d.dim_value for d in input_info.type.tensor_type.shape.dim]
-    shape = [batch, *dims[1:]]
-    return from_onnx(model, shape_dict={INPUT_NAME: shape}, keep_params_in_input=False)
+    name = graph_input(model).name
+    return from_onnx(
+        model, shape_dict={name: list(input_shape(model, batch))}, keep_params_in_input=False
+    )
+
+
+def layer_names(model: onnx.ModelProto) -> dict[str, str]:
+    """Weight digest -> ONNX node name for every Conv/Gemm/MatMul with dequantized weights.
+
+    Names do not survive TVM's import; the integer weights do, so they identify the layer.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in LOWERED_OPS or len(node.input) < 2:
+            continue
+        dequant = producers.get(node.input[1])
+        if dequant is None or dequant.op_type != "DequantizeLinear":
+            continue
+        weights = initializers.get(dequant.input[0])
+        if weights is None:
+            continue
+        values = numpy_helper.to_array(weights).astype(np.int64)
+        zero = initializers.get(dequant.input[2]) if len(dequant.input) > 2 else None
+        if zero is not None and not np.any(numpy_helper.to_array(zero)):
+            zero = None
+        if zero is not None:
+            continue  # the Relax side subtracts the zero point first; skip the rare case
+        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+            pass  # stored (out, in): already output-major
+        elif node.op_type in ("Gemm", "MatMul"):
+            values = values.T
+        names[weight_digest(values)] = node.name or node.output[0]
+    return names
+
+
+def prepare_module(
+    model: onnx.ModelProto, target: Target, batch: int = 1, kernel: str | None = None
+) -> PreparedModule:
+    """Canonicalize, import and lower ``model`` for ``target`` at a fixed ``batch``."""
+    canonical = canonicalize(model)
+    mod = import_onnx(canonical, batch)
+    options = LoweringOptions(
+        preference=target.kernels, forced=kernel, layer_names=layer_names(canonical)
+    )
+    lowered, layers = lower_to_integer(mod, options)
+    return PreparedModule(
+        lowered, layers, graph_input(canonical).name, input_shape(canonical, batch)
+    )
 
 
 def compile_module(mod, target: Target):

@@ -24,6 +24,9 @@ from apprentice_hw.distill import distributed
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant.calibration import calibrate_activations, has_runtime_stats
 from apprentice_hw.registry import Registry
+from apprentice_hw.torch_backend import configure_torch
+
+configure_torch()  # every training and evaluation path imports this module
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 Schedule = Callable[[float, int, int], float]

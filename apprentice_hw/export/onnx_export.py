@@ -132,10 +132,13 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
 
 def check_with_onnxruntime(
     student: nn.Module, model: onnx.ModelProto, inputs: torch.Tensor
-) -> tuple[OnnxCheck, np.ndarray]:
-    """Compare the torch student with ONNX Runtime on ``inputs``; also return ORT's outputs."""
+) -> tuple[OnnxCheck, np.ndarray, np.ndarray]:
+    """Compare the torch student with ONNX Runtime on ``inputs``.
+
+    Returns the comparison, ONNX Runtime's outputs and the student's outputs.
+    """
     from apprentice_hw.distill.trainer import predict
 
     reference = predict(student, inputs).numpy()
     ort_out = run_onnxruntime(model, inputs.numpy())
-    return compare_outputs(reference, ort_out, output_quant_step(model)), ort_out
+    return compare_outputs(reference, ort_out, output_quant_step(model)), ort_out, reference

@@ -38,3 +38,23 @@ def calibrate_activations(
         for start in range(0, min(len(images), batches * batch_size), batch_size):
             model(images[start : start + batch_size])
     model.train(was_training)
+
+
+@torch.no_grad()
+def calibrate_untrained(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Give an untrained student realistic statistics: BatchNorm averages, then activation scales.
+
+    Used to check the compiler on every zoo architecture without training each one: the
+    numbers flowing through the network then look like a trained network's (no saturated or
+    dead quantizers), which is what integer-vs-float checks need.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over every batch seen
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start : start + batch_size])
+    model.eval()
+    calibrate_activations(model, images, batch_size)
+    return model.eval()

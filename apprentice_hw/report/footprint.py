@@ -18,6 +18,7 @@ class WeightFootprint:
     parameters: int
     quantized_parameters: int
     fp32_bytes: int  # every parameter as fp32
+    quantized_bytes: float  # the quantized layers' weights only, at their bit width
     trained_precision_bytes: float  # quantized weights at their bit width, the rest as fp32
     bits_per_layer: dict[str, int]
 
@@ -51,6 +52,7 @@ def weight_footprint(model: nn.Module) -> WeightFootprint:
         parameters=total,
         quantized_parameters=quantized,
         fp32_bytes=total * 4,
+        quantized_bytes=packed_bits / 8,
         trained_precision_bytes=packed_bits / 8 + (total - quantized) * 4,
         bits_per_layer=bits_per_layer,
     )

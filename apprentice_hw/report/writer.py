@@ -57,20 +57,27 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| comparison | max diff (steps) | identical samples | same top-1 |",
         "|---|---|---|---|",
         _check_row("ONNX Runtime vs Brevitas", checks["onnxruntime_vs_brevitas"]),
-        _check_row(
-            "compiled module vs ONNX Runtime",
-            checks.get("compiled_vs_onnxruntime"),
-            checks.get("compiled_not_run_reason", ""),
-        ),
+        _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
+        _check_row("compiled module vs Brevitas", checks.get("compiled_vs_brevitas")),
+        "",
+        f"Compiled module checked: {checks.get('compiled_module_checked', 'not run')}.",
         "",
         "## Memory",
         "",
         "| | bytes | |",
         "|---|---|---|",
-        f"| weights in the compiled module | {weights['compiled_module_bytes']:,} "
-        f"| {_kib(weights['compiled_module_bytes'])} ({weights['compiled_module_note']}) |",
-        f"| weights at trained precision | {weights['trained_precision_bytes']:,.0f} "
-        f"| {_kib(weights['trained_precision_bytes'])} (parameters x bits / 8) |",
+        f"| constants in the compiled module | {weights['compiled_module_bytes']:,} "
+        f"| {_kib(weights['compiled_module_bytes'])} (all of the below) |",
+        f"| quantized weights in the module | {weights['quantized_weight_bytes']:,} "
+        f"| {_kib(weights['quantized_weight_bytes'])} "
+        f"({weights['quantized_vs_trained']:.3f}x parameters x bits / 8 = "
+        f"{weights['trained_quantized_bytes']:,.0f} B) |",
+        f"| per-channel requantization scales | {weights['scale_bytes']:,} "
+        f"| {_kib(weights['scale_bytes'])} |",
+        f"| other constants (bias, folded BatchNorm) | {weights['other_bytes']:,} "
+        f"| {_kib(weights['other_bytes'])} |",
+        f"| all parameters at trained precision | {weights['trained_precision_bytes']:,.0f} "
+        f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
         f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
     ]
     for act in memory["activations"].values():
@@ -81,6 +88,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| activations, batch {act['batch']}, sum of all tensors | "
             f"{act['activation_bytes_unplanned']:,} | {_kib(act['activation_bytes_unplanned'])} |"
+        )
+    lines += [
+        "",
+        "## Layers",
+        "",
+        "| layer | kind | weights | strategy | weight bits (stored) | activation bits "
+        "| weight bytes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for layer in report.get("layers", []):
+        shape = "x".join(str(d) for d in layer["weight_shape"])
+        bits = (
+            f"{layer['weight_bits']} ({layer['storage_bits']})"
+            if layer["weight_bits"] is not None
+            else f"float: {layer['reason']}"
+        )
+        lines.append(
+            f"| {layer['name']} | {layer['kind']} | {shape} | {layer['strategy']} | {bits} "
+            f"| {layer['act_bits'] if layer['act_bits'] is not None else '-'} "
+            f"| {layer['weight_bytes']:,} |"
         )
     lines += ["", "## Latency (batch 1)", ""]
     if latency.get("kind") == "measured":

@@ -1,0 +1,165 @@
+"""TE compute definitions of the integer kernels the lowering emits.
+
+All kernels take the quantized activation tensor as stored (uint8 or int8 codes), subtract its
+zero point inside the reduction, accumulate in int32 and return the exact integer sum; scaling
+back to real values happens outside, in one float multiply the compiler fuses with what follows.
+Padding uses the zero point as the pad value, so padded positions contribute exactly zero, as
+they do in the float graph.
+
+Weights arrive in one of three storage forms, matching the kernel strategies:
+``int8`` (one byte per weight), ``packed`` (2 or 4 bits per weight, see ``packing``), and
+``bitplanes`` (single-bit planes packed along input channels, for bit-serial popcount kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Static shape parameters of a 2-D convolution (NCHW data, OIHW weights)."""
+
+    out_channels: int
+    in_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+
+    def output_hw(self, height: int, width: int) -> tuple[int, int]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
+        top, left, bottom, right = self.padding
+        out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+        return out_h, out_w
+
+
+def _padded(data, geometry: ConvGeometry, zero_point: int, extra_channels: int = 0):
+    from tvm import tirx, topi
+
+    top, left, bottom, right = geometry.padding
+    if not (top or left or bottom or right or extra_channels):
+        return data
+    return topi.nn.pad(
+        data,
+        [0, 0, top, left],
+        [0, extra_channels, bottom, right],
+        pad_value=tirx.const(zero_point, data.dtype),
+        name="pad_data",
+    )
+
+
+def _weight_reader(weights, storage: str, bits: int, geometry: ConvGeometry):
+    """A function (o, c, ky, kx) -> int32 weight value reading ``weights`` in its storage form."""
+    from tvm import tirx
+
+    kh, kw = geometry.kernel
+    if storage == "int8":
+        if len(weights.shape) == 4:
+            return lambda o, c, y, x: weights[o, c, y, x].astype("int32")
+        return lambda o, c, y, x: weights[o, c].astype("int32")
+    from apprentice_hw.lowering.packing import container_bits
+
+    width = container_bits(bits)
+    per_byte, mask, offset = 8 // width, (1 << width) - 1, 1 << (width - 1)
+
+    def read(o, c, y, x):
+        index = (c * kh + y) * kw + x
+        byte = weights[o, tirx.indexdiv(index, per_byte)].astype("int32")
+        shift = tirx.indexmod(index, per_byte) * width
+        return ((byte >> shift) & mask) - offset
+
+    return read
+
+
+def conv2d_int(data, weights, geometry: ConvGeometry, zero_point: int, storage: str, bits: int):
+    """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx)."""
+    from tvm import te
+
+    batch, _, height, width = (int(d) for d in data.shape)
+    out_h, out_w = geometry.output_hw(height, width)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
+    padded = _padded(data, geometry, zero_point)
+    weight = _weight_reader(weights, storage, bits, geometry)
+    rc = te.reduce_axis((0, geometry.in_channels), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def compute(n, o, i, j):
+        value = padded[n, rc, i * sh + ry * dh, j * sw + rx * dw].astype("int32") - zero_point
+        return te.sum(value * weight(o, rc, ry, rx), axis=[rc, ry, rx])
+
+    return te.compute(
+        (batch, geometry.out_channels, out_h, out_w), compute, name="conv2d_int",
+        tag=f"conv2d_int_{storage}",
+    )  # fmt: skip
+
+
+def dense_int(data, weights, out_features: int, in_features: int, zero_point: int,
+              storage: str, bits: int):  # fmt: skip
+    """Integer dense: out[n, o] = sum_k (data[n, k] - zero_point) * W[o, k], in int32."""
+    from tvm import te
+
+    geometry = ConvGeometry(out_features, in_features, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
+    weight = _weight_reader(weights, storage, bits, geometry)
+    rk = te.reduce_axis((0, in_features), name="rk")
+    batch = int(data.shape[0])
+    return te.compute(
+        (batch, out_features),
+        lambda n, o: te.sum(
+            (data[n, rk].astype("int32") - zero_point) * weight(o, rk, 0, 0), axis=rk
+        ),
+        name="dense_int",
+        tag=f"dense_int_{storage}",
+    )
+
+
+def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: ConvGeometry,
+                     act_bits: int):  # fmt: skip
+    """Bit-serial conv2d for unsigned ``act_bits``-bit activations (zero point 0).
+
+    Activations are split into bit planes and packed eight channels per byte at run time;
+    ``planes`` holds the weight planes packed the same way, shape (P, O, ceil(C/8), KH, KW).
+    Each output is sum_p coef_p * sum_b 2^b * popcount(act_plane_b & weight_plane_p).
+    """
+    from tvm import te, tirx
+
+    batch, channels, height, width = (int(d) for d in data.shape)
+    words = -(-channels // 8)
+    out_h, out_w = geometry.output_hw(height, width)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
+    padded = _padded(data, geometry, 0, extra_channels=words * 8 - channels)
+    one = tirx.const(1, "uint8")
+
+    def pack(n, b, w, y, x):
+        bits = [((padded[n, w * 8 + i, y, x].astype("uint8") >> b) & one) << i for i in range(8)]
+        word = bits[0]
+        for bit in bits[1:]:
+            word = word | bit
+        return word
+
+    packed = te.compute(
+        (batch, act_bits, words, padded.shape[2], padded.shape[3]), pack, name="bitpack_data"
+    )
+    rw = te.reduce_axis((0, words), name="rw")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def compute(n, o, i, j):
+        terms = []
+        for p, coefficient in enumerate(coefficients):
+            for b in range(act_bits):
+                word = (
+                    packed[n, b, rw, i * sh + ry * dh, j * sw + rx * dw] & planes[p, o, rw, ry, rx]
+                )
+                terms.append(tirx.popcount(word).astype("int32") * (coefficient << b))
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return te.sum(total, axis=[rw, ry, rx])
+
+    return te.compute(
+        (batch, geometry.out_channels, out_h, out_w), compute, name="conv2d_bitserial",
+        tag="conv2d_bitserial",
+    )  # fmt: skip

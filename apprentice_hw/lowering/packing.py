@@ -1,0 +1,103 @@
+"""Packing of low-bit integer weights into bytes, and bit planes for bit-serial kernels.
+
+Weights are stored at the precision they were trained at: a signed value ``v`` of ``bits`` bits is
+stored as the unsigned code ``v + 2**(bits - 1)`` in a container of 2, 4 or 8 bits, several
+containers per byte, lowest bits first. Offset codes (rather than two's complement) make
+unpacking one shift, one mask and one subtraction, which vectorizes well on every target.
+
+Bit-serial kernels instead want each weight as a sum of single-bit planes with coefficients; a
+ternary weight is ``(+1) * [w == +1] + (-1) * [w == -1]``, any other signed value its two's
+complement bits (the top plane with a negative coefficient).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONTAINER_BITS = {1: 2, 2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 7: 8, 8: 8}
+
+
+def signed_bits_needed(values: np.ndarray) -> int:
+    """The fewest two's-complement bits that hold every value (at least 2: sign plus magnitude)."""
+    low, high = int(values.min(initial=0)), int(values.max(initial=0))
+    bits = 2
+    while low < -(1 << (bits - 1)) or high > (1 << (bits - 1)) - 1:
+        bits += 1
+    return bits
+
+
+def container_bits(bits: int) -> int:
+    """The storage width for ``bits``-bit values: 2, 4 or 8 (widths that divide a byte)."""
+    if bits not in CONTAINER_BITS:
+        raise ValueError(f"cannot pack {bits}-bit values; 1 to 8 bits are supported")
+    return CONTAINER_BITS[bits]
+
+
+def values_per_byte(bits: int) -> int:
+    return 8 // container_bits(bits)
+
+
+def packed_row_bytes(length: int, bits: int) -> int:
+    """Bytes one packed row of ``length`` values takes."""
+    per_byte = values_per_byte(bits)
+    return -(-length // per_byte)
+
+
+def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack a (rows, length) integer array of signed ``bits``-bit values into uint8 rows.
+
+    A row's tail that does not fill a byte is padded with the code of zero.
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError("pack_rows wants a 2-D (rows, length) array")
+    width = container_bits(bits)
+    offset = 1 << (width - 1)
+    if values.size and (values.min() < -offset or values.max() > offset - 1):
+        raise ValueError(f"values outside the signed {width}-bit range cannot be packed")
+    per_byte = 8 // width
+    rows, length = values.shape
+    padded = np.zeros((rows, packed_row_bytes(length, bits) * per_byte), dtype=np.int64)
+    padded[:, :length] = values
+    codes = (padded + offset).astype(np.uint16).reshape(rows, -1, per_byte)
+    shifts = (np.arange(per_byte, dtype=np.uint16) * width)[None, None, :]
+    return np.bitwise_or.reduce(codes << shifts, axis=2).astype(np.uint8)
+
+
+def unpack_rows(packed: np.ndarray, bits: int, length: int) -> np.ndarray:
+    """Inverse of :func:`pack_rows`: int8 array of shape (rows, length)."""
+    width = container_bits(bits)
+    offset = 1 << (width - 1)
+    per_byte = 8 // width
+    shifts = (np.arange(per_byte, dtype=np.uint16) * width)[None, None, :]
+    codes = (packed.astype(np.uint16)[:, :, None] >> shifts) & ((1 << width) - 1)
+    values = codes.reshape(packed.shape[0], -1)[:, :length].astype(np.int16) - offset
+    return values.astype(np.int8)
+
+
+def weight_planes(values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Split signed integer weights into (coefficient, 0/1 mask) planes that sum back to them."""
+    values = np.asarray(values).astype(np.int64)
+    if values.min(initial=0) >= -1 and values.max(initial=0) <= 1:
+        return [(1, (values == 1).astype(np.uint8)), (-1, (values == -1).astype(np.uint8))]
+    bits = signed_bits_needed(values)
+    twos = values & ((1 << bits) - 1)
+    planes = []
+    for plane in range(bits):
+        coefficient = -(1 << plane) if plane == bits - 1 else 1 << plane
+        planes.append((coefficient, ((twos >> plane) & 1).astype(np.uint8)))
+    return planes
+
+
+def pack_channel_bits(masks: np.ndarray) -> np.ndarray:
+    """Pack 0/1 masks of shape (O, C, KH, KW) into bytes along C: (O, ceil(C/8), KH, KW).
+
+    Bit ``i`` of byte ``w`` holds channel ``8 * w + i``; missing channels are zero.
+    """
+    out_ch, in_ch, kh, kw = masks.shape
+    words = -(-in_ch // 8)
+    padded = np.zeros((out_ch, words * 8, kh, kw), dtype=np.uint8)
+    padded[:, :in_ch] = masks
+    grouped = padded.reshape(out_ch, words, 8, kh, kw).astype(np.uint16)
+    shifts = np.arange(8, dtype=np.uint16)[None, None, :, None, None]
+    return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)

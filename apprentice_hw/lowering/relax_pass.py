@@ -1,0 +1,308 @@
+"""The Relax pass that turns dequantize -> conv2d / matmul into integer kernels.
+
+TVM's ONNX importer keeps a QCDQ graph's structure: every quantized layer arrives as
+``conv2d(dequantize(x_q), dequantize(W_q))`` (``matmul(..., permute_dims(dequantize(W_q)))`` for
+Gemm). This pass replaces each such layer with
+
+    acc   = <strategy kernel>(x_q, W stored at trained precision)    # exact int32
+    y     = float(acc) * (s_x * s_w)                                  # one fused multiply
+
+and leaves everything after it (bias, BatchNorm, residual adds, ReLU, the next quantize) as
+elementwise ops that TVM fuses into that multiply. It must run before constant folding, which
+would otherwise fold ``dequantize(W_q)`` into an fp32 weight tensor and erase the integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apprentice_hw.lowering.kernels import ConvGeometry
+from apprentice_hw.lowering.packing import signed_bits_needed
+from apprentice_hw.lowering.strategies import (
+    QuantLayer,
+    choose_strategy,
+    storage_bits,
+)
+
+INTEGER_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+
+
+@dataclass(frozen=True)
+class LoweredLayer:
+    """What the lowering did with one conv2d / dense layer (one row of the report)."""
+
+    name: str
+    kind: str
+    weight_shape: tuple[int, ...]
+    strategy: str  # kernel strategy name, or "float" when the layer was not lowered
+    weight_bits: int | None = None  # signed bits the integer weights need
+    storage_bits: int | None = None  # bits each weight takes in the module
+    act_bits: int | None = None
+    weight_bytes: int = 0  # bytes of the weight constant in the module
+    scale_bytes: int = 0  # bytes of the per-layer requantization scale constant
+    reason: str | None = None  # why a layer stayed float
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class LoweringOptions:
+    """Strategy choice: the target's preference order, and an optional forced strategy."""
+
+    preference: tuple[str, ...]
+    forced: str | None = None
+    layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
+
+
+def weight_digest(values: np.ndarray) -> str:
+    """A key that identifies a weight tensor by content (names do not survive the import)."""
+    array = np.ascontiguousarray(values)
+    return hashlib.sha1(str(array.shape).encode() + array.astype(np.int64).tobytes()).hexdigest()
+
+
+def _const_value(expr) -> np.ndarray | None:
+    import tvm
+
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
+    return None
+
+
+def _make_pass():
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    op = tvm.ir.Op.get
+    conv2d, matmul = op("relax.nn.conv2d"), op("relax.matmul")
+    dequantize = op("relax.dequantize")
+    permute_dims, call_tir = op("relax.permute_dims"), op("relax.call_tir")
+
+    @mutator
+    class IntegerLowering(PyExprMutator):
+        def __init__(self, mod, options: LoweringOptions):
+            super().__init__(mod)
+            self.options = options
+            self.layers: list[LoweredLayer] = []
+
+        # -- matching helpers -------------------------------------------------------------
+        def _bound(self, expr):
+            if isinstance(expr, relax.Var):
+                value = self.lookup_binding(expr)
+                return value if value is not None else expr
+            return expr
+
+        def _dequantized(self, expr):
+            """(codes expr, scale, zero point, axis) when ``expr`` is dequantize(codes)."""
+            call = self._bound(expr)
+            if not (isinstance(call, relax.Call) and call.op == dequantize):
+                return None
+            scale, zero = _const_value(call.args[1]), _const_value(call.args[2])
+            if scale is None or zero is None:
+                return None
+            return (
+                call.args[0],
+                scale.astype(np.float32),
+                zero.astype(np.int64),
+                int(call.attrs.axis),
+            )
+
+        def _code_range(self, codes) -> tuple[int, int] | None:
+            """Smallest and largest value an integer activation tensor can hold."""
+            dtype = str(codes.ty.dtype)
+            if dtype not in INTEGER_RANGES:
+                return None
+            low, high = INTEGER_RANGES[dtype]
+            call = self._bound(codes)
+            while (clip := self._integer_clip(call)) is not None:
+                kind, bound, call = clip
+                if kind == "maximum":
+                    low = max(low, bound)
+                else:
+                    high = min(high, bound)
+                call = self._bound(call)
+            return low, high
+
+        def _integer_clip(self, call):
+            """("maximum" | "minimum", bound, input) for one half of an imported integer Clip.
+
+            TVM's ONNX importer turns ``Clip`` into ``call_tir`` of ``topi.maximum`` and
+            ``topi.minimum`` kernels (named after them) with a scalar constant bound: the only
+            trace of a narrow (2- or 4-bit) activation range after import.
+            """
+            if not (isinstance(call, relax.Call) and call.op == call_tir):
+                return None
+            name = call.args[0].name_hint
+            kind = next((k for k in ("maximum", "minimum") if name.startswith(k)), None)
+            operands = call.args[1]
+            if kind is None or not isinstance(operands, relax.Tuple) or len(operands) != 2:
+                return None
+            bound = _const_value(operands[1])
+            if bound is None or bound.size != 1:
+                return None
+            return kind, int(bound.reshape(-1)[0]), operands[0]
+
+        def _activation(self, expr):
+            found = self._dequantized(expr)
+            if found is None:
+                return None, "its input is not a dequantized integer tensor"
+            codes, scale, zero, _ = found
+            if scale.size != 1 or zero.size != 1:
+                return None, "per-channel activation scales are not supported"
+            code_range = self._code_range(codes)
+            if code_range is None:
+                return None, f"activation codes are {codes.ty.dtype}, not uint8/int8"
+            return (codes, float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0]), code_range), None
+
+        def _weights(self, expr, out_axis: int, transpose: bool):
+            """Integer weights (out-channel first) and per-output scales, or a reason."""
+            permuted = False
+            call = self._bound(expr)
+            if transpose:
+                if not (isinstance(call, relax.Call) and call.op == permute_dims):
+                    return None, "its weights are not a transposed constant"
+                axes = [int(a) for a in call.attrs.axes] if call.attrs.axes is not None else [1, 0]
+                if axes != [1, 0]:
+                    return None, "its weights are permuted in an unsupported way"
+                expr, permuted = call.args[0], True
+            found = self._dequantized(expr)
+            if found is None:
+                return None, "its weights are not dequantized integer constants"
+            codes, scale, zero, axis = found
+            values = _const_value(codes)
+            if values is None:
+                return None, "its weights are computed at run time"
+            axis = axis % values.ndim
+            shape = [1] * values.ndim
+            if scale.size > 1:
+                shape[axis] = scale.size
+            scale_full = np.broadcast_to(scale.reshape(shape), values.shape)
+            zero_full = np.broadcast_to(
+                zero.reshape(shape if zero.size > 1 else [1] * values.ndim), values.shape
+            )
+            integers = values.astype(np.int64) - zero_full
+            if permuted:
+                pass  # stored (O, K): output axis 0 already
+            elif out_axis != 0:
+                integers, scale_full = (
+                    np.moveaxis(integers, out_axis, 0),
+                    np.moveaxis(scale_full, out_axis, 0),
+                )
+            per_out = scale_full.reshape(scale_full.shape[0], -1)
+            if not np.all(per_out == per_out[:, :1]):
+                return None, "its weight scales vary along the reduction"
+            return (np.ascontiguousarray(integers), per_out[:, 0].copy()), None
+
+        # -- rewriting --------------------------------------------------------------------
+        def _name(self, kind: str, integers: np.ndarray) -> str:
+            default = f"{kind}_{len(self.layers)}"
+            return self.options.layer_names.get(weight_digest(integers), default)
+
+        def _keep_float(self, kind: str, call, reason: str):
+            shape = tuple(int(d) for d in call.args[1].ty.shape)
+            self.layers.append(
+                LoweredLayer(f"{kind}_{len(self.layers)}", kind, shape, "float", reason=reason)
+            )
+            return call
+
+        def _lower(
+            self, call, layer: QuantLayer, act_scale: float, weight_scales: np.ndarray, rank: int
+        ):
+            strategy = choose_strategy(layer, self.options.preference, self.options.forced)
+            accumulated = strategy.emit(self.builder_, self._codes, layer)
+            scales = (np.float32(act_scale) * weight_scales.astype(np.float32)).astype(np.float32)
+            shape = [1, layer.out_channels] + [1] * (rank - 2)
+            uniform = bool(np.all(scales == scales[0]))
+            scale_const = scales[:1].reshape(()) if uniform else scales.reshape(shape)
+            record = LoweredLayer(
+                name=layer.name, kind=layer.kind, weight_shape=tuple(layer.weights.shape),
+                strategy=strategy.name, weight_bits=layer.weight_bits,
+                storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
+                weight_bytes=int(strategy.weight_bytes(layer)),
+                scale_bytes=0 if uniform else int(scale_const.nbytes),  # scalars are immediates
+            )  # fmt: skip
+            self.layers.append(record)
+            as_float = self.builder_.emit(relax.op.astype(accumulated, "float32"))
+            return relax.op.multiply(as_float, relax.const(scale_const))
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op == conv2d:
+                return self._visit_conv2d(call)
+            if call.op == matmul:
+                return self._visit_matmul(call)
+            return call
+
+        def _visit_conv2d(self, call):
+            attrs = call.attrs
+            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
+                return self._keep_float("conv2d", call, "layouts other than NCHW/OIHW")
+            if int(attrs.groups) != 1:
+                return self._keep_float("conv2d", call, "grouped convolution")
+            activation, reason = self._activation(call.args[0])
+            if activation is None:
+                return self._keep_float("conv2d", call, reason)
+            weights, reason = self._weights(call.args[1], out_axis=0, transpose=False)
+            if weights is None:
+                return self._keep_float("conv2d", call, reason)
+            codes, act_scale, act_zero, code_range = activation
+            integers, weight_scales = weights
+            bits = signed_bits_needed(integers)
+            if bits > 8:
+                return self._keep_float("conv2d", call, f"weights need {bits} bits")
+            geometry = ConvGeometry(
+                out_channels=int(integers.shape[0]), in_channels=int(integers.shape[1]),
+                kernel=(int(integers.shape[2]), int(integers.shape[3])),
+                strides=tuple(int(s) for s in attrs.strides),
+                padding=tuple(int(p) for p in attrs.padding),
+                dilation=tuple(int(d) for d in attrs.dilation),
+            )  # fmt: skip
+            layer = QuantLayer(
+                name=self._name("conv2d", integers), kind="conv2d", weights=integers,
+                weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
+                act_range=code_range, geometry=geometry,
+            )  # fmt: skip
+            self._codes = codes
+            return self._lower(call, layer, act_scale, weight_scales, rank=4)
+
+        def _visit_matmul(self, call):
+            if len(call.args[0].ty.shape) != 2 or len(call.args[1].ty.shape) != 2:
+                return self._keep_float("dense", call, "only 2-D matmul is lowered")
+            activation, reason = self._activation(call.args[0])
+            if activation is None:
+                return self._keep_float("dense", call, reason)
+            bound = self._bound(call.args[1])
+            transposed = isinstance(bound, relax.Call) and bound.op == permute_dims
+            weights, reason = self._weights(call.args[1], out_axis=1, transpose=transposed)
+            if weights is None:
+                return self._keep_float("dense", call, reason)
+            codes, act_scale, act_zero, code_range = activation
+            integers, weight_scales = weights
+            bits = signed_bits_needed(integers)
+            if bits > 8:
+                return self._keep_float("dense", call, f"weights need {bits} bits")
+            layer = QuantLayer(
+                name=self._name("dense", integers), kind="dense", weights=integers,
+                weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
+                act_range=code_range,
+            )  # fmt: skip
+            self._codes = codes
+            return self._lower(call, layer, act_scale, weight_scales, rank=2)
+
+    return IntegerLowering
+
+
+def lower_to_integer(mod, options: LoweringOptions):
+    """Rewrite every quantized layer of ``mod['main']``; returns (new module, layer records)."""
+    from tvm import relax
+
+    lowering = _make_pass()(mod, options)
+    function = lowering.visit_expr(mod["main"])
+    function = relax.analysis.remove_all_unused(function)
+    new_mod = lowering.builder_.get()
+    new_mod["main"] = function
+    return new_mod, lowering.layers

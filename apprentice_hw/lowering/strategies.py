@@ -1,0 +1,204 @@
+"""Kernel strategies: how one quantized layer is stored and computed.
+
+A strategy is a registered entry that says which layers it can serve (``unsupported`` returns
+the reason it cannot, or None), how it stores the weights and which TE kernel it emits. The
+lowering picks, per layer, the first strategy in the target's preference list that supports it
+(``kernels`` in the target file; ``--kernel`` forces one where it applies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from apprentice_hw.lowering import kernels
+from apprentice_hw.lowering.packing import (
+    container_bits,
+    pack_channel_bits,
+    pack_rows,
+    packed_row_bytes,
+    weight_planes,
+)
+from apprentice_hw.registry import Registry
+
+DEFAULT_PREFERENCE = ("bitserial", "packed", "int8")
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """A conv2d or dense layer whose inputs are both dequantized integer tensors."""
+
+    name: str
+    kind: str  # "conv2d" or "dense"
+    weights: np.ndarray  # signed integers, zero point removed: (O, C, KH, KW) or (O, K)
+    weight_bits: int  # fewest signed bits that hold every weight
+    act_dtype: str  # storage type of the quantized activation (uint8 / int8)
+    act_zero_point: int
+    act_range: tuple[int, int]  # smallest and largest code the activation can take
+    geometry: kernels.ConvGeometry | None = None  # conv2d only
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weights.shape[0])
+
+    @property
+    def reduction(self) -> int:
+        """Weights per output channel (the length of one dot product)."""
+        return int(np.prod(self.weights.shape[1:]))
+
+    @property
+    def act_bits(self) -> int:
+        """Bits of the activation codes measured from the zero point (unsigned if lo >= zp)."""
+        low = self.act_range[0] - self.act_zero_point
+        high = self.act_range[1] - self.act_zero_point
+        if low >= 0:
+            return max(1, int(high).bit_length())
+        return max(int(high).bit_length(), int(-low - 1).bit_length()) + 1
+
+
+@dataclass(frozen=True)
+class KernelStrategy:
+    """One way to store and compute a quantized layer."""
+
+    name: str
+    description: str
+    unsupported: Callable[[QuantLayer], str | None]
+    weight_bytes: Callable[[QuantLayer], int]
+    emit: Callable[[Any, Any, QuantLayer], Any]  # (block builder, activation expr, layer) -> int32
+
+
+KERNEL_STRATEGIES: Registry[KernelStrategy] = Registry("kernel strategy")
+
+
+def _const(value: np.ndarray):
+    from tvm import relax
+
+    return relax.const(np.ascontiguousarray(value))
+
+
+def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str, weights: np.ndarray):
+    # emit_te passes only tensors and plain numbers through, so the static layer parameters
+    # travel in a closure.
+    zero_point, bits = layer.act_zero_point, layer.weight_bits
+    if layer.kind == "conv2d":
+
+        def conv(x, w):
+            return kernels.conv2d_int(x, w, layer.geometry, zero_point, storage, bits)
+
+        return bb.emit_te(conv, data, _const(weights), primfunc_name_hint=f"conv2d_int_{storage}")
+
+    def dense(x, w):
+        return kernels.dense_int(
+            x, w, layer.out_channels, layer.reduction, zero_point, storage, bits
+        )
+
+    return bb.emit_te(dense, data, _const(weights), primfunc_name_hint=f"dense_int_{storage}")
+
+
+def _int8_unsupported(layer: QuantLayer) -> str | None:
+    if layer.weight_bits > 8:
+        return f"weights need {layer.weight_bits} bits"
+    return None
+
+
+def _emit_int8(bb, data, layer: QuantLayer):
+    return _emit_dense_or_conv(bb, data, layer, "int8", layer.weights.astype(np.int8))
+
+
+def _packed_unsupported(layer: QuantLayer) -> str | None:
+    if layer.weight_bits > 4:
+        return f"weights need {layer.weight_bits} bits; packing helps only up to 4"
+    return None
+
+
+def _packed_weights(layer: QuantLayer) -> np.ndarray:
+    return pack_rows(layer.weights.reshape(layer.out_channels, -1), layer.weight_bits)
+
+
+def _emit_packed(bb, data, layer: QuantLayer):
+    return _emit_dense_or_conv(bb, data, layer, "packed", _packed_weights(layer))
+
+
+def _bitserial_unsupported(layer: QuantLayer) -> str | None:
+    if layer.kind != "conv2d":
+        return "only conv2d has a bit-serial kernel"
+    if layer.act_range[0] < layer.act_zero_point or layer.act_zero_point != 0:
+        return "activations must be unsigned with zero point 0"
+    if layer.act_bits > 2:
+        return f"activations have {layer.act_bits} bits; bit-serial pays off only up to 2"
+    if layer.weight_bits > 2:
+        return f"weights have {layer.weight_bits} bits; bit-serial takes ternary or 2-bit"
+    return None
+
+
+def _bitplanes(layer: QuantLayer) -> tuple[tuple[int, ...], np.ndarray]:
+    planes = weight_planes(layer.weights)
+    packed = np.stack([pack_channel_bits(mask) for _, mask in planes])
+    return tuple(coefficient for coefficient, _ in planes), packed
+
+
+def _emit_bitserial(bb, data, layer: QuantLayer):
+    coefficients, packed = _bitplanes(layer)
+
+    def conv(x, w):
+        return kernels.conv2d_bitserial(x, w, coefficients, layer.geometry, layer.act_bits)
+
+    return bb.emit_te(conv, data, _const(packed), primfunc_name_hint="conv2d_bitserial")
+
+
+KERNEL_STRATEGIES.add(
+    "int8",
+    KernelStrategy(
+        name="int8",
+        description="int8 weights x 8-bit activation codes, int32 accumulation",
+        unsupported=_int8_unsupported,
+        weight_bytes=lambda layer: layer.weights.size,
+        emit=_emit_int8,
+    ),
+)
+KERNEL_STRATEGIES.add(
+    "packed",
+    KernelStrategy(
+        name="packed",
+        description="2 or 4 weights per byte at trained precision, unpacked in the reduction",
+        unsupported=_packed_unsupported,
+        weight_bytes=lambda layer: (
+            layer.out_channels * packed_row_bytes(layer.reduction, layer.weight_bits)
+        ),
+        emit=_emit_packed,
+    ),
+)
+KERNEL_STRATEGIES.add(
+    "bitserial",
+    KernelStrategy(
+        name="bitserial",
+        description="popcount over activation and weight bit planes (activations <= 2 bits)",
+        unsupported=_bitserial_unsupported,
+        weight_bytes=lambda layer: int(_bitplanes(layer)[1].size),
+        emit=_emit_bitserial,
+    ),
+)
+
+
+def choose_strategy(
+    layer: QuantLayer, preference: tuple[str, ...], forced: str | None = None
+) -> KernelStrategy:
+    """The forced strategy when it supports ``layer``, else the first preferred one that does."""
+    order = ((forced,) if forced else ()) + tuple(preference) + ("int8",)
+    for name in order:
+        strategy = KERNEL_STRATEGIES.get(name)
+        if strategy.unsupported(layer) is None:
+            return strategy
+    raise ValueError(f"no kernel strategy supports layer {layer.name}")
+
+
+def storage_bits(layer: QuantLayer, strategy: KernelStrategy) -> int:
+    """Bits each weight occupies in the module under ``strategy``."""
+    if strategy.name == "int8":
+        return 8
+    if strategy.name == "packed":
+        return container_bits(layer.weight_bits)
+    return 8 * strategy.weight_bytes(layer) // max(1, layer.weights.size)

@@ -1,0 +1,328 @@
+"""``verify``: one set of inputs through Brevitas, ONNX Runtime and the compiled module.
+
+Every difference is counted in output quantization steps (one step = one integer level of the
+output quantizer). The compiled module computes its quantized layers in exact integer
+arithmetic, while Brevitas and ONNX Runtime accumulate in float; at a rounding boundary that
+can move an intermediate code by one level, so the contract is: at most ``tolerance`` steps on
+every output and top-1 agreement on at least 99% of inputs.
+
+On a mismatch between ONNX Runtime and the compiled module, the model is rebuilt with every
+activation tensor as an extra output and both sides are compared layer by layer, in graph
+order, to name the first layer that diverges.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from apprentice_hw.errors import UserError
+from apprentice_hw.export.onnx_export import OnnxCheck, compare_outputs, output_quant_step
+from apprentice_hw.hardware import Target
+
+DEFAULT_SAMPLES = 100
+MIN_AGREEMENT = 0.99
+ACT_QUANT_SUFFIX = "/act_quant/export_handler/QuantizeLinear"
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first activation tensor, in graph order, where two runtimes disagree."""
+
+    layer: str
+    tensor: str
+    max_diff_steps: float  # in steps of that tensor's own quantizer
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+@dataclass
+class VerifyResult:
+    samples: int
+    output_step: float
+    tolerance_steps: float
+    comparisons: dict[str, OnnxCheck]
+    module: str  # which compiled module ran
+    layers: list[dict] = field(default_factory=list)
+    first_divergence: Divergence | None = None
+    compiled_outputs: np.ndarray | None = None  # not serialized: the raw outputs, for callers
+
+    @property
+    def passed(self) -> bool:
+        return all(
+            c.max_diff_steps <= self.tolerance_steps and c.prediction_agreement >= MIN_AGREEMENT
+            for c in self.comparisons.values()
+        )
+
+    def summary(self) -> str:
+        """Human-readable lines for the terminal."""
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [
+            f"verify: {verdict} ({self.samples} inputs, output step {self.output_step:.6g}, "
+            f"tolerance {self.tolerance_steps:g} step)",
+            f"  module: {self.module}",
+        ]
+        for name, check in self.comparisons.items():
+            label = name.replace("_vs_", " vs ").replace("onnxruntime", "ONNX Runtime")
+            lines.append(
+                f"  {label:<28} max {check.max_diff_steps:.2f} steps, "
+                f"{check.fraction_exact:.1%} identical, top-1 agreement "
+                f"{check.prediction_agreement:.1%}"
+            )
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            counts[layer["strategy"]] = counts.get(layer["strategy"], 0) + 1
+        kinds = ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
+        lines.append(f"  layers: {len(self.layers)} ({kinds})")
+        if self.first_divergence is not None:
+            d = self.first_divergence
+            lines.append(
+                f"  first divergence: layer {d.layer} (tensor {d.tensor}), "
+                f"max {d.max_diff_steps:g} steps of its quantizer"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "samples": self.samples,
+            "output_step": self.output_step,
+            "tolerance_steps": self.tolerance_steps,
+            "module": self.module,
+            "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
+            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
+            "layers": self.layers,
+        }
+
+
+def run_module_outputs(executable, inputs: np.ndarray) -> list[np.ndarray]:
+    """Run a (possibly multi-output) batch-1 module over ``inputs``; one array per output."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    per_sample = []
+    for sample in inputs:
+        result = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(sample[None])))
+        items = list(result) if not hasattr(result, "numpy") else [result]
+        per_sample.append([item.numpy() for item in items])
+    return [np.concatenate(parts) for parts in zip(*per_sample, strict=True)]
+
+
+def run_onnxruntime_outputs(model: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    from apprentice_hw.lowering import graph_input
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    return session.run(None, {graph_input(model).name: inputs.astype(np.float32)})
+
+
+def activation_probes(
+    model: onnx.ModelProto,
+) -> tuple[onnx.ModelProto, list[tuple[str, str, float]]]:
+    """A copy of ``model`` that also outputs every dequantized activation.
+
+    Returns the copy and, per extra output, (layer name, tensor name, quantization step).
+    """
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    graph = probed.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    probes = []
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] in initializers:
+            continue
+        scale = initializers.get(node.input[1])
+        if scale is None or numpy_helper.to_array(scale).size != 1:
+            continue
+        source = producers.get(node.input[0])
+        while source is not None and source.op_type not in ("QuantizeLinear",):
+            source = producers.get(source.input[0]) if source.input else None
+        layer = (source.name if source is not None else node.name) or node.output[0]
+        layer = layer.removesuffix(ACT_QUANT_SUFFIX) or layer
+        step = float(numpy_helper.to_array(scale).reshape(-1)[0])
+        probes.append((layer, node.output[0], step))
+        graph.output.append(helper.make_empty_tensor_value_info(node.output[0]))
+    return probed, probes
+
+
+def locate_divergence(
+    model: onnx.ModelProto, inputs: np.ndarray, target: Target, kernel: str | None
+) -> Divergence | None:
+    """Compare every activation of ONNX Runtime and the compiled module; first bad one wins."""
+    from apprentice_hw.compiler import compile_module, prepare_module
+    from apprentice_hw.lowering import canonicalize
+
+    probed, probes = activation_probes(canonicalize(model))
+    expected = run_onnxruntime_outputs(probed, inputs)[1:]
+    prepared = prepare_module(probed, target, batch=1, kernel=kernel)
+    actual = run_module_outputs(compile_module(prepared.mod, target), inputs)[1:]
+    differing = []
+    for (layer, tensor, step), ref, got in zip(probes, expected, actual, strict=True):
+        steps = round(float(np.abs(ref.astype(np.float64) - got).max() / step), 4)
+        if steps > 1.0:
+            return Divergence(layer, tensor, steps)
+        if steps > 0 and not differing:
+            differing.append(Divergence(layer, tensor, steps))
+    return differing[0] if differing else None
+
+
+def verify_model(
+    model: onnx.ModelProto,
+    inputs: np.ndarray,
+    target: Target,
+    kernel: str | None = None,
+    brevitas_outputs: np.ndarray | None = None,
+    tolerance: float = 1.0,
+    module_path: Path | None = None,
+) -> VerifyResult:
+    """Compare Brevitas (when given), ONNX Runtime and the integer-lowered module on ``inputs``."""
+    import tvm
+
+    from apprentice_hw.compiler import compile_module, prepare_module
+    from apprentice_hw.lowering import canonicalize
+
+    canonical = canonicalize(model)  # QONNX runs in ONNX Runtime only after conversion
+    step = output_quant_step(canonical)
+    ort_out = run_onnxruntime_outputs(canonical, inputs)[0]
+    prepared = prepare_module(model, target, batch=1, kernel=kernel)
+    if module_path is not None:
+        executable, module = tvm.runtime.load_module(str(module_path)), str(module_path)
+    else:
+        executable, module = compile_module(prepared.mod, target), f"compiled for {target.name}"
+    compiled = run_module_outputs(executable, inputs)[0]
+    comparisons = {"compiled_vs_onnxruntime": compare_outputs(ort_out, compiled, step)}
+    if brevitas_outputs is not None:
+        comparisons["onnxruntime_vs_brevitas"] = compare_outputs(brevitas_outputs, ort_out, step)
+        comparisons["compiled_vs_brevitas"] = compare_outputs(brevitas_outputs, compiled, step)
+    result = VerifyResult(
+        samples=len(inputs), output_step=step, tolerance_steps=tolerance,
+        comparisons=comparisons, module=module,
+        layers=[layer.to_dict() for layer in prepared.layers], compiled_outputs=compiled,
+    )  # fmt: skip
+    check = comparisons["compiled_vs_onnxruntime"]
+    if check.max_diff_steps > tolerance or check.prediction_agreement < MIN_AGREEMENT:
+        result.first_divergence = locate_divergence(model, inputs, target, kernel)
+    return result
+
+
+def load_inputs(path: Path | None, shape: tuple[int, ...], samples: int, seed: int) -> np.ndarray:
+    """Inputs from a ``.npy`` file, or seeded uniform [0, 1) images of the model's shape."""
+    if path is None:
+        return np.random.default_rng(seed).random((samples, *shape[1:]), dtype=np.float32)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read inputs from {path}: {exc}; pass a .npy array") from exc
+    if tuple(array.shape[1:]) != tuple(shape[1:]):
+        raise UserError(
+            f"inputs in {path} have shape {array.shape}; the model wants (N, "
+            f"{', '.join(str(d) for d in shape[1:])})"
+        )
+    return array[:samples].astype(np.float32)
+
+
+@dataclass
+class BuildInputs:
+    """What a build directory provides for verification."""
+
+    model: onnx.ModelProto
+    inputs: np.ndarray
+    brevitas_outputs: np.ndarray | None
+    target_name: str
+    module_path: Path | None
+
+
+def read_build(build_dir: Path, samples: int) -> BuildInputs:
+    """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
+    import torch
+
+    from apprentice_hw.config import Recipe
+    from apprentice_hw.data import load_dataset
+    from apprentice_hw.distill.trainer import predict
+    from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
+    from apprentice_hw.training import RECIPE_RECORD, build_student
+
+    manifest_path = build_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise UserError(f"{build_dir} is not a build directory (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text())
+    recipe = Recipe.from_dict(json.loads((build_dir / RECIPE_RECORD).read_text()))
+    model = load_onnx(build_dir / QCDQ_FILE)
+    data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed, recipe.train_limit)
+    inputs = data.test_x[:samples]
+    torch.set_num_threads(recipe.threads)
+    student = build_student(recipe, data)
+    student.load_state_dict(torch.load(build_dir / "student.pt", weights_only=True))
+    brevitas = predict(student, inputs).detach().numpy()
+    module = build_dir / MODULE_FILE
+    return BuildInputs(model, inputs.numpy(), brevitas, manifest["target"]["name"], module)
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, with a one-line error for anything unreadable."""
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} does not exist") from exc
+    except Exception as exc:  # protobuf and the checker raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a valid ONNX model ({first})") from exc
+    return model
+
+
+def run_verify(
+    path: Path,
+    samples: int = DEFAULT_SAMPLES,
+    inputs_path: Path | None = None,
+    target_name: str | None = None,
+    kernel: str | None = None,
+    tolerance: float = 1.0,
+) -> VerifyResult:
+    """The ``verify`` command: a build directory or an ONNX file."""
+    from apprentice_hw.compiler.tvm_build import input_shape
+    from apprentice_hw.hardware import HOST_TARGET, get_target, host_twin
+    from apprentice_hw.lowering import KERNEL_STRATEGIES, canonicalize
+
+    if kernel is not None:
+        KERNEL_STRATEGIES.get(kernel)
+    if path.is_dir():
+        build = read_build(path, samples)
+        target = get_target(target_name or build.target_name)
+        use_built = (
+            target.runs_on_this_machine and target_name is None and kernel is None
+            and build.module_path is not None and build.module_path.exists()
+        )  # fmt: skip
+        if not target.runs_on_this_machine:
+            target = host_twin(target)
+        return verify_model(
+            build.model, build.inputs, target, kernel, build.brevitas_outputs, tolerance,
+            module_path=build.module_path if use_built else None,
+        )  # fmt: skip
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a build directory or an .onnx file")
+    model = load_onnx(path)
+    target = get_target(target_name or HOST_TARGET)
+    if not target.runs_on_this_machine:
+        target = host_twin(target)
+    try:
+        canonical = canonicalize(model)
+        shape = input_shape(canonical, 1)
+        output_quant_step(canonical)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from exc
+    inputs = load_inputs(inputs_path, shape, samples, seed=0)
+    return verify_model(model, inputs, target, kernel, None, tolerance)

@@ -1,0 +1,268 @@
+"""Integer lowering: packing, every kernel strategy, foreign QDQ models and QONNX input.
+
+Kernel checks use power-of-two scales and small integers, so the float (fake-quant) graph in
+ONNX Runtime is exact too: the integer module must then equal it bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import TensorProto, helper, numpy_helper
+
+from apprentice_hw.compiler import compile_module, prepare_module
+from apprentice_hw.hardware import get_target
+from apprentice_hw.lowering.packing import (
+    pack_channel_bits,
+    pack_rows,
+    packed_row_bytes,
+    signed_bits_needed,
+    unpack_rows,
+    weight_planes,
+)
+from apprentice_hw.verify import run_module_outputs, run_onnxruntime_outputs
+
+BIT_WIDTHS = st.integers(min_value=2, max_value=8)
+
+
+@st.composite
+def signed_rows(draw):
+    bits = draw(BIT_WIDTHS)
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 40)))
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return bits, draw(hnp.arrays(np.int8, shape, elements=st.integers(low, high)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(signed_rows())
+def test_packing_round_trips_for_every_bit_width(case):
+    bits, values = case
+    packed = pack_rows(values, bits)
+    assert packed.dtype == np.uint8
+    assert packed.shape == (values.shape[0], packed_row_bytes(values.shape[1], bits))
+    np.testing.assert_array_equal(unpack_rows(packed, bits, values.shape[1]), values)
+
+
+@pytest.mark.parametrize(("bits", "per_byte"), [(2, 4), (3, 2), (4, 2), (8, 1)])
+def test_packed_sizes_are_the_trained_precision(bits, per_byte):
+    values = np.zeros((16, 64), dtype=np.int8)
+    assert pack_rows(values, bits).nbytes == 16 * 64 // per_byte
+
+
+@settings(max_examples=100, deadline=None)
+@given(hnp.arrays(np.int8, (3, 5, 2, 2), elements=st.integers(-8, 7)))
+def test_weight_planes_sum_back_to_the_weights(values):
+    planes = weight_planes(values)
+    total = sum(coefficient * mask.astype(np.int64) for coefficient, mask in planes)
+    np.testing.assert_array_equal(total, values)
+    assert len(planes) == (2 if np.abs(values).max(initial=0) <= 1 else signed_bits_needed(values))
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.uint8, (2, 11, 3, 1), elements=st.integers(0, 1)))
+def test_channel_bits_pack_eight_channels_per_byte(masks):
+    packed = pack_channel_bits(masks)
+    assert packed.shape == (2, 2, 3, 1)
+    for channel in range(11):
+        bit = (packed[:, channel // 8] >> (channel % 8)) & 1
+        np.testing.assert_array_equal(bit, masks[:, channel])
+
+
+# -- kernels, on hand-written QCDQ graphs -----------------------------------------------------
+
+
+def _qcdq_layer(kind, weights, act_bits, zero_point=0, conv=None, per_channel=True):
+    """x -> QuantizeLinear -> Clip -> DequantizeLinear -> Conv/Gemm(W dequantized) -> y."""
+    act_scale, out = np.float32(2.0**-4), weights.shape[0]
+    w_scale = (2.0 ** -np.arange(2, 2 + out) if per_channel else np.full(out, 2.0**-3)).astype(
+        np.float32
+    )
+    high = min(255, zero_point + (1 << act_bits) - 1)
+    inits = [
+        numpy_helper.from_array(np.array(act_scale), "xs"),
+        numpy_helper.from_array(np.array(zero_point, np.uint8), "xz"),
+        numpy_helper.from_array(np.array(zero_point, np.uint8), "lo"),
+        numpy_helper.from_array(np.array(high, np.uint8), "hi"),
+        numpy_helper.from_array(weights.astype(np.int8), "w"),
+        numpy_helper.from_array(w_scale, "ws"),
+        numpy_helper.from_array(np.zeros(out, np.int8), "wz"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("Clip", ["xq", "lo", "hi"], ["xc"]),
+        helper.make_node("DequantizeLinear", ["xc", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+    ]
+    if kind == "conv":
+        nodes.append(helper.make_node("Conv", ["xd", "wd"], ["y"], **conv))
+        in_shape = [None, weights.shape[1], 9, 9]
+    else:
+        nodes.append(helper.make_node("Gemm", ["xd", "wd"], ["y"], transB=1))
+        in_shape = [None, weights.shape[1]]
+    graph = helper.make_graph(
+        nodes, "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+def _run_both(model, kernel, shape):
+    inputs = np.random.default_rng(0).random((4, *shape), dtype=np.float32) * 2
+    expected = run_onnxruntime_outputs(model, inputs)[0]
+    prepared = prepare_module(model, get_target("x86-host"), batch=1, kernel=kernel)
+    got = run_module_outputs(compile_module(prepared.mod, get_target("x86-host")), inputs)[0]
+    return expected, got, prepared.layers
+
+
+CONV_CASES = [
+    ("int8", 8, 8, {"pads": [1, 1, 1, 1]}),
+    ("packed", 4, 4, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("packed", 2, 8, {"pads": [0, 1, 2, 1], "dilations": [2, 2]}),
+    ("packed", 3, 4, {"pads": [1, 1, 1, 1]}),
+    ("bitserial", 2, 2, {"pads": [1, 1, 1, 1]}),
+    ("bitserial", 2, 1, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+]
+
+
+@pytest.mark.parametrize(("kernel", "weight_bits", "act_bits", "conv"), CONV_CASES)
+def test_conv_kernels_are_exact(kernel, weight_bits, act_bits, conv):
+    rng = np.random.default_rng(weight_bits)
+    high = (1 << (weight_bits - 1)) - 1
+    weights = rng.integers(-high, high + 1, size=(6, 10, 3, 3))
+    model = _qcdq_layer("conv", weights, act_bits, conv={"kernel_shape": [3, 3], **conv})
+    expected, got, layers = _run_both(model, kernel, (10, 9, 9))
+    assert [layer.strategy for layer in layers] == [kernel]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_activation_zero_point_pads_with_zero():
+    weights = np.random.default_rng(1).integers(-7, 8, size=(4, 3, 3, 3))
+    model = _qcdq_layer(
+        "conv", weights, 4, zero_point=5, conv={"kernel_shape": [3, 3], "pads": [2, 2, 2, 2]}
+    )
+    expected, got, layers = _run_both(model, None, (3, 9, 9))
+    assert layers[0].strategy == "packed"  # bit-serial needs a zero point of 0
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("kernel", "weight_bits"), [("int8", 8), ("packed", 2), ("packed", 4)])
+def test_dense_kernels_are_exact(kernel, weight_bits):
+    high = (1 << (weight_bits - 1)) - 1
+    weights = np.random.default_rng(2).integers(-high, high + 1, size=(10, 37))
+    model = _qcdq_layer("gemm", weights, 8, per_channel=False)
+    expected, got, layers = _run_both(model, kernel, (37,))
+    assert [(layer.kind, layer.strategy) for layer in layers] == [("dense", kernel)]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_default_choice_follows_the_target_preference():
+    ternary = np.random.default_rng(3).integers(-1, 2, size=(8, 8, 3, 3))
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    choices = {}
+    for act_bits in (2, 4, 8):
+        model = _qcdq_layer("conv", ternary, act_bits, conv=conv)
+        layers = prepare_module(model, get_target("x86-host")).layers
+        choices[act_bits] = (layers[0].strategy, layers[0].act_bits, layers[0].weight_bits)
+    assert choices == {2: ("bitserial", 2, 2), 4: ("packed", 4, 2), 8: ("packed", 8, 2)}
+
+
+def test_weight_constants_are_stored_at_trained_precision():
+    from apprentice_hw.compiler import memory_plan
+
+    target = get_target("x86-host")
+    weights = np.random.default_rng(4).integers(-1, 2, size=(32, 32, 3, 3))
+    model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    prepared = prepare_module(model, target)
+    plan = memory_plan(prepared.mod, target, 1)
+    trained = weights.size * 2 // 8
+    assert prepared.layers[0].weight_bytes == trained
+    # Everything in the module: the packed weights plus one per-channel scale vector.
+    assert plan.weight_bytes == trained + 32 * 4
+
+
+# -- whole models from other tools and formats ------------------------------------------------
+
+
+def _fp32_cnn_onnx(path):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    torch.onnx.export(
+        net, torch.rand(1, 1, 8, 8), str(path), input_names=["x"], output_names=["y"],
+        dynamo=False, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("activation_type", ["QUInt8", "QInt8"])
+def test_onnxruntime_quantize_static_model_matches_onnxruntime(activation_type, tmp_path):
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from apprentice_hw.verify import run_verify
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"x": rng.random((1, 1, 8, 8), dtype=np.float32)}] * 16)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    _fp32_cnn_onnx(tmp_path / "fp32.onnx")
+    quantize_static(
+        str(tmp_path / "fp32.onnx"), str(tmp_path / "qdq.onnx"), Reader(),
+        quant_format=QuantFormat.QDQ, activation_type=getattr(QuantType, activation_type),
+        weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    result = run_verify(tmp_path / "qdq.onnx", samples=100)
+    assert [layer["strategy"] for layer in result.layers] == ["int8"] * 3
+    check = result.comparisons["compiled_vs_onnxruntime"]
+    assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
+
+
+def test_qonnx_and_qcdq_exports_compile_to_the_same_module(tmp_path):
+    import torch
+
+    from apprentice_hw.data import load_dataset
+    from apprentice_hw.export import export_qcdq, export_qonnx_model
+    from apprentice_hw.models import ModelSpec, build_model
+    from apprentice_hw.quant import QuantLayers
+    from apprentice_hw.quant.calibration import calibrate_untrained
+
+    images = load_dataset("digits").test_x[:128]
+    layers = QuantLayers.from_bits(2, 2, 8, "per-channel")
+    model = calibrate_untrained(
+        build_model(ModelSpec("resnet-small", {"width": 8}), layers, 1, 10), images
+    )
+    qcdq = export_qcdq(model, images[:1], tmp_path / "m.onnx")
+    qonnx = export_qonnx_model(model, images[:1], tmp_path / "q.onnx")
+    target = get_target("x86-host")
+    outputs = []
+    for exported in (qcdq, qonnx):
+        prepared = prepare_module(exported, target)
+        assert {layer.strategy for layer in prepared.layers} == {"bitserial", "int8"}
+        outputs.append(
+            run_module_outputs(compile_module(prepared.mod, target), images[:32].numpy())[0]
+        )
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    with torch.no_grad():
+        reference = model(images[:32]).numpy()
+    from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+
+    check = compare_outputs(reference, outputs[0], output_quant_step(qcdq))
+    assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
