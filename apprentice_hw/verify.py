@@ -2,9 +2,15 @@
 
 Every difference is counted in output quantization steps (one step = one integer level of the
 output quantizer). The compiled module computes its quantized layers in exact integer
-arithmetic, while Brevitas and ONNX Runtime accumulate in float; at a rounding boundary that
-can move an intermediate code by one level, so the contract is: at most ``tolerance`` steps on
-every output and top-1 agreement on at least 99% of inputs.
+arithmetic and folds BatchNorm into one float multiply-add per value. The reference is the
+Brevitas model evaluated in float64: the same trained model and quantizers, with accumulation
+free of float32 rounding. The float32 evaluations (Brevitas, ONNX Runtime) are reported too;
+they move an intermediate code by one level whenever a value lands within float32 noise of a
+rounding boundary, which a deep 8-bit network carries to the output as up to 2 steps even
+against itself in float64 (measured on ResNet-20 and ResNet-18 students; see the README).
+
+The check passes when the gate comparison (compiled vs Brevitas float64, or compiled vs ONNX
+Runtime for a bare ONNX file) is within ``tolerance`` steps with top-1 agreement >= 99%.
 
 On a mismatch between ONNX Runtime and the compiled module, the model is rebuilt with every
 activation tensor as an extra output and both sides are compared layer by layer, in graph
@@ -28,7 +34,35 @@ from apprentice_hw.hardware import Target
 
 DEFAULT_SAMPLES = 100
 MIN_AGREEMENT = 0.99
+LABELS = {
+    "compiled_vs_brevitas": "compiled vs Brevitas (float64)",
+    "compiled_vs_brevitas_float32": "compiled vs Brevitas (float32)",
+    "compiled_vs_onnxruntime": "compiled vs ONNX Runtime",
+    "onnxruntime_vs_brevitas": "ONNX Runtime vs Brevitas (float32)",
+}
 ACT_QUANT_SUFFIX = "/act_quant/export_handler/QuantizeLinear"
+
+
+@dataclass(frozen=True)
+class BrevitasOutputs:
+    """A Brevitas model's outputs on the verification inputs, in float32 and float64."""
+
+    float32: np.ndarray
+    float64: np.ndarray
+
+
+def brevitas_outputs(model, inputs) -> BrevitasOutputs:
+    """Evaluate ``model`` (a torch module) on ``inputs`` in float32 and, on a copy, float64."""
+    import copy
+
+    import torch
+
+    from apprentice_hw.distill.trainer import predict
+
+    with torch.no_grad():
+        single = predict(model, inputs).numpy()
+        double = predict(copy.deepcopy(model).double(), inputs.double()).float().numpy()
+    return BrevitasOutputs(single, double)
 
 
 @dataclass(frozen=True)
@@ -55,10 +89,18 @@ class VerifyResult:
     compiled_outputs: np.ndarray | None = None  # not serialized: the raw outputs, for callers
 
     @property
+    def gate(self) -> str:
+        """The comparison that decides pass or fail."""
+        return "compiled_vs_brevitas" if "compiled_vs_brevitas" in self.comparisons else (
+            "compiled_vs_onnxruntime"
+        )  # fmt: skip
+
+    @property
     def passed(self) -> bool:
-        return all(
-            c.max_diff_steps <= self.tolerance_steps and c.prediction_agreement >= MIN_AGREEMENT
-            for c in self.comparisons.values()
+        check = self.comparisons[self.gate]
+        return (
+            check.max_diff_steps <= self.tolerance_steps
+            and check.prediction_agreement >= MIN_AGREEMENT
         )
 
     def summary(self) -> str:
@@ -70,9 +112,9 @@ class VerifyResult:
             f"  module: {self.module}",
         ]
         for name, check in self.comparisons.items():
-            label = name.replace("_vs_", " vs ").replace("onnxruntime", "ONNX Runtime")
+            label = LABELS.get(name, name) + (" (gate)" if name == self.gate else "")
             lines.append(
-                f"  {label:<28} max {check.max_diff_steps:.2f} steps, "
+                f"  {label:<44} max {check.max_diff_steps:.2f} steps, "
                 f"{check.fraction_exact:.1%} identical, top-1 agreement "
                 f"{check.prediction_agreement:.1%}"
             )
@@ -92,6 +134,7 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "passed": self.passed,
+            "gate": self.gate,
             "samples": self.samples,
             "output_step": self.output_step,
             "tolerance_steps": self.tolerance_steps,
@@ -119,12 +162,12 @@ def run_module_outputs(executable, inputs: np.ndarray) -> list[np.ndarray]:
 def run_onnxruntime_outputs(model: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
     import onnxruntime as ort
 
+    from apprentice_hw.export.onnx_export import reference_session_options
     from apprentice_hw.lowering import graph_input
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), reference_session_options(), ["CPUExecutionProvider"]
+    )
     return session.run(None, {graph_input(model).name: inputs.astype(np.float32)})
 
 
@@ -184,7 +227,7 @@ def verify_model(
     inputs: np.ndarray,
     target: Target,
     kernel: str | None = None,
-    brevitas_outputs: np.ndarray | None = None,
+    brevitas: BrevitasOutputs | None = None,
     tolerance: float = 1.0,
     module_path: Path | None = None,
 ) -> VerifyResult:
@@ -204,16 +247,18 @@ def verify_model(
         executable, module = compile_module(prepared.mod, target), f"compiled for {target.name}"
     compiled = run_module_outputs(executable, inputs)[0]
     comparisons = {"compiled_vs_onnxruntime": compare_outputs(ort_out, compiled, step)}
-    if brevitas_outputs is not None:
-        comparisons["onnxruntime_vs_brevitas"] = compare_outputs(brevitas_outputs, ort_out, step)
-        comparisons["compiled_vs_brevitas"] = compare_outputs(brevitas_outputs, compiled, step)
+    if brevitas is not None:
+        comparisons["compiled_vs_brevitas"] = compare_outputs(brevitas.float64, compiled, step)
+        comparisons["compiled_vs_brevitas_float32"] = compare_outputs(
+            brevitas.float32, compiled, step
+        )
+        comparisons["onnxruntime_vs_brevitas"] = compare_outputs(brevitas.float32, ort_out, step)
     result = VerifyResult(
         samples=len(inputs), output_step=step, tolerance_steps=tolerance,
         comparisons=comparisons, module=module,
         layers=[layer.to_dict() for layer in prepared.layers], compiled_outputs=compiled,
     )  # fmt: skip
-    check = comparisons["compiled_vs_onnxruntime"]
-    if check.max_diff_steps > tolerance or check.prediction_agreement < MIN_AGREEMENT:
+    if not result.passed:
         result.first_divergence = locate_divergence(model, inputs, target, kernel)
     return result
 
@@ -240,7 +285,7 @@ class BuildInputs:
 
     model: onnx.ModelProto
     inputs: np.ndarray
-    brevitas_outputs: np.ndarray | None
+    brevitas: BrevitasOutputs | None
     target_name: str
     module_path: Path | None
 
@@ -251,7 +296,6 @@ def read_build(build_dir: Path, samples: int) -> BuildInputs:
 
     from apprentice_hw.config import Recipe
     from apprentice_hw.data import load_dataset
-    from apprentice_hw.distill.trainer import predict
     from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
     from apprentice_hw.training import RECIPE_RECORD, build_student
 
@@ -266,9 +310,9 @@ def read_build(build_dir: Path, samples: int) -> BuildInputs:
     torch.set_num_threads(recipe.threads)
     student = build_student(recipe, data)
     student.load_state_dict(torch.load(build_dir / "student.pt", weights_only=True))
-    brevitas = predict(student, inputs).detach().numpy()
     module = build_dir / MODULE_FILE
-    return BuildInputs(model, inputs.numpy(), brevitas, manifest["target"]["name"], module)
+    outputs = brevitas_outputs(student, inputs)
+    return BuildInputs(model, inputs.numpy(), outputs, manifest["target"]["name"], module)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -309,7 +353,7 @@ def run_verify(
         if not target.runs_on_this_machine:
             target = host_twin(target)
         return verify_model(
-            build.model, build.inputs, target, kernel, build.brevitas_outputs, tolerance,
+            build.model, build.inputs, target, kernel, build.brevitas, tolerance,
             module_path=build.module_path if use_built else None,
         )  # fmt: skip
     if not path.exists():

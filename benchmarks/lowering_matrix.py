@@ -9,13 +9,16 @@ repeated over channels to each model's input: 8x8x1 for resnet-small and 32x32x3
 and ImageNet ResNets (the ImageNet models' adaptive pooling head takes any size; 224x224 makes
 the untuned kernels slower, not the arithmetic different).
 
-Why train at all: an untrained deep ResNet is numerically chaotic. With random weights,
-ResNet-20 W4A8 turns ONNX Runtime's and Brevitas's float rounding differences into 17 output
-steps; after two epochs it is 1 step for the integer module (measured 2026-11-24).
+Why train: the acceptance is about trained students, and a ResNet with random weights is badly
+conditioned (float32 rounding noise grows into several output steps between Brevitas's own
+float32 and float64 evaluations). A few hundred images of SGD give trained-like statistics at
+a cost this machine can pay for every model and width.
 
-Recorded per configuration: max output difference in output steps, top-1 agreement, the bytes
-of the quantized weights in the module against parameters x bits / 8, and the module's other
-constants. Results: ``benchmarks/results/lowering_matrix.json`` and a Markdown table.
+Recorded per configuration: max output difference in output steps against the Brevitas model
+evaluated in float64 (the gate: exact accumulation) and in float32 (with Brevitas's own
+float32-vs-float64 gap beside it), top-1 agreement, the bytes of the quantized weights in the
+module against parameters x bits / 8, and the module's other constants.
+Results: ``benchmarks/results/lowering_matrix.json`` and a Markdown table.
 
     python benchmarks/lowering_matrix.py                      # the full matrix (over an hour)
     python benchmarks/lowering_matrix.py --models resnet20 --configs 2:8
@@ -39,12 +42,12 @@ import torch
 from apprentice_hw.atomic import write_json
 from apprentice_hw.compiler import compile_module, memory_plan, prepare_module
 from apprentice_hw.data import load_dataset
+from apprentice_hw.distill.trainer import train_steps
 from apprentice_hw.export import export_qcdq
 from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
 from apprentice_hw.hardware import get_target
 from apprentice_hw.models import MODELS, ModelSpec, build_model
 from apprentice_hw.quant import QuantLayers
-from apprentice_hw.quant.calibration import calibrate_activations
 from apprentice_hw.report import weight_footprint
 from apprentice_hw.torch_backend import configure_torch
 from apprentice_hw.verify import run_module_outputs
@@ -65,28 +68,13 @@ def model_inputs(name: str, images: torch.Tensor) -> torch.Tensor:
     return resized.repeat(1, channels, 1, 1)
 
 
-def train_briefly(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Calibrate activation scales, then ``TRAIN_STEPS`` SGD steps (seeded)."""
-    calibrate_activations(model, images, BATCH)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(TRAIN_STEPS):
-        batch = torch.randint(0, len(images), (BATCH,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-
-
 def run_one(name: str, weight_bits: int, act_bits: int, data, tmp: Path) -> dict:
     torch.manual_seed(0)
     layers = QuantLayers.from_bits(weight_bits, act_bits, 8, "per-channel")
     inputs = model_inputs(name, data.train_x)
     model = build_model(ModelSpec(name), layers, inputs.shape[1], 10)
     train_start = time.perf_counter()
-    train_briefly(model, inputs, data.train_y)
+    train_steps(model, inputs, data.train_y, TRAIN_STEPS, BATCH)
     train_seconds = time.perf_counter() - train_start
     test = model_inputs(name, data.test_x[:SAMPLES])
     with torch.no_grad():
@@ -142,9 +130,10 @@ def run_one(name: str, weight_bits: int, act_bits: int, data, tmp: Path) -> dict
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | W/A | max diff vs Brevitas (steps) | top-1 agreement | vs Brevitas float64 "
-        "| Brevitas fp32 vs fp64 | module weights / (params x bits/8) | scales | other | kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | W/A | vs Brevitas fp64 (steps) | identical | top-1 agreement "
+        "| vs Brevitas fp32 | Brevitas fp32 vs fp64 | module weights / (params x bits/8) "
+        "| scales | other | kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         other = (
@@ -154,8 +143,10 @@ def markdown(rows: list[dict]) -> str:
         )
         kernels = ", ".join(f"{k} {v}" for k, v in sorted(r["strategies"].items()))
         lines.append(
-            f"| {r['model']} | W{r['weight_bits']}A{r['act_bits']} | {r['max_diff_steps']:.2f} "
-            f"| {r['prediction_agreement']:.0%} | {r['max_diff_steps_vs_brevitas_float64']:.2f} "
+            f"| {r['model']} | W{r['weight_bits']}A{r['act_bits']} "
+            f"| {r['max_diff_steps_vs_brevitas_float64']:.2f} "
+            f"| {r['fraction_exact_vs_brevitas_float64']:.0%} | {r['prediction_agreement']:.0%} "
+            f"| {r['max_diff_steps']:.2f} "
             f"| {r['brevitas_float32_vs_float64_max_steps']:.2f} "
             f"| {r['module_quantized_weight_bytes']:,} / "
             f"{r['params_x_bits_bytes']:,.0f} = {r['weight_ratio']:.3f} "
@@ -197,7 +188,7 @@ def main() -> None:
     result = summarize(rows, machine, datetime.date.today().isoformat())
     write_json(args.out, result)
     print(markdown(rows))
-    print(f"all within 1 step and >= 99% agreement: {result['all_within_tolerance']}")
+    print(f"all within 1 step of Brevitas (float64): {result['all_within_tolerance']}")
 
 
 def cpu_name() -> str:
@@ -215,8 +206,10 @@ def summarize(rows: list[dict], machine: dict, date: str) -> dict:
         "samples": SAMPLES,
         "train_steps": TRAIN_STEPS,
         "tolerance_steps": 1.0,
+        # The gate: the integer module against the Brevitas model evaluated in float64.
         "all_within_tolerance": all(
-            r["max_diff_steps"] <= 1.0 and r["prediction_agreement"] >= 0.99 for r in rows
+            r["max_diff_steps_vs_brevitas_float64"] <= 1.0 and r["prediction_agreement"] >= 0.99
+            for r in rows
         ),
         "all_weights_within_5_percent": all(abs(r["weight_ratio"] - 1) <= 0.05 for r in rows),
         "rows": rows,

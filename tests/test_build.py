@@ -217,8 +217,10 @@ def test_verify_command_checks_a_build_against_brevitas(x86_build, run_cli):
     data = json.loads(result.out)
     assert data["passed"] and data["samples"] == 100
     assert data["module"] == str(x86_build / "model.so")
+    assert data["gate"] == "compiled_vs_brevitas"
     assert set(data["comparisons"]) == {
         "compiled_vs_onnxruntime", "onnxruntime_vs_brevitas", "compiled_vs_brevitas",
+        "compiled_vs_brevitas_float32",
     }  # fmt: skip
     for check in data["comparisons"].values():
         assert check["max_diff_steps"] <= 1.0 and check["prediction_agreement"] >= 0.99

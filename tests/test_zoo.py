@@ -98,3 +98,42 @@ def test_imagenet_resnets_match_torchvision(name, bottleneck, blocks, parameters
     model = build_model(ModelSpec(name), FloatLayers(), 3, 1000)
     assert set(model.state_dict()) == _torchvision_keys(bottleneck, blocks)
     assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def _digits_like(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Real digits images resized and repeated to ``shape`` (in-distribution inputs)."""
+    resized = torch.nn.functional.interpolate(images, size=shape[1:], mode="nearest")
+    return resized.repeat(1, shape[0], 1, 1)
+
+
+@pytest.mark.parametrize(("weight_bits", "act_bits"), [(2, 2), (2, 8), (4, 4), (8, 8)])
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_integer_module_matches_brevitas(name, weight_bits, act_bits, tmp_path):
+    """The reduced matrix; ``benchmarks/lowering_matrix.py`` runs every model and width."""
+    from apprentice_hw.compiler import compile_module, prepare_module
+    from apprentice_hw.data import load_dataset
+    from apprentice_hw.distill.trainer import train_steps
+    from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+    from apprentice_hw.hardware import get_target
+    from apprentice_hw.verify import brevitas_outputs, run_module_outputs
+
+    shape = INPUT.get(name, DEFAULT_INPUT)
+    digits = load_dataset("digits")
+    layers = QuantLayers.from_bits(weight_bits, act_bits, 8, "per-channel")
+    torch.manual_seed(0)
+    model = build_model(_spec(name), layers, shape[0], 10)
+    train_steps(model, _digits_like(digits.train_x, shape), digits.train_y, steps=20)
+    test = _digits_like(digits.test_x[:100], shape)
+    reference = brevitas_outputs(model, test)
+    exported = export_qcdq(model, test[:1], tmp_path / "m.onnx")
+    target = get_target("x86-host")
+    prepared = prepare_module(exported, target)
+    assert all(layer.strategy != "float" for layer in prepared.layers)
+    outputs = run_module_outputs(compile_module(prepared.mod, target), test.numpy())[0]
+    step = output_quant_step(exported)
+    check = compare_outputs(reference.float64, outputs, step)
+    assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
+    # Against float32 Brevitas the module is as close as Brevitas is to itself in float64.
+    brevitas_noise = compare_outputs(reference.float64, reference.float32, step).max_diff_steps
+    float32 = compare_outputs(reference.float32, outputs, step)
+    assert float32.max_diff_steps <= max(1.0, brevitas_noise + check.max_diff_steps), float32

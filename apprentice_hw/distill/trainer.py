@@ -248,3 +248,25 @@ def cross_entropy_phase(name: str, model: nn.Module, spec: TrainSpec) -> Phase:
         return nn.functional.cross_entropy(model(xb), yb), {}
 
     return Phase(name, {name: model}, (name,), loss_fn, spec)
+
+
+def train_steps(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 64
+) -> nn.Module:
+    """Calibrate activation scales, then ``steps`` seeded SGD steps on random batches.
+
+    For compiler checks across architectures: a briefly trained network has the statistics
+    of a trained one, whereas a deep ResNet with random weights is numerically chaotic (it
+    turns float32 rounding noise into several output steps), which no runtime can match.
+    """
+    calibrate_activations(model, images, batch_size)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        batch = torch.randint(0, len(images), (batch_size,), generator=generator)
+        loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -56,9 +56,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| comparison | max diff (steps) | identical samples | same top-1 |",
         "|---|---|---|---|",
-        _check_row("ONNX Runtime vs Brevitas", checks["onnxruntime_vs_brevitas"]),
+        _check_row("ONNX Runtime vs Brevitas, float32", checks["onnxruntime_vs_brevitas"]),
         _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
-        _check_row("compiled module vs Brevitas", checks.get("compiled_vs_brevitas")),
+        _check_row("compiled module vs Brevitas, float64", checks.get("compiled_vs_brevitas")),
+        _check_row(
+            "compiled module vs Brevitas, float32", checks.get("compiled_vs_brevitas_float32")
+        ),
         "",
         f"Compiled module checked: {checks.get('compiled_module_checked', 'not run')}.",
         "",
