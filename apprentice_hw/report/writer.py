@@ -75,9 +75,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_kib(weights['quantized_weight_bytes'])} "
         f"({weights['quantized_vs_trained']:.3f}x parameters x bits / 8 = "
         f"{weights['trained_quantized_bytes']:,.0f} B) |",
-        f"| per-channel requantization scales | {weights['scale_bytes']:,} "
+        f"| requantization constants (per-channel scales, folded BatchNorm) "
+        f"| {weights['scale_bytes']:,} "
         f"| {_kib(weights['scale_bytes'])} |",
-        f"| other constants (bias, folded BatchNorm) | {weights['other_bytes']:,} "
+        f"| other constants (biases, layers left in float) | {weights['other_bytes']:,} "
         f"| {_kib(weights['other_bytes'])} |",
         f"| all parameters at trained precision | {weights['trained_precision_bytes']:,.0f} "
         f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
