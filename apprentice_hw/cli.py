@@ -221,7 +221,7 @@ def build(
         f"  compiled module vs ONNX Runtime: max "
         f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps, vs Brevitas "
         f"(float64): max {checks['compiled_vs_brevitas']['max_diff_steps']:.2f} "
-        f"({checks['compiled_module_checked']})"
+        f"steps; checked: {checks['compiled_module_checked']}"
     )
     latency = report["latency"]
     if latency.get("median_ms") is not None:

@@ -197,7 +197,7 @@ def step_verify(state: BuildState) -> None:
         f"    compiled module vs Brevitas (float64): max "
         f"{checks['compiled_vs_brevitas']['max_diff_steps']:.2f} output steps, vs ONNX Runtime: "
         f"max {check.max_diff_steps:.2f} "
-        f"({checks['compiled_module_checked']})"
+        f"steps; checked: {checks['compiled_module_checked']}"
     )
     state.report["accuracy"]["compiled_top1"] = float(
         np.mean(result.compiled_outputs.argmax(1) == data.test_y.numpy())
