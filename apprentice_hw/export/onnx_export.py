@@ -97,6 +97,7 @@ class OnnxCheck:
     max_abs_diff: float
     max_diff_steps: float
     fraction_exact: float  # samples whose outputs are identical
+    fraction_within_one_step: float  # samples whose outputs all differ by at most one step
     prediction_agreement: float  # samples with the same top-1 class
 
     def to_dict(self) -> dict:
@@ -113,6 +114,7 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, step: float) -
         # Both sides are integers times ``step``; rounding drops the float noise of the division.
         max_diff_steps=round(float(diff.max() / step), 4),
         fraction_exact=float(np.mean(per_sample == 0.0)),
+        fraction_within_one_step=float(np.mean(np.round(per_sample / step, 4) <= 1.0)),
         prediction_agreement=float(np.mean(reference.argmax(1) == candidate.argmax(1))),
     )
 

@@ -21,9 +21,10 @@ def _pct(value: float | None) -> str:
 
 def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> str:
     if not check:
-        return f"| {label} | not run{': ' + reason if reason else ''} | | |"
+        return f"| {label} | not run{': ' + reason if reason else ''} | | | |"
     return (
         f"| {label} | {check['max_diff_steps']:.2f} | {check['fraction_exact']:.1%} "
+        f"| {check['fraction_within_one_step']:.1%} "
         f"| {check['prediction_agreement']:.2%} |"
     )
 
@@ -54,8 +55,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"One step = {checks['output_step']:.6g} (scale of the output quantizer).",
         "",
-        "| comparison | max diff (steps) | identical samples | same top-1 |",
-        "|---|---|---|---|",
+        "| comparison | max diff (steps) | identical samples | within 1 step | same top-1 |",
+        "|---|---|---|---|---|",
         _check_row("ONNX Runtime vs Brevitas, float32", checks["onnxruntime_vs_brevitas"]),
         _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
         _check_row("compiled module vs Brevitas, float64", checks.get("compiled_vs_brevitas")),
