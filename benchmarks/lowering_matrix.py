@@ -216,11 +216,16 @@ def agreement_float64(row: dict) -> float:
 
 
 def within_one_step_float64(row: dict) -> float:
-    """Share of inputs within 1 step of Brevitas float64 (rows from before this column was
-    recorded fall back to the share of identical outputs, a lower bound)."""
-    return row.get(
-        "fraction_within_one_step_vs_brevitas_float64", row["fraction_exact_vs_brevitas_float64"]
-    )
+    """Share of inputs within 1 step of Brevitas float64.
+
+    Rows recorded before this column existed: all inputs when the largest difference is at most
+    1 step, else the share of identical outputs (a lower bound).
+    """
+    if "fraction_within_one_step_vs_brevitas_float64" in row:
+        return row["fraction_within_one_step_vs_brevitas_float64"]
+    if row["max_diff_steps_vs_brevitas_float64"] <= 1.0:
+        return 1.0
+    return row["fraction_exact_vs_brevitas_float64"]
 
 
 def summarize(rows: list[dict], machine: dict, date: str) -> dict:
