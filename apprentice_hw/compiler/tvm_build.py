@@ -79,10 +79,8 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
             continue
         values = numpy_helper.to_array(weights).astype(np.int64)
         zero = initializers.get(dequant.input[2]) if len(dequant.input) > 2 else None
-        if zero is not None and not np.any(numpy_helper.to_array(zero)):
-            zero = None
-        if zero is not None:
-            continue  # the Relax side subtracts the zero point first; skip the rare case
+        if zero is not None and np.any(numpy_helper.to_array(zero)):
+            continue  # the Relax side keys on weights minus their zero point: rare, unnamed
         if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
             pass  # stored (out, in): already output-major
         elif node.op_type in ("Gemm", "MatMul"):

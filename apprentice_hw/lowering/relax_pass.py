@@ -246,11 +246,10 @@ def _make_pass():
             )
             return call
 
-        def _lower(
-            self, call, layer: QuantLayer, act_scale: float, weight_scales: np.ndarray, rank: int
-        ):
+        def _lower(self, codes, layer: QuantLayer, act_scale: float, weight_scales, rank: int):
+            """Emit ``layer``'s kernel on ``codes`` and its requantization; returns the float."""
             strategy = choose_strategy(layer, self.options.preference, self.options.forced)
-            accumulated = strategy.emit(self.builder_, self._codes, layer)
+            accumulated = strategy.emit(self.builder_, codes, layer)
             scales = (np.float32(act_scale) * weight_scales.astype(np.float32)).astype(np.float32)
             shape = [1, layer.out_channels] + [1] * (rank - 2)
             uniform = bool(np.all(scales == scales[0]))
@@ -342,8 +341,7 @@ def _make_pass():
                 weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
                 act_range=code_range, geometry=geometry,
             )  # fmt: skip
-            self._codes = codes
-            return self._lower(call, layer, act_scale, weight_scales, rank=4)
+            return self._lower(codes, layer, act_scale, weight_scales, rank=4)
 
         def _visit_matmul(self, call):
             if len(call.args[0].ty.shape) != 2 or len(call.args[1].ty.shape) != 2:
@@ -366,8 +364,7 @@ def _make_pass():
                 weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
                 act_range=code_range,
             )  # fmt: skip
-            self._codes = codes
-            return self._lower(call, layer, act_scale, weight_scales, rank=2)
+            return self._lower(codes, layer, act_scale, weight_scales, rank=2)
 
     return IntegerLowering
 
