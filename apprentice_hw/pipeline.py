@@ -130,7 +130,11 @@ def step_compile(state: BuildState) -> None:
     executable = compile_module(prepared.mod, target)
     export_module(executable, target, state.workdir / MODULE_FILE)
     plans = [
-        memory_plan(prepare_module(state.onnx_model, target, b, kernel).mod, target, b)
+        memory_plan(
+            prepared.mod if b == 1 else prepare_module(state.onnx_model, target, b, kernel).mod,
+            target,
+            b,
+        )
         for b in REPORT_BATCHES
     ]
     layers = prepared.layers

@@ -324,11 +324,7 @@ def _make_pass():
             weights, reason = self._weights(call.args[1], out_axis=0, transpose=False)
             if weights is None:
                 return self._keep_float("conv2d", call, reason)
-            codes, act_scale, act_zero, code_range = activation
-            integers, weight_scales = weights
-            bits = signed_bits_needed(integers)
-            if bits > 8:
-                return self._keep_float("conv2d", call, f"weights need {bits} bits")
+            integers = weights[0]
             geometry = ConvGeometry(
                 out_channels=int(integers.shape[0]), in_channels=int(integers.shape[1]),
                 kernel=(int(integers.shape[2]), int(integers.shape[3])),
@@ -336,12 +332,22 @@ def _make_pass():
                 padding=tuple(int(p) for p in attrs.padding),
                 dilation=tuple(int(d) for d in attrs.dilation),
             )  # fmt: skip
+            return self._lower_layer("conv2d", call, activation, weights, geometry)
+
+        def _lower_layer(self, kind: str, call, activation, weights, geometry=None):
+            """Build the layer record from matched parts and lower it (or keep it float)."""
+            codes, act_scale, act_zero, code_range = activation
+            integers, weight_scales = weights
+            bits = signed_bits_needed(integers)
+            if bits > 8:
+                return self._keep_float(kind, call, f"weights need {bits} bits")
             layer = QuantLayer(
-                name=self._name("conv2d", integers), kind="conv2d", weights=integers,
+                name=self._name(kind, integers), kind=kind, weights=integers,
                 weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
                 act_range=code_range, geometry=geometry,
             )  # fmt: skip
-            return self._lower(codes, layer, act_scale, weight_scales, rank=4)
+            rank = 4 if kind == "conv2d" else 2
+            return self._lower(codes, layer, act_scale, weight_scales, rank=rank)
 
         def _visit_matmul(self, call):
             if len(call.args[0].ty.shape) != 2 or len(call.args[1].ty.shape) != 2:
@@ -354,17 +360,7 @@ def _make_pass():
             weights, reason = self._weights(call.args[1], out_axis=1, transpose=transposed)
             if weights is None:
                 return self._keep_float("dense", call, reason)
-            codes, act_scale, act_zero, code_range = activation
-            integers, weight_scales = weights
-            bits = signed_bits_needed(integers)
-            if bits > 8:
-                return self._keep_float("dense", call, f"weights need {bits} bits")
-            layer = QuantLayer(
-                name=self._name("dense", integers), kind="dense", weights=integers,
-                weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
-                act_range=code_range,
-            )  # fmt: skip
-            return self._lower(codes, layer, act_scale, weight_scales, rank=2)
+            return self._lower_layer("dense", call, activation, weights)
 
     return IntegerLowering
 
