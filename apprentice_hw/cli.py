@@ -220,7 +220,7 @@ def build(
     click.echo(
         f"  compiled module vs ONNX Runtime: max "
         f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps, vs Brevitas "
-        f"(float64): max {checks['compiled_vs_brevitas']['max_diff_steps']:.2f} "
+        f"(exact): max {checks['compiled_vs_brevitas']['max_diff_steps']:.2f} "
         f"steps; checked: {checks['compiled_module_checked']}"
     )
     latency = report["latency"]

@@ -160,15 +160,27 @@ def test_dense_kernels_are_exact(kernel, weight_bits):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_default_choice_follows_the_target_preference():
+@pytest.mark.parametrize(
+    ("preference", "expected"),
+    [
+        (("bitserial", "packed", "int8"), ("bitserial", "packed", "packed")),
+        (("packed", "int8", "bitserial"), ("packed", "packed", "packed")),  # the targets' order
+        (("int8",), ("int8", "int8", "int8")),
+    ],
+)
+def test_default_choice_follows_the_target_preference(preference, expected):
+    from dataclasses import replace
+
+    target = replace(get_target("x86-host"), kernels=preference)
     ternary = np.random.default_rng(3).integers(-1, 2, size=(8, 8, 3, 3))
     conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
-    choices = {}
+    choices = []
     for act_bits in (2, 4, 8):
         model = _qcdq_layer("conv", ternary, act_bits, conv=conv)
-        layers = prepare_module(model, get_target("x86-host")).layers
-        choices[act_bits] = (layers[0].strategy, layers[0].act_bits, layers[0].weight_bits)
-    assert choices == {2: ("bitserial", 2, 2), 4: ("packed", 4, 2), 8: ("packed", 8, 2)}
+        layer = prepare_module(model, target).layers[0]
+        assert (layer.act_bits, layer.weight_bits) == (act_bits, 2)
+        choices.append(layer.strategy)
+    assert tuple(choices) == expected
 
 
 def test_weight_constants_are_stored_at_trained_precision():
@@ -181,8 +193,9 @@ def test_weight_constants_are_stored_at_trained_precision():
     plan = memory_plan(prepared.mod, target, 1)
     trained = weights.size * 2 // 8
     assert prepared.layers[0].weight_bytes == trained
-    # Everything in the module: the packed weights plus one per-channel scale vector.
-    assert plan.weight_bytes == trained + 32 * 4
+    # Everything in the module: the packed weights plus one per-channel float64 scale vector.
+    assert prepared.layers[0].scale_bytes == 32 * 8
+    assert plan.weight_bytes == trained + 32 * 8
 
 
 # -- whole models from other tools and formats ------------------------------------------------

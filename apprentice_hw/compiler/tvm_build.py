@@ -105,10 +105,15 @@ def prepare_module(
 
 
 def compile_module(mod, target: Target):
-    """Compile a Relax module for ``target`` with TVM's default pipeline for its device."""
+    """Compile a Relax module for ``target``: TVM's pipeline plus default CPU schedules."""
     import tvm
 
-    return tvm.compile(mod, target.tvm_target())
+    from apprentice_hw.compiler.schedules import cpu_pipeline
+
+    tvm_target = target.tvm_target()
+    if target.device == "cpu":
+        return tvm.compile(mod, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
+    return tvm.compile(mod, tvm_target)
 
 
 def export_module(executable, target: Target, path: Path) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 
 from apprentice_hw.lowering.kernels import ConvGeometry
 from apprentice_hw.lowering.packing import signed_bits_needed
+from apprentice_hw.lowering.precision import REQUANT_DTYPES, promote_to_float64
 from apprentice_hw.lowering.strategies import (
     QuantLayer,
     choose_strategy,
@@ -57,6 +58,7 @@ class LoweringOptions:
     preference: tuple[str, ...]
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
+    requant_dtype: str = "float64"  # the float ops between kernels (see lowering/precision.py)
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -93,6 +95,15 @@ def _make_pass():
             self.layers: list[LoweredLayer] = []
             # float(acc) var -> (exact per-channel scale, tensor rank, index into self.layers)
             self._requantized: dict = {}
+            # requantization constant (float32) -> its exact float64 value, for precision.py
+            self.exact_constants: dict = {}
+            self._const_itemsize = np.dtype(options.requant_dtype).itemsize
+
+        def _requant_const(self, value32: np.ndarray, exact: np.ndarray):
+            """A float32 constant for the graph now, remembering its exact float64 value."""
+            const = relax.const(value32)
+            self.exact_constants[const] = np.asarray(exact, dtype=np.float64).reshape(value32.shape)
+            return const
 
         # -- matching helpers -------------------------------------------------------------
         def _bound(self, expr):
@@ -252,21 +263,23 @@ def _make_pass():
             accumulated = strategy.emit(self.builder_, codes, layer)
             scales = (np.float32(act_scale) * weight_scales.astype(np.float32)).astype(np.float32)
             shape = [1, layer.out_channels] + [1] * (rank - 2)
-            uniform = bool(np.all(scales == scales[0]))
+            exact = np.float64(act_scale) * weight_scales.astype(np.float64)
+            uniform = bool(np.all(exact == exact[0]))
             scale_const = scales[:1].reshape(()) if uniform else scales.reshape(shape)
+            exact_const = exact[:1].reshape(()) if uniform else exact.reshape(shape)
             record = LoweredLayer(
                 name=layer.name, kind=layer.kind, weight_shape=tuple(layer.weights.shape),
                 strategy=strategy.name, weight_bits=layer.weight_bits,
                 storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
                 weight_bytes=int(strategy.weight_bytes(layer)),
-                scale_bytes=0 if uniform else int(scale_const.nbytes),  # scalars are immediates
+                # scalars are immediates
+                scale_bytes=0 if uniform else int(scale_const.size * self._const_itemsize),
             )  # fmt: skip
             self.layers.append(record)
             as_float = self.builder_.emit(relax.op.astype(accumulated, "float32"))
-            exact = np.float64(act_scale) * weight_scales.astype(np.float64)
             scales64 = np.broadcast_to(exact, (layer.out_channels,))
             self._requantized[as_float] = (scales64, rank, len(self.layers) - 1)
-            return relax.op.multiply(as_float, relax.const(scale_const))
+            return relax.op.multiply(as_float, self._requant_const(scale_const, exact_const))
 
         def _fold_batch_norm(self, call):
             """Fold a BatchNorm that follows a lowered layer into its requantization.
@@ -291,13 +304,15 @@ def _make_pass():
                 beta = np.zeros_like(beta)
             inv_std = gamma / np.sqrt(var + float(call.attrs.epsilon))
             shape = [1, len(scales)] + [1] * (rank - 2)
-            multiplier = (scales * inv_std).astype(np.float32).reshape(shape)
-            offset = (beta - mean * inv_std).astype(np.float32).reshape(shape)
-            scaled = self.builder_.emit(relax.op.multiply(found.args[0], relax.const(multiplier)))
-            folded = self.builder_.emit(relax.op.add(scaled, relax.const(offset)))
+            multiplier64 = (scales * inv_std).reshape(shape)
+            offset64 = (beta - mean * inv_std).reshape(shape)
+            multiplier = self._requant_const(multiplier64.astype(np.float32), multiplier64)
+            offset = self._requant_const(offset64.astype(np.float32), offset64)
+            scaled = self.builder_.emit(relax.op.multiply(found.args[0], multiplier))
+            folded = self.builder_.emit(relax.op.add(scaled, offset))
             self.layers[index] = replace(
                 self.layers[index], folded_batch_norm=True,
-                scale_bytes=int(multiplier.nbytes + offset.nbytes),
+                scale_bytes=int((multiplier64.size + offset64.size) * self._const_itemsize),
             )  # fmt: skip
             return relax.Tuple([folded, call.args[3], call.args[4]])
 
@@ -369,9 +384,15 @@ def lower_to_integer(mod, options: LoweringOptions):
     """Rewrite every quantized layer of ``mod['main']``; returns (new module, layer records)."""
     from tvm import relax
 
+    if options.requant_dtype not in REQUANT_DTYPES:
+        raise ValueError(
+            f"requantization dtype {options.requant_dtype!r} is not one of {REQUANT_DTYPES}"
+        )
     lowering = _make_pass()(mod, options)
     function = lowering.visit_expr(mod["main"])
     function = relax.analysis.remove_all_unused(function)
     new_mod = lowering.builder_.get()
     new_mod["main"] = function
+    if options.requant_dtype == "float64":
+        new_mod = promote_to_float64(new_mod, lowering.exact_constants)
     return new_mod, lowering.layers

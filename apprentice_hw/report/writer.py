@@ -59,7 +59,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
         _check_row("ONNX Runtime vs Brevitas, float32", checks["onnxruntime_vs_brevitas"]),
         _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
-        _check_row("compiled module vs Brevitas, float64", checks.get("compiled_vs_brevitas")),
+        _check_row("compiled module vs Brevitas, exact", checks.get("compiled_vs_brevitas")),
         _check_row(
             "compiled module vs Brevitas, float32", checks.get("compiled_vs_brevitas_float32")
         ),

@@ -1,0 +1,62 @@
+# ruff: noqa: N803, N812 - TVMScript buffers are named A, B, C and its module T by convention
+"""Tensor intrinsics the default schedules tensorize with.
+
+TVM 0.27 ships a VNNI 16x4 intrinsic (``dot_16x4_vnni``) whose call passes ``<16 x i32>``
+operands to ``llvm.x86.avx512.vpdpbusd.512``; the LLVM that TVM 0.27 is built with declares the
+intrinsic with ``<64 x i8>`` operands and rejects the module ("Call parameter type does not
+match function signature"). This is the same intrinsic with the operand types LLVM expects.
+
+Both halves are defined here: importing anything from ``tvm.s_tir.tensor_intrin`` parses
+every intrinsic TVM ships (about 500 TVMScript functions for CUDA, ROCm, Arm, ...), which takes
+over a minute on a small host.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+VNNI_16X4 = "apprentice_hw_dot_16x4_vnni"
+
+
+@cache
+def register_vnni() -> str:
+    """Register the VNNI 16x4 uint8 x int8 -> int32 intrinsic once; returns its name."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def vnni_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            a_bytes = T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                a_bytes,
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    TensorIntrin.register(VNNI_16X4, vnni_desc, vnni_impl)
+    return VNNI_16X4

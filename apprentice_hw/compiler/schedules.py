@@ -1,0 +1,246 @@
+"""Default CPU schedules: vectorized, multi-threaded loops without tuning.
+
+TVM's CPU pipeline leaves every TIR function as the naive loop nest the operator defined:
+single-threaded, scalar. This module adds one pass to that pipeline, after operator fusion,
+that schedules each function by what it contains (a registry of rules, first match wins):
+
+* ``blocked_conv``: the integer conv2d of ``kernels.conv2d_int_blocked`` with whatever TVM
+  fused after it (requantization, residual add, ReLU, the next quantize). Output-channel blocks
+  of 16 and a few output pixels are the register tile; the 16 x 4 inner product runs as one
+  VNNI ``vpdpbusd`` where the target has it (``tensorize``) and as vectorized int32 arithmetic
+  elsewhere; rows of the output are spread over threads; the fused epilogue is computed in
+  place of the int32 output.
+* ``elementwise``: every function of spatial blocks only (quantize, dequantize, adds, casts):
+  inlined into one loop, split into threads and vector lanes.
+* ``spatial_outer``: anything else with a reduction (dense, pooling, mean): its outer spatial
+  loops run in parallel.
+
+A function whose rule fails to apply is compiled as it is (correct, slow) and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from apprentice_hw.registry import Registry
+
+LOG = logging.getLogger(__name__)
+VECTOR_BYTES = 64  # split elementwise loops into chunks of this many bytes of output
+MAX_PIXEL_TILE = 8  # output pixels per register tile in the conv kernel
+PARALLEL_MIN_ELEMENTS = 4096  # below this, threads cost more than they save
+
+
+@dataclass(frozen=True)
+class ScheduleRule:
+    """Schedules one kind of TIR function; ``applies`` looks at the function's blocks."""
+
+    name: str
+    applies: Callable[[object], bool]  # (schedule) -> whether this rule takes the function
+    apply: Callable[[object, object], None]  # (schedule, target)
+
+
+SCHEDULE_RULES: Registry[ScheduleRule] = Registry("schedule rule")
+RULE_ORDER = ("blocked_conv", "elementwise", "spatial_outer")  # the first that applies wins
+
+
+def _has_vnni(target) -> bool:
+    from tvm.target import codegen
+
+    return "cpu" in target.keys and bool(codegen.target_has_features("avx512vnni", target))
+
+
+def _blocks(sch) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _block_names(sch) -> set[str]:
+    return {sch.get(block).name_hint for block in _blocks(sch)}
+
+
+def _is_spatial(sch, block) -> bool:
+    return all(int(var.iter_type) == 0 for var in sch.get(block).iter_vars)
+
+
+def _extent(sch, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if hasattr(extent, "value") else None
+
+
+def _parallel_vectorize(sch, block, dtype_bytes: int = 4) -> None:
+    """All loops of a spatial block fused, split into [threads][vector lanes]."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _extent(sch, fused)
+    lanes = max(1, VECTOR_BYTES // dtype_bytes)
+    if total is None or total < lanes:
+        return
+    outer, inner = sch.split(fused, factors=[None, lanes])
+    sch.vectorize(inner)
+    if total >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(outer)
+
+
+def _inline_around(sch, first: str, last: str) -> None:
+    """Inline the blocks TVM fused before ``first`` into it and those after ``last`` into it."""
+    names = [sch.get(block).name_hint for block in _blocks(sch)]
+    start, end = names.index(first), names.index(last)
+    for name in names[:start]:
+        sch.compute_inline(sch.get_sblock(name))
+    for name in names[end + 1 :]:
+        sch.reverse_compute_inline(sch.get_sblock(name))
+
+
+def _output_dtype_bytes(sch, block) -> int:
+    import numpy as np
+
+    buffer = sch.get(block).writes[0].source
+    return max(1, np.dtype(str(buffer.dtype)).itemsize)
+
+
+# -- rules ----------------------------------------------------------------------------------
+BLOCKED_CONV = {"pad_blocked", "weight_blocked", "conv_blocked", "conv2d_int"}
+
+
+def _pixel_tile(width: int) -> int:
+    return next(t for t in range(min(MAX_PIXEL_TILE, width), 0, -1) if width % t == 0)
+
+
+def _schedule_blocked_conv(sch, target) -> None:
+    from apprentice_hw.compiler.intrinsics import register_vnni
+
+    _inline_around(sch, "pad_blocked", "conv2d_int")
+    # Everything TVM fused after the conv now lives in the last block: the epilogue.
+    output = next(b for b in _blocks(sch) if sch.get(b).name_hint == "conv2d_int")
+    _parallel_vectorize(sch, output, _output_dtype_bytes(sch, output))
+
+    pad = sch.get_sblock("pad_blocked")
+    n, cb, y, x, ci = sch.get_loops(pad)
+    sch.parallel(sch.fuse(n, cb, y))
+    sch.vectorize(sch.fuse(x, ci))
+
+    decode = sch.get_sblock("weight_blocked")
+    ob, cb, _ky, _kx, oi, ci = sch.get_loops(decode)
+    sch.parallel(sch.fuse(ob, cb))
+    sch.vectorize(sch.fuse(oi, ci))
+
+    conv = sch.get_sblock("conv_blocked")
+    n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
+    jo, ji = sch.split(j, factors=[None, _pixel_tile(_extent(sch, j))])
+    vnni = _has_vnni(target)
+    if vnni:
+        sch.reorder(n, ob, i, jo, rc, ry, rx, ji, oi, ri)
+    else:
+        sch.reorder(n, ob, i, jo, rc, ry, rx, ji, ri, oi)
+    sch.parallel(sch.fuse(n, ob, i))
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    if vnni:
+        sch.tensorize(oi, register_vnni())
+    else:
+        sch.vectorize(oi)
+        sch.unroll(ri)
+    sch.unroll(ji)
+
+
+def _schedule_elementwise(sch, target) -> None:
+    blocks = _blocks(sch)
+    for block in blocks[:-1]:
+        sch.compute_inline(block)
+    last = _blocks(sch)[-1]
+    _parallel_vectorize(sch, last, _output_dtype_bytes(sch, last))
+
+
+def _schedule_spatial_outer(sch, target) -> None:
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        spatial = [
+            loop
+            for loop, var in zip(loops, sch.get(block).iter_vars, strict=False)
+            if int(var.iter_type) == 0
+        ]
+        if len(spatial) >= 2 and loops[: len(spatial)] == spatial:
+            sch.parallel(sch.fuse(*spatial[:2]))
+
+
+SCHEDULE_RULES.add(
+    "blocked_conv",
+    ScheduleRule(
+        "blocked_conv", lambda sch: _block_names(sch) >= BLOCKED_CONV, _schedule_blocked_conv
+    ),
+)
+SCHEDULE_RULES.add(
+    "elementwise",
+    ScheduleRule(
+        "elementwise",
+        lambda sch: all(_is_spatial(sch, block) for block in _blocks(sch)),
+        _schedule_elementwise,
+    ),
+)
+SCHEDULE_RULES.add(
+    "spatial_outer", ScheduleRule("spatial_outer", lambda sch: True, _schedule_spatial_outer)
+)
+
+
+def _rule_for(sch) -> ScheduleRule:
+    return next(
+        SCHEDULE_RULES.get(name) for name in RULE_ORDER if SCHEDULE_RULES.get(name).applies(sch)
+    )
+
+
+def schedule_function(func, target):
+    """``func`` scheduled by the first matching rule, or unchanged when the rule fails."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func, error_render_level="none")
+    rule = _rule_for(sch)
+    try:
+        rule.apply(sch, target)
+    except Exception as exc:  # any schedule error: keep the correct naive loops
+        LOG.info("schedule rule %s did not apply (%s); function left unscheduled", rule.name, exc)
+        return func
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_pass(target):
+    """A module pass that schedules every unscheduled TIR function for a CPU ``target``."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCPUSchedule")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                continue
+            updates[gvar] = schedule_function(func, target)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass
+
+
+def cpu_pipeline(target):
+    """TVM's CPU pipeline with ``schedule_pass`` after operator fusion."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCPUPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            passes = (
+                cpu.library_dispatch_passes(target)
+                + cpu.legalize_passes(target)
+                + [schedule_pass(target)]
+                + cpu.dataflow_lower_passes(target)
+                + cpu.finalize_passes(target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
