@@ -267,7 +267,7 @@ def test_qonnx_and_qcdq_exports_compile_to_the_same_module(tmp_path):
     target = get_target("x86-host")
     outputs = []
     for exported in (qcdq, qonnx):
-        prepared = prepare_module(exported, target)
+        prepared = prepare_module(exported, target, kernel="bitserial")  # W2A2: every kernel kind
         assert {layer.strategy for layer in prepared.layers} == {"bitserial", "int8"}
         outputs.append(
             run_module_outputs(compile_module(prepared.mod, target), images[:32].numpy())[0]
@@ -279,3 +279,44 @@ def test_qonnx_and_qcdq_exports_compile_to_the_same_module(tmp_path):
 
     check = compare_outputs(reference, outputs[0], output_quant_step(qcdq))
     assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
+
+
+# -- default schedules --------------------------------------------------------------------------
+
+
+def _scheduled_functions(prepared, target):
+    """The module's TIR functions after fusion and the default schedule pass."""
+    import tvm
+    from tvm import tirx
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    from apprentice_hw.compiler.schedules import schedule_pass
+
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        mod = tvm.transform.Sequential(cpu.legalize_passes(tvm_target))(prepared.mod)
+        mod = schedule_pass(tvm_target)(mod)
+    return {
+        gvar.name_hint: func
+        for gvar, func in mod.functions_items()
+        if isinstance(func, tirx.PrimFunc)
+    }
+
+
+@pytest.mark.parametrize("target_name", ["x86-host", "arm-a72"])
+def test_every_function_gets_a_default_schedule(target_name):
+    """A rule that stops applying (TVM API drift) must fail here, not fall back silently."""
+    from apprentice_hw.compiler.schedules import _has_vnni
+
+    weights = np.random.default_rng(5).integers(-1, 2, size=(32, 16, 3, 3))
+    model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    target = get_target(target_name)
+    functions = _scheduled_functions(prepare_module(model, target), target)
+    assert functions
+    for name, func in functions.items():
+        assert "tirx.is_scheduled" in func.attrs, name
+    convs = [f for name, f in functions.items() if "conv2d_int" in name]
+    assert len(convs) == 1
+    script = convs[0].script()
+    assert "T.parallel" in script
+    assert ("vpdpbusd" in script) == _has_vnni(target.tvm_target())

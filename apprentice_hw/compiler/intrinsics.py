@@ -20,7 +20,11 @@ VNNI_16X4 = "apprentice_hw_dot_16x4_vnni"
 
 @cache
 def register_vnni() -> str:
-    """Register the VNNI 16x4 uint8 x int8 -> int32 intrinsic once; returns its name."""
+    """Register the VNNI 16x4 uint8 x int8 -> int32 intrinsic once; returns its name.
+
+    The accumulator ``C`` is a ``local`` buffer: the conv schedule keeps a tile of accumulators
+    there so LLVM holds them in registers for the whole reduction.
+    """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
@@ -28,7 +32,7 @@ def register_vnni() -> str:
     def vnni_desc(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])
@@ -43,7 +47,7 @@ def register_vnni() -> str:
     def vnni_impl(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:16], A[0:4], B[0:16, 0:4])

@@ -84,14 +84,29 @@ def _parallel_vectorize(sch, block, dtype_bytes: int = 4) -> None:
         sch.parallel(outer)
 
 
-def _inline_around(sch, first: str, last: str) -> None:
-    """Inline the blocks TVM fused before ``first`` into it and those after ``last`` into it."""
+def _try_inline(sch, block) -> bool:
+    """Inline ``block`` into its consumers when TVM allows it (not for a function output)."""
+    try:
+        sch.compute_inline(block)
+    except Exception:  # ScheduleError: the block writes an output, or is not elementwise
+        return False
+    return True
+
+
+def _inline_around(sch, first: str, last: str) -> list:
+    """Inline the blocks TVM fused around the kernel; returns the blocks left after ``last``.
+
+    Blocks before ``first`` (an elementwise producer) go into it. Blocks after ``last`` are
+    inlined forward into their consumers, ``last`` included, so what stays are the blocks that
+    write the function's outputs, each computing the whole epilogue from the int32 sums.
+    """
     names = [sch.get(block).name_hint for block in _blocks(sch)]
-    start, end = names.index(first), names.index(last)
-    for name in names[:start]:
+    for name in names[: names.index(first)]:
         sch.compute_inline(sch.get_sblock(name))
-    for name in names[end + 1 :]:
-        sch.reverse_compute_inline(sch.get_sblock(name))
+    for name in names[names.index(last) :]:
+        _try_inline(sch, sch.get_sblock(name))
+    names = [sch.get(block).name_hint for block in _blocks(sch)]
+    return [sch.get_sblock(name) for name in names[names.index("conv_blocked") + 1 :]]
 
 
 def _output_dtype_bytes(sch, block) -> int:
@@ -112,10 +127,8 @@ def _pixel_tile(width: int) -> int:
 def _schedule_blocked_conv(sch, target) -> None:
     from apprentice_hw.compiler.intrinsics import register_vnni
 
-    _inline_around(sch, "pad_blocked", "conv2d_int")
-    # Everything TVM fused after the conv now lives in the last block: the epilogue.
-    output = next(b for b in _blocks(sch) if sch.get(b).name_hint == "conv2d_int")
-    _parallel_vectorize(sch, output, _output_dtype_bytes(sch, output))
+    for output in _inline_around(sch, "pad_blocked", "conv2d_int"):
+        _parallel_vectorize(sch, output, _output_dtype_bytes(sch, output))
 
     pad = sch.get_sblock("pad_blocked")
     n, cb, y, x, ci = sch.get_loops(pad)
@@ -136,13 +149,20 @@ def _schedule_blocked_conv(sch, target) -> None:
     else:
         sch.reorder(n, ob, i, jo, rc, ry, rx, ji, ri, oi)
     sch.parallel(sch.fuse(n, ob, i))
+    # The tile's accumulators (pixels x 16 lanes) live in a local buffer that LLVM keeps in
+    # registers across the whole reduction; the int32 output is written once per tile.
+    local = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(local, jo)
+    sch.vectorize(sch.get_loops(local)[-1])
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
     if vnni:
         sch.tensorize(oi, register_vnni())
     else:
-        sch.vectorize(oi)
+        # TVM refuses to vectorize a spatial loop inside the reduction loop ``ri``; unrolled,
+        # the 16 x 4 products are straight-line code that LLVM's SLP vectorizer packs (NEON).
         sch.unroll(ri)
+        sch.unroll(oi)
     sch.unroll(ji)
 
 
@@ -195,7 +215,9 @@ def schedule_function(func, target):
     """``func`` scheduled by the first matching rule, or unchanged when the rule fails."""
     from tvm import s_tir
 
-    sch = s_tir.Schedule(func, error_render_level="none")
+    # Rendering a schedule error prints the whole function: only worth it when debugging.
+    render = "detail" if LOG.isEnabledFor(logging.DEBUG) else "none"
+    sch = s_tir.Schedule(func, error_render_level=render)
     rule = _rule_for(sch)
     try:
         rule.apply(sch, target)

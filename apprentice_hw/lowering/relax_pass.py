@@ -395,4 +395,6 @@ def lower_to_integer(mod, options: LoweringOptions):
     new_mod["main"] = function
     if options.requant_dtype == "float64":
         new_mod = promote_to_float64(new_mod, lowering.exact_constants)
-    return new_mod, lowering.layers
+    # A folded BatchNorm leaves Tuple(y, mean, var)[0]: resolve it, or operator fusion stops at
+    # the tuple and the ReLU / next quantize after each conv become a separate loop.
+    return relax.transform.CanonicalizeBindings()(new_mod), lowering.layers
