@@ -89,6 +89,25 @@ def time_onnxruntime(path: Path, batch_input: np.ndarray, number: int) -> dict:
     return time_calls(lambda: session.run(None, {name: batch_input}), number)
 
 
+def profile_tvm(executable, batch_input: np.ndarray, top: int = 8) -> list[dict]:
+    """The ``top`` slowest functions of one module: where its time goes."""
+    import tvm
+    from tvm import relax
+
+    from apprentice_hw.compiler.runtime import profile_functions
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    ranked = profile_functions(vm, tvm.runtime.tensor(batch_input))
+    return [
+        {
+            "function": f.name[:80],
+            "ms": round(f.ms_per_inference, 4),
+            "calls": f.calls_per_inference,
+        }
+        for f in ranked[:top]
+    ]
+
+
 def time_tvm(executable, batch_input: np.ndarray, number: int) -> dict:
     import tvm
     from tvm import relax
@@ -125,7 +144,7 @@ def export_float(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> on
     return onnx.load(str(path))
 
 
-def run_model(name: str, batches: list[int], tmp: Path) -> list[dict]:
+def run_model(name: str, batches: list[int], tmp: Path, profile: bool = False) -> list[dict]:
     size, classes = MODELS[name]
     torch.manual_seed(0)
     images = torch.rand(64, 3, size, size)
@@ -165,8 +184,9 @@ def run_model(name: str, batches: list[int], tmp: Path) -> list[dict]:
             executable = compile_module(prepared.mod, target)
             compile_s = round(time.perf_counter() - start, 1)
             strategies = sorted({layer.strategy for layer in prepared.layers})
+            extra = {"profile": profile_tvm(executable, batch_input)} if profile else {}
             add("apprentice-hw-untuned", label, time_tvm(executable, batch_input, number),
-                compile_s=compile_s, strategies=strategies)  # fmt: skip
+                compile_s=compile_s, strategies=strategies, **extra)  # fmt: skip
     return rows
 
 
@@ -215,12 +235,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--profile", action="store_true", help="Record each build's slowest functions too."
+    )
     args = parser.parse_args()
     configure_torch()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += run_model(name, args.batches, Path(tmp))
+            rows += run_model(name, args.batches, Path(tmp), args.profile)
     rows = with_ratios(rows)
     result = {
         "benchmark": "latency",

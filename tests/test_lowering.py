@@ -320,3 +320,26 @@ def test_every_function_gets_a_default_schedule(target_name):
     script = convs[0].script()
     assert "T.parallel" in script
     assert ("vpdpbusd" in script) == _has_vnni(target.tvm_target())
+
+
+def test_profile_names_the_kernels_where_the_time_goes():
+    import tvm
+    from tvm import relax
+
+    from apprentice_hw.compiler.runtime import profile_functions
+
+    weights = np.random.default_rng(6).integers(-7, 8, size=(16, 8, 3, 3))
+    model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    target = get_target("x86-host")
+    executable = compile_module(prepare_module(model, target).mod, target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    sample = tvm.runtime.tensor(np.random.default_rng(0).random((1, 8, 9, 9), np.float32))
+    ranked = profile_functions(vm, sample, runs=5)
+    assert ranked and all(f.ms_per_inference >= 0 for f in ranked)
+    assert [f.ms_per_inference for f in ranked] == sorted(
+        (f.ms_per_inference for f in ranked), reverse=True
+    )
+    conv = [f for f in ranked if "conv2d_int" in f.name]
+    assert len(conv) == 1 and conv[0].calls_per_inference == 1
+    expected = run_module_outputs(executable, sample.numpy())[0]
+    np.testing.assert_array_equal(vm["main"](sample).numpy(), expected)  # hook removed cleanly
