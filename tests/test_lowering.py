@@ -303,14 +303,53 @@ def _scheduled_functions(prepared, target):
     }
 
 
-@pytest.mark.parametrize("target_name", ["x86-host", "arm-a72"])
-def test_every_function_gets_a_default_schedule(target_name):
+def _x86_target(mcpu: str | None):
+    """This machine's target, or the same for an older x86 CPU (its code runs here too)."""
+    from dataclasses import replace
+
+    host = get_target("x86-host")
+    return host if mcpu is None else replace(host, tvm={**host.tvm, "mcpu": mcpu})
+
+
+# Each x86 dot-product path: VNNI (this machine), AVX2 vpmaddwd, plain unrolled int32 code.
+X86_PATHS = {"vnni": None, "avx2": "haswell", "unrolled": "x86-64"}
+INTRINSIC_CALL = {"vnni": "vpdpbusd", "avx2": "pmadd.wd", "unrolled": None}
+
+
+@pytest.mark.parametrize("path", list(X86_PATHS))
+def test_every_x86_dot_product_path_is_exact(path):
+    from apprentice_hw.compiler.schedules import _dot_product
+
+    target = _x86_target(X86_PATHS[path])
+    if path == "vnni" and _dot_product(target.tvm_target()) != "vnni":
+        pytest.skip("this CPU has no VNNI")
+    assert _dot_product(target.tvm_target()) == path
+    weights = np.random.default_rng(7).integers(-127, 128, size=(24, 5, 3, 3))  # 8-bit extremes
+    model = _qcdq_layer(
+        "conv", weights, 8, zero_point=3, conv={"kernel_shape": [3, 3], "pads": [1, 2, 1, 0]}
+    )
+    inputs = np.random.default_rng(0).random((4, 5, 9, 9), dtype=np.float32) * 20
+    expected = run_onnxruntime_outputs(model, inputs)[0]
+    prepared = prepare_module(model, target, batch=1)
+    got = run_module_outputs(compile_module(prepared.mod, target), inputs)[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("target_name", "path"),
+    [("x86-host", None), ("arm-a72", "unrolled"), ("haswell", "avx2"), ("x86-64", "unrolled")],
+)
+def test_every_function_gets_a_default_schedule(target_name, path):
     """A rule that stops applying (TVM API drift) must fail here, not fall back silently."""
-    from apprentice_hw.compiler.schedules import _has_vnni
+    from apprentice_hw.compiler.schedules import _dot_product
 
     weights = np.random.default_rng(5).integers(-1, 2, size=(32, 16, 3, 3))
     model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
-    target = get_target(target_name)
+    if target_name in ("haswell", "x86-64"):
+        target = _x86_target(target_name)
+    else:
+        target = get_target(target_name)
+    path = path or _dot_product(target.tvm_target())
     functions = _scheduled_functions(prepare_module(model, target), target)
     assert functions
     for name, func in functions.items():
@@ -319,7 +358,9 @@ def test_every_function_gets_a_default_schedule(target_name):
     assert len(convs) == 1
     script = convs[0].script()
     assert "T.parallel" in script
-    assert ("vpdpbusd" in script) == _has_vnni(target.tvm_target())
+    for kind, call in INTRINSIC_CALL.items():
+        if call is not None:
+            assert (call in script) == (kind == path), (kind, path)
 
 
 def test_profile_names_the_kernels_where_the_time_goes():

@@ -64,3 +64,65 @@ def register_vnni() -> str:
 
     TensorIntrin.register(VNNI_16X4, vnni_desc, vnni_impl)
     return VNNI_16X4
+
+
+AVX2_16X4 = "apprentice_hw_dot_16x4_avx2_pmaddwd"
+
+
+@cache
+def register_avx2() -> str:
+    """Register a 16x4 uint8 x int8 -> int32 intrinsic for AVX2 (no VNNI); returns its name.
+
+    ``vpmaddwd`` multiplies int16 pairs and adds each pair into an int32: exact for 8-bit codes
+    (2 x 255 x 128 fits easily), unlike ``vpmaddubsw``, which saturates at int16. Weights come
+    in pair order (2, 16, 2): [pair of input channels][output channel][channel in pair], the
+    layout the conv schedule gives the decoded weight buffer, so each half of the 16 outputs is
+    one contiguous load per pair.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def avx2_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((2, 16, 2), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:2, 0:16, 0:2])
+            T.writes(C[0:16])
+            for p in T.serial(0, 2):
+                for i in T.serial(0, 16):
+                    for r in T.serial(0, 2):
+                        with T.sblock("update"):
+                            # One reduction variable split in two, as the schedule's split
+                            # leaves it in the conv block.
+                            vi = T.axis.spatial(16, i)
+                            vk = T.axis.reduce(4, p * 2 + r)
+                            C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(
+                                B[vk // 2, vi, vk % 2], "int32"
+                            )
+
+    @T.prim_func(s_tir=True)
+    def avx2_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((2, 16, 2), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:2, 0:16, 0:2])
+            T.writes(C[0:16])
+            for p in T.unroll(0, 2):
+                pair = T.reinterpret(T.Cast("int16x2", A.vload([p * 2], "uint8x2")), dtype="int32")
+                broadcast = T.reinterpret(T.broadcast(pair, 8), dtype="int16x16")
+                for h in T.unroll(0, 2):
+                    weights = T.Cast("int16x16", B.vload([p, h * 8, 0], "int8x16"))
+                    C[T.ramp(h * 8, 1, 8)] = C.vload([h * 8], "int32x8") + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        broadcast,
+                        weights,
+                        dtype="int32x8",
+                    )
+
+    TensorIntrin.register(AVX2_16X4, avx2_desc, avx2_impl)
+    return AVX2_16X4

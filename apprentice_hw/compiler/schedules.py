@@ -45,10 +45,23 @@ SCHEDULE_RULES: Registry[ScheduleRule] = Registry("schedule rule")
 RULE_ORDER = ("blocked_conv", "elementwise", "spatial_outer")  # the first that applies wins
 
 
-def _has_vnni(target) -> bool:
+def _has_feature(target, feature: str) -> bool:
     from tvm.target import codegen
 
-    return "cpu" in target.keys and bool(codegen.target_has_features("avx512vnni", target))
+    return "cpu" in target.keys and bool(codegen.target_has_features(feature, target))
+
+
+def _has_vnni(target) -> bool:
+    return _has_feature(target, "avx512vnni")
+
+
+def _dot_product(target) -> str:
+    """How the conv's 16x4 inner product runs: 'vnni', 'avx2' (vpmaddwd) or 'unrolled'."""
+    if _has_vnni(target):
+        return "vnni"
+    if _has_feature(target, "avx2"):
+        return "avx2"
+    return "unrolled"
 
 
 def _blocks(sch) -> list:
@@ -125,7 +138,7 @@ def _pixel_tile(width: int) -> int:
 
 
 def _schedule_blocked_conv(sch, target) -> None:
-    from apprentice_hw.compiler.intrinsics import register_vnni
+    from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
     for output in _inline_around(sch, "pad_blocked", "conv2d_int"):
         _parallel_vectorize(sch, output, _output_dtype_bytes(sch, output))
@@ -143,8 +156,16 @@ def _schedule_blocked_conv(sch, target) -> None:
     conv = sch.get_sblock("conv_blocked")
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
     jo, ji = sch.split(j, factors=[None, _pixel_tile(_extent(sch, j))])
-    vnni = _has_vnni(target)
-    if vnni:
+    dot = _dot_product(target)
+    if dot == "avx2":
+        # Pair order for vpmaddwd: weight_blocked[..., oi, ci] -> [..., ci // 2, oi, ci % 2].
+        sch.transform_layout(
+            decode, ("write", 0),
+            lambda ob_, cb_, ky_, kx_, oi_, ci_: (ob_, cb_, ky_, kx_, ci_ // 2, oi_, ci_ % 2),
+        )  # fmt: skip
+        rp, rr = sch.split(ri, factors=[2, 2])
+        sch.reorder(n, ob, i, jo, rc, ry, rx, ji, rp, oi, rr)
+    elif dot == "vnni":
         sch.reorder(n, ob, i, jo, rc, ry, rx, ji, oi, ri)
     else:
         sch.reorder(n, ob, i, jo, rc, ry, rx, ji, ri, oi)
@@ -156,8 +177,10 @@ def _schedule_blocked_conv(sch, target) -> None:
     sch.vectorize(sch.get_loops(local)[-1])
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
-    if vnni:
+    if dot == "vnni":
         sch.tensorize(oi, register_vnni())
+    elif dot == "avx2":
+        sch.tensorize(rp, register_avx2())
     else:
         # TVM refuses to vectorize a spatial loop inside the reduction loop ``ri``; unrolled,
         # the 16 x 4 products are straight-line code that LLVM's SLP vectorizer packs (NEON).
