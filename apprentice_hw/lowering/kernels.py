@@ -1,10 +1,10 @@
 """TE compute definitions of the integer kernels the lowering emits.
 
-All kernels take the quantized activation tensor as stored (uint8 or int8 codes), subtract its
-zero point inside the reduction, accumulate in int32 and return the exact integer sum; scaling
-back to real values happens outside, in one float multiply the compiler fuses with what follows.
-Padding uses the zero point as the pad value, so padded positions contribute exactly zero, as
-they do in the float graph.
+All kernels take the quantized activation tensor as stored (uint8 or int8 codes), account for
+its zero point, accumulate in int32 and return the exact integer sum; scaling back to real
+values happens outside, in the requantization the compiler fuses with what follows. Padding
+uses the zero point as the pad value, so padded positions contribute exactly zero, as they do
+in the float graph.
 
 Weights arrive in one of three storage forms, matching the kernel strategies:
 ``int8`` (one byte per weight), ``packed`` (2 or 4 bits per weight, see ``packing``), and
@@ -73,38 +73,16 @@ def _weight_reader(weights, storage: str, bits: int, geometry: ConvGeometry):
     return read
 
 
-def conv2d_int(data, weights, geometry: ConvGeometry, zero_point: int, storage: str, bits: int):
-    """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx)."""
-    from tvm import te
-
-    batch, _, height, width = (int(d) for d in data.shape)
-    out_h, out_w = geometry.output_hw(height, width)
-    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
-    padded = _padded(data, geometry, zero_point)
-    weight = _weight_reader(weights, storage, bits, geometry)
-    rc = te.reduce_axis((0, geometry.in_channels), name="rc")
-    ry = te.reduce_axis((0, kh), name="ry")
-    rx = te.reduce_axis((0, kw), name="rx")
-
-    def compute(n, o, i, j):
-        value = padded[n, rc, i * sh + ry * dh, j * sw + rx * dw].astype("int32") - zero_point
-        return te.sum(value * weight(o, rc, ry, rx), axis=[rc, ry, rx])
-
-    return te.compute(
-        (batch, geometry.out_channels, out_h, out_w), compute, name="conv2d_int",
-        tag=f"conv2d_int_{storage}",
-    )  # fmt: skip
-
-
 VNNI_LANES = 16  # output channels per block: one 512-bit register of int32 accumulators
 VNNI_DEPTH = 4  # input channels per block: the four uint8 x int8 products one lane sums
 
 
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
                        bits: int, weight_sums=None):  # fmt: skip
-    """Integer conv2d in the blocked layout of int8 dot-product instructions (VNNI, SDOT).
+    """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx).
 
-    Same result as ``conv2d_int``, computed as three stages the CPU schedules can vectorize:
+    Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
+    stages the CPU schedules can vectorize:
 
     * ``pad_blocked``: activation codes as unsigned bytes, (N, C/4, H+pad, W+pad, 4), padded
       with the zero point (int8 codes are shifted by 128 first, zero point with them);

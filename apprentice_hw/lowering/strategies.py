@@ -177,7 +177,10 @@ KERNEL_STRATEGIES.add(
     "packed",
     KernelStrategy(
         name="packed",
-        description="2 or 4 weights per byte at trained precision, unpacked in the reduction",
+        description=(
+            "2 or 4 weights per byte at trained precision; conv: decoded per call into the int8 "
+            "dot-product layout, dense: unpacked in the reduction"
+        ),
         unsupported=_packed_unsupported,
         weight_bytes=lambda layer: (
             layer.out_channels * packed_row_bytes(layer.reduction, layer.weight_bits)
@@ -189,7 +192,10 @@ KERNEL_STRATEGIES.add(
     "bitserial",
     KernelStrategy(
         name="bitserial",
-        description="popcount over activation and weight bit planes (activations <= 2 bits)",
+        description=(
+            "popcount over activation and weight bit planes (activations <= 2 bits; no schedule "
+            "yet, so slower than packed on CPUs)"
+        ),
         unsupported=_bitserial_unsupported,
         weight_bytes=lambda layer: int(_bitplanes(layer)[1].size),
         emit=_emit_bitserial,
