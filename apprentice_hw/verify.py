@@ -91,20 +91,25 @@ def _float32_quantization(model, inputs) -> tuple[np.ndarray, _HeldQuantization]
 
     from apprentice_hw.distill.trainer import predict
 
-    scales: dict[str, list] = {}
-    outputs: dict[str, list] = {}
+    scales: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    varying: set[str] = set()  # recorded values that changed between calls
 
     def record(store, name, value):
-        store.setdefault(name, []).append(value.detach().clone())
+        if name not in store:
+            store[name] = value.detach().clone()
+        elif not torch.equal(store[name], value):
+            varying.add(name)
 
     hooks = []
     for name, quantizer in _quantizers(model).items():
         hooks.append(quantizer.scaling_impl.register_forward_hook(
             lambda _m, _i, out, name=name: record(scales, name, out)
         ))  # fmt: skip
-        hooks.append(quantizer.register_forward_hook(
-            lambda _m, _i, out, name=name: record(outputs, name, out[0] / out[1])
-        ))  # fmt: skip
+        if name.endswith(WEIGHT_QUANTIZER):  # activations' outputs would cost memory per input
+            hooks.append(quantizer.register_forward_hook(
+                lambda _m, _i, out, name=name: record(outputs, name, out[0] / out[1])
+            ))  # fmt: skip
     try:
         with torch.no_grad():
             logits = predict(model, inputs).numpy()
@@ -112,14 +117,11 @@ def _float32_quantization(model, inputs) -> tuple[np.ndarray, _HeldQuantization]
         for hook in hooks:
             hook.remove()
 
-    def constant(values: list) -> bool:
-        return all(torch.equal(values[0], v) for v in values[1:])
-
-    held_scales = {name: v[0] for name, v in scales.items() if constant(v)}
+    held_scales = {name: v for name, v in scales.items() if name not in varying}
     codes = {
-        name: torch.round(v[0].double())
+        name: torch.round(v.double())
         for name, v in outputs.items()
-        if name in held_scales and name.endswith(WEIGHT_QUANTIZER) and constant(v)
+        if name in held_scales and name not in varying
     }
     return logits, _HeldQuantization(held_scales, codes)
 

@@ -9,10 +9,10 @@ steps (measured: up to 6 steps on ResNet-56 W2A8, with 10-40% of inputs off by o
 Brevitas itself disagrees with its own float64 evaluation in the same way.
 
 In float64 the same ops round at 2^-53, so the module computes what the Brevitas model computes
-in exact arithmetic (Brevitas evaluated in float64) on every input: the integer accumulations
-are exact, and the float ops around them now agree with Brevitas's to ~1e-16. The cost is
-small: the requantization is a few ops per output element against K*K*C multiply-adds per
-output element in the kernel before it.
+in exact arithmetic (see ``apprentice_hw.verify.brevitas_outputs``) on every input: the integer
+accumulations are exact, and the float ops around them agree with the exact values to ~1e-16.
+The cost is small: the requantization is a few ops per output element against K*K*C
+multiply-adds per output element in the kernel before it.
 
 ``promote_to_float64`` runs after ``lower_to_integer``. It rewrites the float region of
 ``main``: casts of accumulators become float64, ``dequantize``/``quantize`` (whose Relax
@@ -120,13 +120,21 @@ def _make_pass():
 
         def visit_call_(self, call):
             args = [self.visit_expr(arg) for arg in call.args]
-            widens = is_integer(dtype_of(args[0])) or dtype_of(args[0]) == "float64"
+            first = dtype_of(args[0]) if args else None
+            widens = is_integer(first) or first == "float64"
             if call.op == astype and str(call.attrs.dtype) == "float32" and widens:
                 return relax.op.astype(args[0], "float64")
-            if call.op == dequantize and is_integer(dtype_of(args[0])):
+            constant_qparams = len(args) == 3 and all(isinstance(a, Constant) for a in args[1:])
+            if call.op == dequantize and is_integer(first) and constant_qparams:
                 return self._dequantize(call, args[0])
             if call.op == quantize:
-                return self._quantize(call, args[0])
+                if constant_qparams:
+                    return self._quantize(call, args[0])
+                # Scales computed at run time: Relax's float32 quantize, fed float32.
+                data = args[0]
+                if first == "float64":
+                    data = self.builder_.emit(relax.op.astype(data, "float32"))
+                return relax.Call(call.op, [data, *args[1:]], call.attrs, call.ty_args)
             if call.op == call_tir:
                 return self._call_tir(call, args)
             if any(dtype_of(a) == "float64" for a in args if not isinstance(a, Constant)):
