@@ -6,10 +6,11 @@ that schedules each function by what it contains (a registry of rules, first mat
 
 * ``blocked_conv``: the integer conv2d of ``kernels.conv2d_int_blocked`` with whatever TVM
   fused after it (requantization, residual add, ReLU, the next quantize). Output-channel blocks
-  of 16 and a few output pixels are the register tile; the 16 x 4 inner product runs as one
-  VNNI ``vpdpbusd`` where the target has it (``tensorize``) and as vectorized int32 arithmetic
-  elsewhere; rows of the output are spread over threads; the fused epilogue is computed in
-  place of the int32 output.
+  of 16 and a few output pixels are the register tile (a local accumulator); the 16 x 4 inner
+  product is tensorized as one VNNI ``vpdpbusd`` where the target has it, as four AVX2
+  ``vpmaddwd`` on int16 pairs where it has AVX2 only (the decoded weights are laid out in pair
+  order for it), and unrolled for LLVM to vectorize elsewhere (NEON); rows of the output are
+  spread over threads; the fused epilogue is computed in place of the int32 output.
 * ``elementwise``: every function of spatial blocks only (quantize, dequantize, adds, casts):
   inlined into one loop, split into threads and vector lanes.
 * ``spatial_outer``: anything else with a reduction (dense, pooling, mean): its outer spatial
