@@ -291,6 +291,60 @@ def verify(
     return 0 if result.passed else 1
 
 
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--target", "-t", "target_name", default=None,
+              help="Target to tune for (default: the build's, or x86-host).")  # fmt: skip
+@click.option("--trials", default=16, show_default=True, help="MetaSchedule trials per task.")
+@click.option("--top", default=3, show_default=True, help="Tune the N heaviest conv kernels.")
+@click.option("--kernel", default=None, help=KERNEL_HELP)
+def tune(path: Path, target_name: str | None, trials: int, top: int, kernel: str | None) -> None:
+    """Tune the heaviest kernels of a model with MetaSchedule for a target (this machine).
+
+    PATH is a build directory or a quantized ONNX model. The default schedule of each task is
+    measured first, so a record only replaces it when MetaSchedule finds something faster.
+    Records go to the target's database in $APPRENTICE_HW_CACHE/tuning/ (default
+    ~/.cache/apprentice-hw), which every later build and compile for the target applies.
+    Tuning measures on this machine: tune for x86-host here; boards need RPC (not yet).
+
+    Example: apprentice-hw tune build/digits-x86-host-w2a8 --trials 32
+    """  # fmt: skip
+    import json
+
+    from apprentice_hw.compiler import prepare_module
+    from apprentice_hw.compiler.schedules import fused_module
+    from apprentice_hw.compiler.tuning import tune as run_tune
+    from apprentice_hw.hardware import get_target
+    from apprentice_hw.verify import load_onnx
+
+    if trials < 1 or top < 1:
+        raise UserError(f"--trials and --top must be at least 1, got {trials} and {top}")
+    if path.is_dir():
+        from apprentice_hw.pipeline import QCDQ_FILE
+
+        manifest = path / "manifest.json"
+        if not manifest.exists():
+            raise UserError(f"{path} is not a build directory (no manifest.json)")
+        target_name = target_name or json.loads(manifest.read_text())["target"]["name"]
+        path = path / QCDQ_FILE
+    target = get_target(target_name or "x86-host")
+    if not target.runs_on_this_machine:
+        raise UserError(
+            f"target {target.name} does not run on this machine, so its kernels cannot be "
+            "measured here; tune x86-host (remote tuning over RPC is not built yet)"
+        )
+    prepared = prepare_module(load_onnx(path), target, batch=1, kernel=kernel)
+    fused = fused_module(prepared.mod, target.tvm_target())
+    click.echo(f"tuning up to {top} kernels x {trials} trials for {target.name} ...")
+
+    def report(task: str, best_us: float | None) -> None:
+        shown = f"{best_us:.1f} us" if best_us is not None else "no valid measurement"
+        click.echo(f"  {task[:72]}: best {shown}")
+
+    result = run_tune(fused, target, trials, top, progress=report)
+    click.echo(f"records in {result.database}; builds for {target.name} apply them")
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 

@@ -19,6 +19,15 @@ configure_torch()
 TINY_RECIPE = Path(__file__).parent / "data" / "tiny.toml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Tests never read or write the user's tuning database (~/.cache/apprentice-hw)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("APPRENTICE_HW_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     """A private copy of tests/data/tiny.toml that a test may edit."""

@@ -272,21 +272,36 @@ def schedule_pass(target):
     return _pass
 
 
-def cpu_pipeline(target):
-    """TVM's CPU pipeline with ``schedule_pass`` after operator fusion."""
+def fused_module(mod, target):
+    """``mod`` after TVM's CPU legalization and operator fusion: the functions to schedule."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with target:
+        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        return tvm.transform.Sequential(passes)(mod)
+
+
+def cpu_pipeline(target, tuned=None):
+    """TVM's CPU pipeline with ``schedule_pass`` after operator fusion.
+
+    ``tuned`` (module -> module), when given, runs first on the fused module: it applies tuning
+    records, and the functions it schedules are left alone by the default rules.
+    """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0, name="ApprenticeCPUPipeline")
     def _pipeline(mod, _ctx):
+        mod = fused_module(mod, target)
+        if tuned is not None:
+            mod = tuned(mod)
         with target:
-            passes = (
-                cpu.library_dispatch_passes(target)
-                + cpu.legalize_passes(target)
-                + [schedule_pass(target)]
-                + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target)
-            )
+            passes = [
+                schedule_pass(target),
+                *cpu.dataflow_lower_passes(target),
+                *cpu.finalize_passes(target),
+            ]
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline

@@ -104,16 +104,27 @@ def prepare_module(
     )
 
 
-def compile_module(mod, target: Target):
-    """Compile a Relax module for ``target``: TVM's pipeline plus default CPU schedules."""
+def compile_module(mod, target: Target, use_tuning: bool = True):
+    """Compile a Relax module for ``target``: TVM's pipeline plus default CPU schedules.
+
+    Functions the target's tuning database (``apprentice-hw tune``) has records for get their
+    tuned schedule instead of the default one, unless ``use_tuning`` is False.
+    """
     import tvm
 
+    from apprentice_hw.compiler import tuning
     from apprentice_hw.compiler.schedules import cpu_pipeline
 
     tvm_target = target.tvm_target()
-    if target.device == "cpu":
-        return tvm.compile(mod, tvm_target, relax_pipeline=cpu_pipeline(tvm_target))
-    return tvm.compile(mod, tvm_target)
+    if target.device != "cpu":
+        return tvm.compile(mod, tvm_target)
+    tuned = None
+    if use_tuning and tuning.has_records(target):
+
+        def tuned(fused):
+            return tuning.apply_records(fused, target, tvm_target)
+
+    return tvm.compile(mod, tvm_target, relax_pipeline=cpu_pipeline(tvm_target, tuned))
 
 
 def export_module(executable, target: Target, path: Path) -> Path:
