@@ -71,7 +71,8 @@ def apply_records(mod, target: Target, tvm_target):
 
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
-    register_vnni(), register_avx2()  # replaying a record may tensorize with them
+    register_vnni()  # replaying a record may tensorize with either intrinsic
+    register_avx2()
     with locked(target) as directory:
         database = _database(directory)
         with database, tvm_target:
@@ -107,13 +108,15 @@ def tune(fused, target: Target, trials: int, top: int = 3, progress=None) -> Tun
     """Tune the ``top`` heaviest conv tasks of ``fused`` with ``trials`` trials each.
 
     ``fused`` is a module after TVM's legalization and fusion (``schedules.fused_module``);
-    ``progress`` is called with (task name, best microseconds so far) after each round.
+    ``progress`` is called once per task, after tuning, with (task name, best microseconds or
+    None). The database stays locked while tuning runs: a build for the same target waits.
     """
     from tvm.s_tir import meta_schedule as ms
 
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
-    register_vnni(), register_avx2()
+    register_vnni()
+    register_avx2()
     tvm_target = target.tvm_target()
     tasks = ms.relax_integration.extract_tasks(fused, tvm_target)
     convs = [task for task in tasks if "conv2d_int" in task.task_name]
