@@ -309,23 +309,17 @@ def tune(path: Path, target_name: str | None, trials: int, top: int, kernel: str
 
     Example: apprentice-hw tune build/digits-x86-host-w2a8 --trials 32
     """  # fmt: skip
-    import json
-
     from apprentice_hw.compiler import prepare_module
     from apprentice_hw.compiler.schedules import fused_module
     from apprentice_hw.compiler.tuning import tune as run_tune
     from apprentice_hw.hardware import get_target
-    from apprentice_hw.verify import load_onnx
+    from apprentice_hw.pipeline import QCDQ_FILE
+    from apprentice_hw.verify import load_onnx, read_manifest
 
     if trials < 1 or top < 1:
         raise UserError(f"--trials and --top must be at least 1, got {trials} and {top}")
     if path.is_dir():
-        from apprentice_hw.pipeline import QCDQ_FILE
-
-        manifest = path / "manifest.json"
-        if not manifest.exists():
-            raise UserError(f"{path} is not a build directory (no manifest.json)")
-        target_name = target_name or json.loads(manifest.read_text())["target"]["name"]
+        target_name = target_name or read_manifest(path)["target"]["name"]
         path = path / QCDQ_FILE
     target = get_target(target_name or "x86-host")
     if not target.runs_on_this_machine:

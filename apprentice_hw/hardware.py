@@ -81,6 +81,16 @@ def host_arch() -> str:
 
 
 @functools.cache
+def cpu_model_name() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (e.g. ``AMD EPYC``), for benchmark records."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return next(names, platform.machine())
+
+
 def host_cpu_name() -> str:
     """LLVM's name for this machine's CPU (e.g. ``emeraldrapids``), as TVM detects it."""
     from tvm.target import codegen

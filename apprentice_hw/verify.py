@@ -404,6 +404,14 @@ class BuildInputs:
     module_path: Path | None
 
 
+def read_manifest(build_dir: Path) -> dict:
+    """A build directory's manifest, or a user error when ``build_dir`` is not a build."""
+    manifest_path = build_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise UserError(f"{build_dir} is not a build directory (no manifest.json)")
+    return json.loads(manifest_path.read_text())
+
+
 def read_build(build_dir: Path, samples: int) -> BuildInputs:
     """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
     import torch
@@ -413,10 +421,7 @@ def read_build(build_dir: Path, samples: int) -> BuildInputs:
     from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
     from apprentice_hw.training import RECIPE_RECORD, build_student
 
-    manifest_path = build_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise UserError(f"{build_dir} is not a build directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(build_dir)
     recipe = Recipe.from_dict(json.loads((build_dir / RECIPE_RECORD).read_text()))
     model = load_onnx(build_dir / QCDQ_FILE)
     data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed, recipe.train_limit)

@@ -40,7 +40,7 @@ from apprentice_hw.atomic import write_json
 from apprentice_hw.compiler import compile_module, prepare_module
 from apprentice_hw.compiler.tvm_build import import_onnx
 from apprentice_hw.export import export_qcdq
-from apprentice_hw.hardware import get_target
+from apprentice_hw.hardware import cpu_model_name, get_target
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import FloatLayers, QuantLayers
 from apprentice_hw.quant.calibration import calibrate_untrained
@@ -223,13 +223,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
@@ -248,7 +241,11 @@ def main() -> None:
     result = {
         "benchmark": "latency",
         "date": datetime.date.today().isoformat(),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpu": cpu_model_name(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "repeats": REPEATS,
         "rows": rows,
     }

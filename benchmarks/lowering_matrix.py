@@ -47,7 +47,7 @@ from apprentice_hw.data import load_dataset
 from apprentice_hw.distill.trainer import train_steps
 from apprentice_hw.export import export_qcdq
 from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
-from apprentice_hw.hardware import get_target
+from apprentice_hw.hardware import cpu_model_name, get_target
 from apprentice_hw.models import MODELS, ModelSpec, build_model
 from apprentice_hw.quant import QuantLayers
 from apprentice_hw.report import weight_footprint
@@ -178,7 +178,7 @@ def main() -> None:
     configure_torch()
     torch.set_num_threads(1)
     data = load_dataset("digits")
-    machine = {"platform": platform.platform(), "cpu": cpu_name()}
+    machine = {"platform": platform.platform(), "cpu": cpu_model_name()}
     # Rows already in --out are kept and skipped: an interrupted run continues where it stopped.
     rows = json.loads(args.out.read_text())["rows"] if args.out.exists() else []
     done = {(r["model"], r["weight_bits"], r["act_bits"]) for r in rows}
@@ -205,13 +205,6 @@ def main() -> None:
     print(markdown(rows))
     print(f"every input within 1 step everywhere: {result['all_every_input_within_one_step']}")
     print(f"identical to the exact model everywhere: {result['all_identical']}")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def summarize(rows: list[dict], machine: dict, date: str) -> dict:

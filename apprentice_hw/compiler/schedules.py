@@ -229,7 +229,7 @@ SCHEDULE_RULES.add(
 )
 
 
-def _rule_for(sch) -> ScheduleRule:
+def rule_for(sch) -> ScheduleRule:
     return next(
         SCHEDULE_RULES.get(name) for name in RULE_ORDER if SCHEDULE_RULES.get(name).applies(sch)
     )
@@ -242,7 +242,7 @@ def schedule_function(func, target):
     # Rendering a schedule error prints the whole function: only worth it when debugging.
     render = "detail" if LOG.isEnabledFor(logging.DEBUG) else "none"
     sch = s_tir.Schedule(func, error_render_level=render)
-    rule = _rule_for(sch)
+    rule = rule_for(sch)
     try:
         rule.apply(sch, target)
     except Exception as exc:  # any schedule error: keep the correct naive loops

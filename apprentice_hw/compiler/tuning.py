@@ -88,10 +88,10 @@ class TuneResult:
 
 
 def _default_space(tvm_target):
-    from apprentice_hw.compiler.schedules import _rule_for
+    from apprentice_hw.compiler.schedules import rule_for
 
     def space(sch):
-        _rule_for(sch).apply(sch, tvm_target)
+        rule_for(sch).apply(sch, tvm_target)
         return [sch]
 
     return space

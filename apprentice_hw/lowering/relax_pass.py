@@ -8,8 +8,9 @@ Gemm). This pass replaces each such layer with
     y     = float(acc) * (s_x * s_w)                                  # one fused multiply
 
 and leaves everything after it (bias, BatchNorm, residual adds, ReLU, the next quantize) as
-elementwise ops that TVM fuses into that multiply. It must run before constant folding, which
-would otherwise fold ``dequantize(W_q)`` into an fp32 weight tensor and erase the integers.
+elementwise ops that TVM fuses into that multiply; ``precision.py`` then moves them to float64.
+It must run before constant folding, which would otherwise fold ``dequantize(W_q)`` into an fp32
+weight tensor and erase the integers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from apprentice_hw.lowering.kernels import ConvGeometry
 from apprentice_hw.lowering.packing import signed_bits_needed
-from apprentice_hw.lowering.precision import REQUANT_DTYPES, promote_to_float64
+from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
 from apprentice_hw.lowering.strategies import (
     QuantLayer,
     choose_strategy,
@@ -58,7 +59,6 @@ class LoweringOptions:
     preference: tuple[str, ...]
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
-    requant_dtype: str = "float64"  # the float ops between kernels (see lowering/precision.py)
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -97,12 +97,13 @@ def _make_pass():
             self._requantized: dict = {}
             # requantization constant (float32) -> its exact float64 value, for precision.py
             self.exact_constants: dict = {}
-            self._const_itemsize = np.dtype(options.requant_dtype).itemsize
 
-        def _requant_const(self, value32: np.ndarray, exact: np.ndarray):
-            """A float32 constant for the graph now, remembering its exact float64 value."""
-            const = relax.const(value32)
-            self.exact_constants[const] = np.asarray(exact, dtype=np.float64).reshape(value32.shape)
+        def _requant_const(self, exact: np.ndarray):
+            """A float32 stand-in for ``exact`` (the graph is float32 until precision.py runs),
+            remembered so the float64 promotion puts the exact value back."""
+            exact = np.asarray(exact, dtype=np.float64)
+            const = relax.const(exact.astype(np.float32))
+            self.exact_constants[const] = exact
             return const
 
         # -- matching helpers -------------------------------------------------------------
@@ -261,33 +262,30 @@ def _make_pass():
             """Emit ``layer``'s kernel on ``codes`` and its requantization; returns the float."""
             strategy = choose_strategy(layer, self.options.preference, self.options.forced)
             accumulated = strategy.emit(self.builder_, codes, layer)
-            scales = (np.float32(act_scale) * weight_scales.astype(np.float32)).astype(np.float32)
             shape = [1, layer.out_channels] + [1] * (rank - 2)
             exact = np.float64(act_scale) * weight_scales.astype(np.float64)
             uniform = bool(np.all(exact == exact[0]))
-            scale_const = scales[:1].reshape(()) if uniform else scales.reshape(shape)
-            exact_const = exact[:1].reshape(()) if uniform else exact.reshape(shape)
+            scale_const = exact[:1].reshape(()) if uniform else exact.reshape(shape)
             record = LoweredLayer(
                 name=layer.name, kind=layer.kind, weight_shape=tuple(layer.weights.shape),
                 strategy=strategy.name, weight_bits=layer.weight_bits,
                 storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
                 weight_bytes=int(strategy.weight_bytes(layer)),
                 # scalars are immediates
-                scale_bytes=0 if uniform else int(scale_const.size * self._const_itemsize),
+                scale_bytes=0 if uniform else int(scale_const.size * REQUANT_BYTES),
             )  # fmt: skip
             self.layers.append(record)
             as_float = self.builder_.emit(relax.op.astype(accumulated, "float32"))
             scales64 = np.broadcast_to(exact, (layer.out_channels,))
             self._requantized[as_float] = (scales64, rank, len(self.layers) - 1)
-            return relax.op.multiply(as_float, self._requant_const(scale_const, exact_const))
+            return relax.op.multiply(as_float, self._requant_const(scale_const))
 
         def _fold_batch_norm(self, call):
             """Fold a BatchNorm that follows a lowered layer into its requantization.
 
             ``float(acc) * s`` then ``(y - mean) / sqrt(var + eps) * gamma + beta`` becomes
-            ``float(acc) * A + B`` with A and B computed in float64 at compile time: two float
-            roundings per value instead of six, so the integer module stays within float32
-            noise of the exact result, and one multiply-add less per element.
+            ``float(acc) * A + B`` with A and B computed in float64 at compile time: two float64
+            roundings per value instead of six, and one multiply-add less per element.
             """
             found = self._bound(call.args[0])
             if not (isinstance(found, relax.Call) and found.op == multiply):
@@ -306,13 +304,13 @@ def _make_pass():
             shape = [1, len(scales)] + [1] * (rank - 2)
             multiplier64 = (scales * inv_std).reshape(shape)
             offset64 = (beta - mean * inv_std).reshape(shape)
-            multiplier = self._requant_const(multiplier64.astype(np.float32), multiplier64)
-            offset = self._requant_const(offset64.astype(np.float32), offset64)
+            multiplier = self._requant_const(multiplier64)
+            offset = self._requant_const(offset64)
             scaled = self.builder_.emit(relax.op.multiply(found.args[0], multiplier))
             folded = self.builder_.emit(relax.op.add(scaled, offset))
             self.layers[index] = replace(
                 self.layers[index], folded_batch_norm=True,
-                scale_bytes=int((multiplier64.size + offset64.size) * self._const_itemsize),
+                scale_bytes=int((multiplier64.size + offset64.size) * REQUANT_BYTES),
             )  # fmt: skip
             return relax.Tuple([folded, call.args[3], call.args[4]])
 
@@ -384,17 +382,12 @@ def lower_to_integer(mod, options: LoweringOptions):
     """Rewrite every quantized layer of ``mod['main']``; returns (new module, layer records)."""
     from tvm import relax
 
-    if options.requant_dtype not in REQUANT_DTYPES:
-        raise ValueError(
-            f"requantization dtype {options.requant_dtype!r} is not one of {REQUANT_DTYPES}"
-        )
     lowering = _make_pass()(mod, options)
     function = lowering.visit_expr(mod["main"])
     function = relax.analysis.remove_all_unused(function)
     new_mod = lowering.builder_.get()
     new_mod["main"] = function
-    if options.requant_dtype == "float64":
-        new_mod = promote_to_float64(new_mod, lowering.exact_constants)
+    new_mod = promote_to_float64(new_mod, lowering.exact_constants)
     # A folded BatchNorm leaves Tuple(y, mean, var)[0]: resolve it, or operator fusion stops at
     # the tuple and the ReLU / next quantize after each conv become a separate loop.
     return relax.transform.CanonicalizeBindings()(new_mod), lowering.layers

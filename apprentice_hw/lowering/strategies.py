@@ -85,24 +85,19 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str, weights: np.n
     zero_point, bits = layer.act_zero_point, layer.weight_bits
     if layer.kind == "conv2d":
         # The blocked kernel pads with the zero point and subtracts zero point x sum(weights)
-        # per output channel afterwards (int8 codes are shifted to uint8, zero point with them).
-        shifted_zero = zero_point + (128 if layer.act_dtype == "int8" else 0)
-        sums = layer.weights.reshape(layer.out_channels, -1).sum(axis=1).astype(np.int32)
-        name = f"conv2d_int_{storage}"
+        # per output channel afterwards (int8 codes are shifted to uint8, zero point with them);
+        # with a zero point of 0 the sums are not needed and not stored.
+        inputs = [data, _const(weights)]
+        if zero_point + (128 if layer.act_dtype == "int8" else 0):
+            sums = layer.weights.reshape(layer.out_channels, -1).sum(axis=1).astype(np.int32)
+            inputs.append(_const(sums))
 
-        if shifted_zero == 0:
-            return bb.emit_te(
-                lambda x, w: kernels.conv2d_int_blocked(
-                    x, w, layer.geometry, zero_point, storage, bits
-                ),
-                data, _const(weights), primfunc_name_hint=name,
-            )  # fmt: skip
-        return bb.emit_te(
-            lambda x, w, s: kernels.conv2d_int_blocked(
-                x, w, layer.geometry, zero_point, storage, bits, s
-            ),
-            data, _const(weights), _const(sums), primfunc_name_hint=name,
-        )  # fmt: skip
+        def conv(x, w, *sums):
+            return kernels.conv2d_int_blocked(
+                x, w, layer.geometry, zero_point, storage, bits, *sums
+            )
+
+        return bb.emit_te(conv, *inputs, primfunc_name_hint=f"conv2d_int_{storage}")
 
     def dense(x, w):
         return kernels.dense_int(
