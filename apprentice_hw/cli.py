@@ -291,52 +291,157 @@ def verify(
     return 0 if result.passed else 1
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit s, m or h (``90s``, ``10m``, ``1h``)."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise UserError(
+            f"--time-budget must be a positive duration like 90s, 10m or 1h, got '{text}'"
+        )
+    return seconds
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--target", "-t", "target_name", default=None,
-              help="Target to tune for (default: the build's, or x86-host).")  # fmt: skip
-@click.option("--trials", default=16, show_default=True, help="MetaSchedule trials per task.")
-@click.option("--top", default=3, show_default=True, help="Tune the N heaviest conv kernels.")
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    default=None,
+    help="Target to tune for (default: the build's, or x86-host).",
+)
+@click.option(
+    "--trials",
+    type=int,
+    default=None,
+    help="Knob settings measured per kernel, the default first [default: all].",
+)
+@click.option(
+    "--time-budget",
+    default=None,
+    help="Stop starting new measurements after this long (90s, 10m, 1h).",
+)
+@click.option(
+    "--top", type=int, default=None, help="Tune only the N heaviest conv kernels [default: all]."
+)
+@click.option(
+    "--batch",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Batch size the records are for (builds compile batch 1).",
+)
+@click.option(
+    "--tracker",
+    default=None,
+    help="HOST:PORT of a TVM RPC tracker: time the kernels on a board behind it.",
+)
+@click.option("--key", default=None, help="Device key of the board at --tracker.")
 @click.option("--kernel", default=None, help=KERNEL_HELP)
-def tune(path: Path, target_name: str | None, trials: int, top: int, kernel: str | None) -> None:
-    """Tune the heaviest kernels of a model with MetaSchedule for a target (this machine).
+def tune(
+    path: Path,
+    target_name: str | None,
+    trials: int | None,
+    time_budget: str | None,
+    top: int | None,
+    batch: int,
+    tracker: str | None,
+    key: str | None,
+    kernel: str | None,
+) -> None:
+    """Tune the conv kernels of a model for a target, here or on a board over RPC.
 
-    PATH is a build directory or a quantized ONNX model. The default schedule of each task is
-    measured first, so a record only replaces it when MetaSchedule finds something faster.
-    Records go to the target's database in $APPRENTICE_HW_CACHE/tuning/ (default
-    ~/.cache/apprentice-hw), which every later build and compile for the target applies.
-    Tuning measures on this machine: tune for x86-host here; boards need RPC (not yet).
+    PATH is a build directory or a quantized ONNX model. Every setting of each conv kernel's
+    schedule knobs (register tile, output blocks per tile, threaded prologue) is compiled and
+    timed, the default first, so a record only replaces the default schedule when it measured
+    faster. Records go to $APPRENTICE_HW_CACHE/tuning/<target>/<cpu>/ (default
+    ~/.cache/apprentice-hw), which every later build for the target applies with no new trials.
+    Targets that do not run here (boards) are timed through a TVM RPC tracker.
 
-    Example: apprentice-hw tune build/digits-x86-host-w2a8 --trials 32
+    \b
+    Examples:
+      apprentice-hw tune build/digits-x86-host-w2a8
+      apprentice-hw tune student.onnx --time-budget 10m --batch 8
+      apprentice-hw tune build/digits-arm-a72-w2a8 --tracker 192.168.1.5:9190 --key pi4
     """  # fmt: skip
     from apprentice_hw.compiler import prepare_module
     from apprentice_hw.compiler.schedules import fused_module
     from apprentice_hw.compiler.tuning import tune as run_tune
     from apprentice_hw.hardware import get_target
     from apprentice_hw.pipeline import QCDQ_FILE
+    from apprentice_hw.remote import RemoteDevice
     from apprentice_hw.verify import load_onnx, read_manifest
 
-    if trials < 1 or top < 1:
-        raise UserError(f"--trials and --top must be at least 1, got {trials} and {top}")
+    for name, value in (("--trials", trials), ("--top", top), ("--batch", batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    budget_s = parse_duration(time_budget) if time_budget is not None else None
+    if (tracker is None) != (key is None):
+        raise UserError("--tracker and --key go together: the tracker address and the board key")
+    remote = RemoteDevice.parse(tracker, key) if tracker is not None else None
     if path.is_dir():
         target_name = target_name or read_manifest(path)["target"]["name"]
         path = path / QCDQ_FILE
     target = get_target(target_name or "x86-host")
-    if not target.runs_on_this_machine:
+    if remote is None and not target.runs_on_this_machine:
         raise UserError(
             f"target {target.name} does not run on this machine, so its kernels cannot be "
-            "measured here; tune x86-host (remote tuning over RPC is not built yet)"
+            "measured here; time them on the board with --tracker HOST:PORT --key KEY"
         )
-    prepared = prepare_module(load_onnx(path), target, batch=1, kernel=kernel)
+    prepared = prepare_module(load_onnx(path), target, batch=batch, kernel=kernel)
     fused = fused_module(prepared.mod, target.tvm_target())
-    click.echo(f"tuning up to {top} kernels x {trials} trials for {target.name} ...")
+    where = f"on '{key}' via {tracker}" if remote else "on this machine"
+    click.echo(f"tuning the conv kernels of {path.name} for {target.name} {where} ...", err=True)
+    bar = _TuneBar()
+    try:
+        result = run_tune(fused, target, trials=trials, top=top, time_budget_s=budget_s,
+                          remote=remote, progress=bar.update)  # fmt: skip
+    finally:
+        bar.close()
+    for task in result.tasks:
+        if task.best_us is None:
+            click.echo(f"  {task.name[:64]:<64} no valid measurement")
+            continue
+        default = f"{task.default_us:8.1f}" if task.default_us is not None else "       -"
+        speedup = f"{task.speedup:.2f}x" if task.speedup is not None else "-"
+        click.echo(f"  {task.name[:64]:<64} default {default} us  best {task.best_us:8.1f} us"
+                   f"  {speedup}")  # fmt: skip
+    stopped = " (time budget reached)" if result.stopped_by_budget else ""
+    click.echo(
+        f"measured {result.measured} settings of {len(result.tasks)} kernels in "
+        f"{result.seconds:.0f} s{stopped}; records in {result.database}"
+    )
 
-    def report(task: str, best_us: float | None) -> None:
-        shown = f"{best_us:.1f} us" if best_us is not None else "no valid measurement"
-        click.echo(f"  {task[:72]}: best {shown}")
 
-    result = run_tune(fused, target, trials, top, progress=report)
-    click.echo(f"records in {result.database}; builds for {target.name} apply them")
+class _TuneBar:
+    """A progress bar over all candidates, showing the current kernel's best time so far."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def update(self, progress) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=progress.candidates, desc="tuning", unit="setting",
+                            file=sys.stderr, dynamic_ncols=True, disable=None)  # fmt: skip
+        best = f"{progress.best_us:.1f} us" if progress.best_us is not None else "-"
+        default = f"{progress.default_us:.1f} us" if progress.default_us is not None else "-"
+        self.bar.set_postfix_str(
+            f"kernel {progress.task_index}/{progress.tasks} best {best} (default {default})"
+        )
+        self.bar.update(progress.measured - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _one_line(message: str) -> str:

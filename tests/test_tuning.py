@@ -1,17 +1,21 @@
-"""MetaSchedule tuning: records land in the target's database and builds apply them exactly."""
+"""Tuning: knob settings measured here or over RPC, records applied exactly by later builds."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 from apprentice_hw.compiler import compile_module, prepare_module, tuning
-from apprentice_hw.compiler.schedules import fused_module
+from apprentice_hw.compiler.schedules import ConvKnobs, conv_knob_space, fused_module
 from apprentice_hw.export import export_qcdq
 from apprentice_hw.hardware import get_target
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import QuantLayers
 from apprentice_hw.quant.calibration import calibrate_untrained
+from apprentice_hw.remote import local_rpc
 from apprentice_hw.verify import run_module_outputs
 
 
@@ -28,31 +32,108 @@ def _student_onnx(tmp_path):
     return export_qcdq(model, images[:1], tmp_path / "m.onnx"), images.numpy()
 
 
-def test_tuned_build_applies_records_and_stays_identical(tmp_path, monkeypatch):
+@pytest.fixture
+def student(tmp_path, monkeypatch):
     monkeypatch.setenv("APPRENTICE_HW_CACHE", str(tmp_path / "cache"))
     exported, images = _student_onnx(tmp_path)
     target = get_target("x86-host")
     prepared = prepare_module(exported, target)
+    return target, prepared, images
+
+
+def _scheduled_by_records(fused, target) -> set[str]:
+    applied = tuning.apply_records(fused, target, target.tvm_target())
+    return {
+        gvar.name_hint
+        for gvar, func in applied.functions_items()
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs
+    }
+
+
+def test_knob_space_starts_with_the_default_and_fits_the_registers(student):
+    from tvm import s_tir
+
+    target, prepared, _ = student
+    fused = fused_module(prepared.mod, target.tvm_target())
+    tasks = tuning.conv_tasks(fused, target.tvm_target())
+    assert tasks and all("conv2d_int" in task.name for task in tasks)
+    assert [t.flops * t.weight for t in tasks] == sorted(
+        (t.flops * t.weight for t in tasks), reverse=True
+    )
+    for task in tasks:
+        space = conv_knob_space(s_tir.Schedule(task.mod))
+        assert space == task.space and len(set(space)) == len(space) > 1
+        assert space[0] == ConvKnobs(pixels=space[0].pixels)  # the untuned default
+        assert all(k.pixels * k.blocks <= 24 for k in space[1:])
+
+
+def test_tuned_build_applies_records_and_stays_identical(student, tmp_path):
+    target, prepared, images = student
     untuned = run_module_outputs(compile_module(prepared.mod, target, use_tuning=False), images)[0]
     assert not tuning.has_records(target)
 
+    fused = fused_module(prepared.mod, target.tvm_target())
     seen = []
-    result = tuning.tune(
-        fused_module(prepared.mod, target.tvm_target()), target, trials=1, top=1,
-        progress=lambda task, best: seen.append((task, best)),
-    )  # fmt: skip
-    assert len(result.tasks_tuned) == 1 and "conv2d_int" in result.tasks_tuned[0]
-    # The default schedule was measured first, so the task has a valid best time.
-    assert seen and seen[0][1] is not None and 0 < seen[0][1] < 1e5
+    result = tuning.tune(fused, target, trials=3, top=2, progress=seen.append)
+    assert [len(t.name) > 0 for t in result.tasks] == [True, True]
+    assert seen[-1].measured == seen[-1].candidates == 6
+    for task in result.tasks:
+        # The default setting was measured first, and the best is at least as fast.
+        assert task.default_us is not None and 0 < task.best_us <= task.default_us < 1e5
+    assert result.database == tuning.tuning_dir(target)
+    assert result.database.parent == tmp_path / "cache" / "tuning" / "x86-host"
     assert tuning.has_records(target)
-    assert result.database == tmp_path / "cache" / "tuning" / "x86-host"
+    assert {t.name for t in result.tasks} <= _scheduled_by_records(fused, target)
 
     tuned = run_module_outputs(compile_module(prepared.mod, target), images)[0]
     np.testing.assert_array_equal(tuned, untuned)
 
 
-def test_tune_refuses_targets_it_cannot_measure(run_cli, tmp_path):
+def test_shipped_records_are_applied(student, tmp_path, monkeypatch):
+    """Records under a targets folder's tuned/<target>/<cpu>/ count like the user's own."""
+    target, prepared, images = student
+    fused = fused_module(prepared.mod, target.tvm_target())
+    result = tuning.tune(fused, target, trials=1, top=1)
+    shipped = tmp_path / "my-targets" / "tuned" / "x86-host" / tuning.cpu_key(target.tvm_target())
+    shutil.copytree(result.database, shipped)
+    shutil.rmtree(result.database)
+    monkeypatch.setenv("APPRENTICE_HW_TARGETS", str(tmp_path / "my-targets"))
+    assert tuning.shipped_dirs(target) == [shipped]
+    assert tuning.has_records(target)
+    assert result.tasks[0].name in _scheduled_by_records(fused, target)
+
+
+def test_time_budget_stops_tuning(student):
+    target, prepared, _ = student
+    fused = fused_module(prepared.mod, target.tvm_target())
+    result = tuning.tune(fused, target, time_budget_s=1e-6)
+    assert result.stopped_by_budget and result.measured == 0
+
+
+def test_remote_tuning_through_a_local_tracker(student):
+    """A tracker and an RPC server on 127.0.0.1: kernels are cross-linked (.so) and timed there."""
+    target, prepared, images = student
+    fused = fused_module(prepared.mod, target.tvm_target())
+    with local_rpc(key="x86-test") as device:
+        result = tuning.tune(fused, target, trials=2, top=1, remote=device)
+    (task,) = result.tasks
+    assert task.measured == 2 and task.best_us is not None and task.default_us is not None
+    assert task.name in _scheduled_by_records(fused, target)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "arm-a72"], "does not run on this machine"),
+        (["--time-budget", "ten minutes"], "--time-budget must be a positive duration"),
+        (["--time-budget", "0s"], "--time-budget must be a positive duration"),
+        (["--tracker", "127.0.0.1:9190"], "--tracker and --key go together"),
+        (["--tracker", "localhost", "--key", "pi"], "--tracker must be HOST:PORT"),
+        (["--trials", "0"], "--trials must be at least 1"),
+    ],
+)
+def test_tune_rejects_bad_options(run_cli, tmp_path, args, message):
     _student_onnx(tmp_path)  # writes m.onnx
-    result = run_cli("tune", tmp_path / "m.onnx", "--target", "arm-a72")
+    result = run_cli("tune", tmp_path / "m.onnx", *args)
     assert result.code == 2
-    assert "does not run on this machine" in result.err
+    assert message in result.err and "Traceback" not in result.err

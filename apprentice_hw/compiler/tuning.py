@@ -1,47 +1,84 @@
-"""MetaSchedule tuning of the heaviest kernels, with a per-target database every build reuses.
+"""Tuning the conv kernels over the knobs of their schedule, with databases every build reuses.
 
-The default schedules (``schedules.py``) are the starting point: a first round measures each
-task's default schedule (a ``ScheduleFn`` space, one trial) into the database, then
-MetaSchedule's own post-order-apply space is searched. A build applies a task's best record,
-so tuning keeps the default unless it measured something faster.
-Only the ``top`` heaviest conv tasks are tuned: on a 2-core host MetaSchedule spends about a
-minute per task per round on its own bookkeeping (measured 2026-11-25), and its generic
-candidates for the blocked int8 conv are rarely better than the default.
+The blocked conv schedule (``schedules.py``) has a few free choices (``ConvKnobs``: register
+tile width, output blocks per tile, whether the prologue runs on threads). Tuning measures
+every setting of them for each conv kernel of a model, the default first, and keeps the
+fastest as a MetaSchedule tuning record. MetaSchedule's generic search is not used: its
+candidates for these kernels measured 20-200x slower than the default schedule or failed to
+build (2026-11-25, see the design notes), while the knob space is small enough (at most a few
+dozen settings per kernel) to measure completely.
 
-The database lives in ``$APPRENTICE_HW_CACHE/tuning/<target>/`` (default ``~/.cache/
-apprentice-hw``): MetaSchedule's two JSON files, guarded by a file lock so concurrent builds
-and tunes never read or write half a record. ``compile_module`` applies it automatically.
+MetaSchedule does the rest: ``LocalBuilder`` compiles candidates in worker processes (with a
+build function that skips TVM's 70 s tensor-intrinsic import), ``LocalRunner`` or
+``RPCRunner`` (a board behind a TVM tracker; modules cross-linked as ``.so``) times them, and
+the records live in a ``JSONDatabase`` that ``compile_module`` applies through
+``MetaScheduleApplyDatabase``, so a later build runs zero new trials.
+
+Databases, per target and per CPU model (a record replays instructions, e.g. VNNI, that only
+that CPU family has):
+
+* ``$APPRENTICE_HW_CACHE/tuning/<target>/<mcpu>/`` (default ``~/.cache/apprentice-hw``): what
+  this user tuned. Every read and every commit happens under a file lock and reopens the
+  files, so builds and tunes running at once always see whole records and consistent indices.
+* ``targets/tuned/<target>/<mcpu>/`` (shipped, read-only): pre-tuned records for the zoo
+  models, applied when no user record is faster.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from apprentice_hw.hardware import Target
+from apprentice_hw.compiler.runtime import use_all_cores
+from apprentice_hw.hardware import TARGETS_ENV, Target, find_cross_compiler
+from apprentice_hw.remote import RemoteDevice
+from apprentice_hw.resources import data_dirs
 
-EVOLUTIONARY_MIN_TRIALS = 32  # below this, random replay of the design space is cheaper
+LOG = logging.getLogger(__name__)
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+SHIPPED_FOLDER = "tuned"  # inside each targets/ folder
+BUILD_CHUNK = 8  # candidates compiled per builder call (one worker pool per call)
+MEASURE_REPEATS = 5  # timings per candidate; the database ranks by their mean
+MEASURE_MIN_MS = 20  # each timing calls the kernel for at least this long
 
 
+# -- databases -----------------------------------------------------------------------------
 def cache_root() -> Path:
     return Path(os.environ.get("APPRENTICE_HW_CACHE", Path.home() / ".cache" / "apprentice-hw"))
 
 
-def tuning_dir(target: Target) -> Path:
-    return cache_root() / "tuning" / target.name
+def cpu_key(tvm_target) -> str:
+    """The CPU model a record is valid for: the target's ``mcpu`` (LLVM's name)."""
+    return str(tvm_target.attrs.get("mcpu", "generic") or "generic")
+
+
+def tuning_dir(target: Target, tvm_target=None) -> Path:
+    tvm_target = tvm_target or target.tvm_target()
+    return cache_root() / "tuning" / target.name / cpu_key(tvm_target)
+
+
+def shipped_dirs(target: Target, tvm_target=None) -> list[Path]:
+    """Folders of pre-tuned records for ``target`` on its CPU model, highest priority first."""
+    tvm_target = tvm_target or target.tvm_target()
+    return [
+        folder / SHIPPED_FOLDER / target.name / cpu_key(tvm_target)
+        for folder in data_dirs("targets", TARGETS_ENV)
+        if (folder / SHIPPED_FOLDER / target.name / cpu_key(tvm_target) / RECORD_FILE).is_file()
+    ]
 
 
 @contextmanager
-def locked(target: Target) -> Iterator[Path]:
-    """The target's tuning directory, held under an exclusive file lock."""
-    directory = tuning_dir(target)
+def locked(directory: Path) -> Iterator[Path]:
+    """``directory`` (created if needed) held under an exclusive file lock."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -62,41 +99,78 @@ def _database(directory: Path):
 
 
 def has_records(target: Target) -> bool:
-    return (tuning_dir(target) / RECORD_FILE).is_file()
+    return (tuning_dir(target) / RECORD_FILE).is_file() or bool(shipped_dirs(target))
 
 
 def apply_records(mod, target: Target, tvm_target):
-    """``mod`` (fused TIR + Relax) with every function the database has a record for scheduled."""
+    """``mod`` (fused TIR + Relax) with every function that has a tuning record scheduled.
+
+    The user's records and the shipped ones are merged; for a function both know, the faster
+    record wins.
+    """
     from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
 
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
     register_vnni()  # replaying a record may tensorize with either intrinsic
     register_avx2()
-    with locked(target) as directory:
-        database = _database(directory)
+    with locked(tuning_dir(target, tvm_target)) as directory:
+        databases = [_database(path) for path in [directory, *shipped_dirs(target, tvm_target)]]
+        database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
         with database, tvm_target:
             return relax.transform.MetaScheduleApplyDatabase()(mod)
 
 
-@dataclass(frozen=True)
-class TuneResult:
-    tasks_tuned: list[str]
-    trials: int
-    best_us: dict[str, float]  # task -> best measured latency in microseconds
-    database: Path
+# -- tasks and candidates ------------------------------------------------------------------
+@dataclass
+class ConvTask:
+    """One conv kernel of the model (with its fused epilogue) and the knob settings to try."""
+
+    name: str
+    mod: object  # tvm.IRModule with the unscheduled function as "main"
+    weight: int  # how many times the model calls it
+    flops: float
+    space: list = field(default_factory=list)  # ConvKnobs, default first
 
 
-def _default_space(tvm_target):
-    from apprentice_hw.compiler.schedules import rule_for
+def conv_tasks(fused, tvm_target) -> list[ConvTask]:
+    """The blocked conv kernels of ``fused``, heaviest (flops x calls) first."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
 
-    def space(sch):
-        rule_for(sch).apply(sch, tvm_target)
-        return [sch]
+    from apprentice_hw.compiler.schedules import conv_knob_space, rule_for
 
-    return space
+    tasks = []
+    for task in ms.relax_integration.extract_tasks(fused, tvm_target):
+        mod = task.dispatched[0]
+        sch = s_tir.Schedule(mod)
+        if rule_for(sch).name != "blocked_conv":
+            continue
+        tasks.append(
+            ConvTask(task.task_name, mod, int(task.weight), _flops(mod["main"]),
+                     conv_knob_space(sch))
+        )  # fmt: skip
+    tasks.sort(key=lambda t: -t.flops * t.weight)
+    return tasks
 
 
+def scheduled(task: ConvTask, knobs, tvm_target):
+    """``task``'s function scheduled with ``knobs``: the schedule (with its trace), or None."""
+    from tvm import s_tir
+
+    from apprentice_hw.compiler.schedules import schedule_blocked_conv
+
+    sch = s_tir.Schedule(task.mod, error_render_level="none")
+    try:
+        schedule_blocked_conv(sch, tvm_target, knobs)
+    except Exception as exc:  # a knob setting the schedule cannot take: skip it
+        LOG.info("%s: %s does not apply (%s)", task.name, knobs, exc)
+        return None
+    return sch
+
+
+# -- building and measuring ----------------------------------------------------------------
 def _build(mod, target, _params):
     """MetaSchedule's default build without importing all of TVM's tensor intrinsics."""
     import tvm
@@ -104,63 +178,177 @@ def _build(mod, target, _params):
     return tvm.tirx.build(mod, target=target)
 
 
-def tune(fused, target: Target, trials: int, top: int = 3, progress=None) -> TuneResult:
-    """Tune the ``top`` heaviest conv tasks of ``fused`` with ``trials`` trials each.
+def _export(mod, compiler: str | None = None) -> str:
+    """Link a shared library (cross-linked for a board when ``compiler`` is given)."""
+    from tvm.support import cc
 
-    ``fused`` is a module after TVM's legalization and fusion (``schedules.fused_module``);
-    ``progress`` is called once per task, after tuning, with (task name, best microseconds or
-    None). The database stays locked while tuning runs: a build for the same target waits.
-    """
+    path = os.path.join(tempfile.mkdtemp(prefix="apprentice-hw-tune-"), "kernel.so")
+    if compiler is None:
+        mod.export_library(path)
+    else:
+        mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+class Measurer:
+    """Compiles scheduled kernels and times them here or on a board (MetaSchedule workers)."""
+
+    def __init__(self, target: Target, remote: RemoteDevice | None = None) -> None:
+        from tvm.s_tir import meta_schedule as ms
+
+        use_all_cores()  # runner workers inherit the thread count
+        evaluator = ms.runner.EvaluatorConfig(
+            number=1, repeat=MEASURE_REPEATS, min_repeat_ms=MEASURE_MIN_MS
+        )
+        compiler = find_cross_compiler(target) if remote is not None else None
+        self.device_type = "cpu"
+        self.builder = ms.builder.LocalBuilder(
+            f_build=_build, f_export=functools.partial(_export, compiler=compiler),
+            timeout_sec=300, max_workers=max(1, min(BUILD_CHUNK, len(os.sched_getaffinity(0)))),
+        )  # fmt: skip
+        if remote is None:
+            self.runner = ms.runner.LocalRunner(timeout_sec=120, evaluator_config=evaluator)
+        else:
+            config = ms.runner.RPCConfig(
+                tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key,
+                session_timeout_sec=remote.session_timeout_s,
+            )  # fmt: skip
+            self.runner = ms.runner.RPCRunner(config, evaluator_config=evaluator)
+
+    def measure(self, schedules: list, tvm_target) -> list[list[float] | None]:
+        """Seconds per run of each schedule's kernel, or None where it failed (logged)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        built = self.builder.build([ms.builder.BuilderInput(s.mod, tvm_target) for s in schedules])
+        inputs, positions, results = [], [], [None] * len(schedules)
+        for index, (sch, build) in enumerate(zip(schedules, built, strict=True)):
+            if build.error_msg:
+                LOG.info("candidate did not build: %s", build.error_msg.splitlines()[-1])
+                continue
+            info = ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"])
+            inputs.append(ms.runner.RunnerInput(build.artifact_path, self.device_type, info))
+            positions.append(index)
+        for index, future in zip(positions, self.runner.run(inputs), strict=True):
+            result = future.result()
+            if result.error_msg:
+                LOG.info("candidate did not run: %s", result.error_msg.splitlines()[-1])
+                continue
+            results[index] = [float(s) for s in result.run_secs]
+        for build in built:
+            if build.artifact_path:
+                _remove_artifact(build.artifact_path)
+        return results
+
+
+def _remove_artifact(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def _commit(target: Target, tvm_target, task: ConvTask, measured: list[tuple]) -> None:
+    """Append (schedule, seconds) records for ``task`` to the user's database, under the lock."""
     from tvm.s_tir import meta_schedule as ms
 
-    from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
-
-    register_vnni()
-    register_avx2()
-    tvm_target = target.tvm_target()
-    tasks = ms.relax_integration.extract_tasks(fused, tvm_target)
-    convs = [task for task in tasks if "conv2d_int" in task.task_name]
-    convs.sort(key=lambda task: -_flops(task.dispatched[0]) * task.weight)
-    chosen = convs[:top]
-
-    def contexts(space, strategy: str):
-        return [
-            ms.TuneContext(
-                mod=task.dispatched[0], target=tvm_target, space_generator=space,
-                search_strategy=strategy, task_name=task.task_name, num_threads=1,
-            ).clone()
-            for task in chosen
-        ]  # fmt: skip
-
-    # Round 1 measures the default schedule of every task (one trial each, replayed: nothing to
-    # search), so the database's best record can only be the default or something measured
-    # faster. Round 2 searches; the evolutionary search only pays off with enough trials.
-    search = "evolutionary" if trials >= EVOLUTIONARY_MIN_TRIALS else "replay-trace"
-    rounds = [
-        (contexts(ms.space_generator.ScheduleFn(_default_space(tvm_target)), "replay-trace"), 1),
-        (contexts(ms.space_generator.PostOrderApply(), search), trials),
-    ]
-    with locked(target) as directory, tempfile.TemporaryDirectory() as work:
+    with locked(tuning_dir(target, tvm_target)) as directory:
         database = _database(directory)
-        for round_contexts, round_trials in rounds:
-            ms.tune.tune_tasks(
-                tasks=round_contexts, task_weights=[task.weight for task in chosen],
-                work_dir=work, max_trials_global=round_trials * len(chosen),
-                max_trials_per_task=round_trials, num_trials_per_iter=min(round_trials, 8),
-                builder=ms.builder.LocalBuilder(f_build=_build, timeout_sec=300, max_workers=1),
-                runner=ms.runner.LocalRunner(timeout_sec=120), database=database,
-            )  # fmt: skip
-        context_of = dict(zip([t.task_name for t in chosen], rounds[0][0], strict=True))
-        best = {}
-        for task in chosen:
-            context = context_of[task.task_name]
-            records = database.get_top_k(database.commit_workload(context.mod), 1)
-            if records and records[0].run_secs:
-                best[task.task_name] = float(sum(records[0].run_secs) / len(records[0].run_secs))
-                best[task.task_name] *= 1e6
+        workload = database.commit_workload(task.mod)
+        info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+        for sch, seconds in measured:
+            record = ms.database.TuningRecord(sch.trace, workload, seconds, tvm_target, info)
+            database.commit_tuning_record(record)
+
+
+# -- the tuning loop -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TuneProgress:
+    """Where tuning is, reported after every batch of measurements."""
+
+    task: str
+    task_index: int  # 1-based
+    tasks: int
+    measured: int  # candidates measured so far, all tasks
+    candidates: int  # candidates to measure, all tasks
+    best_us: float | None  # this task's fastest so far
+    default_us: float | None  # this task's default schedule
+
+
+@dataclass
+class TaskResult:
+    name: str
+    default_us: float | None
+    best_us: float | None
+    best_knobs: object | None
+    measured: int
+
+    @property
+    def speedup(self) -> float | None:
+        if self.default_us is None or self.best_us is None:
+            return None
+        return self.default_us / self.best_us
+
+
+@dataclass
+class TuneResult:
+    tasks: list[TaskResult]
+    database: Path
+    seconds: float
+    stopped_by_budget: bool = False
+
+    @property
+    def measured(self) -> int:
+        return sum(task.measured for task in self.tasks)
+
+
+def tune(fused, target: Target, *, trials: int | None = None, top: int | None = None,
+         time_budget_s: float | None = None, remote: RemoteDevice | None = None,
+         progress: Callable[[TuneProgress], None] | None = None) -> TuneResult:  # fmt: skip
+    """Measure the knob settings of ``fused``'s conv kernels and record the fastest.
+
+    ``fused`` is a module after TVM's legalization and fusion (``schedules.fused_module``).
+    ``top`` limits tuning to the heaviest kernels, ``trials`` the settings per kernel (the
+    default first), ``time_budget_s`` the wall time (no new batch starts after it). Every
+    measured setting is committed, so a stopped run keeps what it measured.
+    """
+    start = time.perf_counter()
+    tvm_target = target.tvm_target()
+    tasks = conv_tasks(fused, tvm_target)[:top]
+    for task in tasks:
+        task.space = task.space[:trials]
+    total = sum(len(task.space) for task in tasks)
+    measurer = Measurer(target, remote)
+    results: list[TaskResult] = []
+    measured = 0
+    out_of_time = False
+    for index, task in enumerate(tasks, 1):
+        result = TaskResult(task.name, None, None, None, 0)
+        results.append(result)
+        for first in range(0, len(task.space), BUILD_CHUNK):
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                out_of_time = True
+                break
+            chunk = task.space[first : first + BUILD_CHUNK]
+            schedules = [(k, scheduled(task, k, tvm_target)) for k in chunk]
+            schedules = [(k, s) for k, s in schedules if s is not None]
+            times = measurer.measure([s for _, s in schedules], tvm_target)
+            good = [(k, s, t) for (k, s), t in zip(schedules, times, strict=True) if t]
+            _commit(target, tvm_target, task, [(s, t) for _, s, t in good])
+            for knobs, _sch, seconds in good:
+                micros = 1e6 * sum(seconds) / len(seconds)
+                if knobs == task.space[0]:
+                    result.default_us = micros
+                if result.best_us is None or micros < result.best_us:
+                    result.best_us, result.best_knobs = micros, knobs
+            result.measured += len(chunk)
+            measured += len(chunk)
             if progress is not None:
-                progress(task.task_name, best.get(task.task_name))
-    return TuneResult([t.task_name for t in chosen], trials, best, directory)
+                progress(TuneProgress(task.name, index, len(tasks), measured, total,
+                                      result.best_us, result.default_us))  # fmt: skip
+        if out_of_time:
+            break
+    return TuneResult(
+        results, tuning_dir(target, tvm_target), time.perf_counter() - start, out_of_time
+    )
 
 
 def _flops(func) -> float:
