@@ -91,7 +91,7 @@ def test_tuned_build_applies_records_and_stays_identical(student, tmp_path):
 
 def test_shipped_records_are_applied(student, tmp_path, monkeypatch):
     """Records under a targets folder's tuned/<target>/<cpu>/ count like the user's own."""
-    target, prepared, images = student
+    target, prepared, _ = student
     fused = fused_module(prepared.mod, target.tvm_target())
     result = tuning.tune(fused, target, trials=1, top=1)
     shipped = tmp_path / "my-targets" / "tuned" / "x86-host" / tuning.cpu_key(target.tvm_target())
@@ -112,7 +112,7 @@ def test_time_budget_stops_tuning(student):
 
 def test_remote_tuning_through_a_local_tracker(student):
     """A tracker and an RPC server on 127.0.0.1: kernels are cross-linked (.so) and timed there."""
-    target, prepared, images = student
+    target, prepared, _ = student
     fused = fused_module(prepared.mod, target.tvm_target())
     with local_rpc(key="x86-test") as device:
         result = tuning.tune(fused, target, trials=2, top=1, remote=device)
