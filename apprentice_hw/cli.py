@@ -407,7 +407,8 @@ def tune(
         bar.close()
     for task in result.tasks:
         if task.best_us is None:
-            click.echo(f"  {task.name[:64]:<64} no valid measurement")
+            why = "not reached (time budget)" if task.measured == 0 else "no setting ran"
+            click.echo(f"  {task.name[:64]:<64} {why}")
             continue
         default = f"{task.default_us:8.1f}" if task.default_us is not None else "       -"
         speedup = f"{task.speedup:.2f}x" if task.speedup is not None else "-"
