@@ -144,6 +144,18 @@ def export_float(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> on
     return onnx.load(str(path))
 
 
+def student_onnx(name: str, label: str, tmp: Path) -> onnx.ModelProto:
+    """The calibrated, untrained ``label`` student of ``name`` as QCDQ ONNX (also pretune.py)."""
+    size, classes = MODELS[name]
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, size, size)
+    weight_bits, act_bits = STUDENTS[label]
+    layers = QuantLayers.from_bits(weight_bits, act_bits, 8, "per-channel")
+    student = build_model(ModelSpec(name), layers, 3, classes)
+    calibrate_untrained(student, images[:32], batch_size=16)
+    return export_qcdq(student, images[:1], tmp / f"{name}_{label}.onnx")
+
+
 def run_model(name: str, batches: list[int], tmp: Path, profile: bool = False) -> list[dict]:
     size, classes = MODELS[name]
     torch.manual_seed(0)
@@ -153,12 +165,7 @@ def run_model(name: str, batches: list[int], tmp: Path, profile: bool = False) -
     rows = []
     fp32 = build_model(ModelSpec(name), FloatLayers(), 3, classes).eval()
     fp32_onnx = export_float(fp32, sample, tmp / f"{name}_fp32.onnx")
-    students = {}
-    for label, (weight_bits, act_bits) in STUDENTS.items():
-        layers = QuantLayers.from_bits(weight_bits, act_bits, 8, "per-channel")
-        student = build_model(ModelSpec(name), layers, 3, classes)
-        calibrate_untrained(student, images[:32], batch_size=16)
-        students[label] = export_qcdq(student, sample, tmp / f"{name}_{label}.onnx")
+    students = {label: student_onnx(name, label, tmp) for label in STUDENTS}
     for batch in batches:
         number = NUMBER[batch]
         batch_input = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)

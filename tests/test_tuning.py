@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
 from apprentice_hw.compiler import compile_module, prepare_module, tuning
-from apprentice_hw.compiler.schedules import ConvKnobs, conv_knob_space, fused_module
+from apprentice_hw.compiler.schedules import (
+    ConvKnobs,
+    conv_knob_space,
+    fused_module,
+    kernel_key,
+)
 from apprentice_hw.export import export_qcdq
 from apprentice_hw.hardware import get_target
 from apprentice_hw.models import ModelSpec, build_model
@@ -89,18 +92,36 @@ def test_tuned_build_applies_records_and_stays_identical(student, tmp_path):
     np.testing.assert_array_equal(tuned, untuned)
 
 
-def test_shipped_records_are_applied(student, tmp_path, monkeypatch):
-    """Records under a targets folder's tuned/<target>/<cpu>/ count like the user's own."""
-    target, prepared, _ = student
-    fused = fused_module(prepared.mod, target.tvm_target())
-    result = tuning.tune(fused, target, trials=1, top=1)
-    shipped = tmp_path / "my-targets" / "tuned" / "x86-host" / tuning.cpu_key(target.tvm_target())
-    shutil.copytree(result.database, shipped)
-    shutil.rmtree(result.database)
+def test_shipped_knobs_are_applied(student, tmp_path, monkeypatch):
+    """A knob table under a targets folder's tuned/<target>/<cpu>.json schedules its kernels."""
+    import tvm_ffi
+    from tvm import s_tir
+
+    from apprentice_hw.compiler.schedules import schedule_blocked_conv, schedule_function
+
+    target, prepared, images = student
+    tvm_target = target.tvm_target()
+    fused = fused_module(prepared.mod, tvm_target)
+    task = tuning.conv_tasks(fused, tvm_target)[0]
+    chosen = task.space[-1]  # not the default
+    result = tuning.TaskResult(task.name, kernel_key(task.mod["main"]), 2.0, 1.0, chosen, 2)
+    table = tmp_path / "my-targets" / "tuned" / "x86-host" / f"{tuning.cpu_key(tvm_target)}.json"
+    assert tuning.write_shipped_knobs(table, [result], tvm_target, "test CPU") == 1
     monkeypatch.setenv("APPRENTICE_HW_TARGETS", str(tmp_path / "my-targets"))
-    assert tuning.shipped_dirs(target) == [shipped]
-    assert tuning.has_records(target)
-    assert result.tasks[0].name in _scheduled_by_records(fused, target)
+    assert tuning.shipped_files(target) == [table]
+    assert tuning.shipped_knobs(target) == {result.key: chosen}
+
+    func = fused[task.name]
+    expected = s_tir.Schedule(func)
+    schedule_blocked_conv(expected, tvm_target, chosen)
+    scheduled = schedule_function(func, tvm_target, tuning.shipped_knobs(target))
+    default = schedule_function(func, tvm_target)
+    assert tvm_ffi.structural_equal(scheduled.body, expected.mod["main"].body)
+    assert not tvm_ffi.structural_equal(scheduled.body, default.body)
+
+    untuned = run_module_outputs(compile_module(prepared.mod, target, use_tuning=False), images)
+    shipped = run_module_outputs(compile_module(prepared.mod, target), images)
+    np.testing.assert_array_equal(shipped[0], untuned[0])
 
 
 def test_time_budget_stops_tuning(student):

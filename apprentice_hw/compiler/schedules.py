@@ -298,23 +298,43 @@ def rule_for(sch) -> ScheduleRule:
     )
 
 
-def schedule_function(func, target):
-    """``func`` scheduled by the first matching rule, or unchanged when the rule fails."""
+def kernel_key(func) -> str:
+    """A name for ``func``'s computation that is the same in every process and module.
+
+    The structural hash of the unscheduled function (shapes, bit widths, zero point, fused
+    epilogue; not weight values, which are arguments), without its symbol name.
+    """
+    import tvm_ffi
+
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return f"{tvm_ffi.structural_hash(func):016x}"
+
+
+def schedule_function(func, target, knob_table: dict[str, ConvKnobs] | None = None):
+    """``func`` scheduled by the first matching rule, or unchanged when the rule fails.
+
+    ``knob_table`` maps ``kernel_key``s of conv kernels to pre-tuned knobs (shipped records).
+    """
     from tvm import s_tir
 
     # Rendering a schedule error prints the whole function: only worth it when debugging.
     render = "detail" if LOG.isEnabledFor(logging.DEBUG) else "none"
     sch = s_tir.Schedule(func, error_render_level=render)
     rule = rule_for(sch)
+    knobs = (knob_table or {}).get(kernel_key(func)) if rule.name == "blocked_conv" else None
     try:
-        rule.apply(sch, target)
+        if knobs is not None:
+            schedule_blocked_conv(sch, target, knobs)
+        else:
+            rule.apply(sch, target)
     except Exception as exc:  # any schedule error: keep the correct naive loops
         LOG.info("schedule rule %s did not apply (%s); function left unscheduled", rule.name, exc)
         return func
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def schedule_pass(target):
+def schedule_pass(target, knob_table: dict[str, ConvKnobs] | None = None):
     """A module pass that schedules every unscheduled TIR function for a CPU ``target``."""
     import tvm
     from tvm import tirx
@@ -327,7 +347,7 @@ def schedule_pass(target):
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 continue
-            updates[gvar] = schedule_function(func, target)
+            updates[gvar] = schedule_function(func, target, knob_table)
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod
@@ -345,11 +365,12 @@ def fused_module(mod, target):
         return tvm.transform.Sequential(passes)(mod)
 
 
-def cpu_pipeline(target, tuned=None):
+def cpu_pipeline(target, tuned=None, knob_table: dict[str, ConvKnobs] | None = None):
     """TVM's CPU pipeline with ``schedule_pass`` after operator fusion.
 
     ``tuned`` (module -> module), when given, runs first on the fused module: it applies tuning
     records, and the functions it schedules are left alone by the default rules.
+    ``knob_table`` gives pre-tuned knobs for the conv kernels it names (shipped records).
     """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -361,7 +382,7 @@ def cpu_pipeline(target, tuned=None):
             mod = tuned(mod)
         with target:
             passes = [
-                schedule_pass(target),
+                schedule_pass(target, knob_table),
                 *cpu.dataflow_lower_passes(target),
                 *cpu.finalize_passes(target),
             ]

@@ -15,19 +15,22 @@ the records live in a ``JSONDatabase`` that ``compile_module`` applies through
 ``MetaScheduleApplyDatabase``, so a later build runs zero new trials.
 
 Databases, per target and per CPU model (a record replays instructions, e.g. VNNI, that only
-that CPU family has):
+that CPU family has, and timings chose it):
 
 * ``$APPRENTICE_HW_CACHE/tuning/<target>/<mcpu>/`` (default ``~/.cache/apprentice-hw``): what
   this user tuned. Every read and every commit happens under a file lock and reopens the
   files, so builds and tunes running at once always see whole records and consistent indices.
-* ``targets/tuned/<target>/<mcpu>/`` (shipped, read-only): pre-tuned records for the zoo
-  models, applied when no user record is faster.
+* ``targets/tuned/<target>/<mcpu>.json`` (shipped, read-only, like TVM's old TopHub): the
+  best knobs per conv kernel of the zoo students, keyed by ``schedules.kernel_key``; one line
+  per kernel instead of MetaSchedule's full workload modules (~400 KB each). Kernels the
+  user's database has a record for use that record instead.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import logging
 import os
 import tempfile
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from apprentice_hw.compiler.runtime import use_all_cores
+from apprentice_hw.compiler.schedules import kernel_key
 from apprentice_hw.hardware import TARGETS_ENV, Target, find_cross_compiler
 from apprentice_hw.remote import RemoteDevice
 from apprentice_hw.resources import data_dirs
@@ -66,14 +70,60 @@ def tuning_dir(target: Target, tvm_target=None) -> Path:
     return cache_root() / "tuning" / target.name / cpu_key(tvm_target)
 
 
-def shipped_dirs(target: Target, tvm_target=None) -> list[Path]:
-    """Folders of pre-tuned records for ``target`` on its CPU model, highest priority first."""
+def shipped_files(target: Target, tvm_target=None) -> list[Path]:
+    """Pre-tuned knob tables for ``target`` on its CPU model, highest priority first."""
     tvm_target = tvm_target or target.tvm_target()
+    name = f"{cpu_key(tvm_target)}.json"
     return [
-        folder / SHIPPED_FOLDER / target.name / cpu_key(tvm_target)
+        folder / SHIPPED_FOLDER / target.name / name
         for folder in data_dirs("targets", TARGETS_ENV)
-        if (folder / SHIPPED_FOLDER / target.name / cpu_key(tvm_target) / RECORD_FILE).is_file()
+        if (folder / SHIPPED_FOLDER / target.name / name).is_file()
     ]
+
+
+def shipped_knobs(target: Target, tvm_target=None) -> dict:
+    """kernel key -> ConvKnobs from the shipped tables (earlier folders win).
+
+    A table written by another TVM version is skipped: its keys hash that version's IR.
+    """
+    import tvm
+
+    from apprentice_hw.compiler.schedules import ConvKnobs
+
+    table: dict = {}
+    for path in reversed(shipped_files(target, tvm_target)):
+        data = json.loads(path.read_text())
+        if data.get("tvm") != tvm.__version__:
+            LOG.warning("%s was tuned with TVM %s, not %s: ignored", path, data.get("tvm"),
+                        tvm.__version__)  # fmt: skip
+            continue
+        for key, entry in data["kernels"].items():
+            table[key] = ConvKnobs(**entry["knobs"])
+    return table
+
+
+def write_shipped_knobs(path: Path, results: list, tvm_target, measured_on: str) -> int:
+    """Write the best knobs of ``results`` (TaskResults) where they beat the default."""
+    import datetime
+    from dataclasses import asdict
+
+    import tvm
+
+    from apprentice_hw.atomic import write_json
+
+    kernels = {
+        task.key: {
+            "kernel": task.name, "knobs": asdict(task.best_knobs),
+            "default_us": round(task.default_us, 2), "best_us": round(task.best_us, 2),
+        }
+        for task in results
+        if task.speedup is not None and task.speedup > 1
+    }  # fmt: skip
+    write_json(path, {
+        "tvm": tvm.__version__, "cpu": cpu_key(tvm_target), "measured_on": measured_on,
+        "date": datetime.date.today().isoformat(), "kernels": dict(sorted(kernels.items())),
+    })  # fmt: skip
+    return len(kernels)
 
 
 @contextmanager
@@ -99,27 +149,19 @@ def _database(directory: Path):
 
 
 def has_records(target: Target) -> bool:
-    return (tuning_dir(target) / RECORD_FILE).is_file() or bool(shipped_dirs(target))
+    return (tuning_dir(target) / RECORD_FILE).is_file()
 
 
 def apply_records(mod, target: Target, tvm_target):
-    """``mod`` (fused TIR + Relax) with every function that has a tuning record scheduled.
-
-    The user's records and the shipped ones are merged; for a function both know, the faster
-    record wins.
-    """
+    """``mod`` (fused TIR + Relax) with every function the user's database knows scheduled."""
     from tvm import relax
-    from tvm.s_tir import meta_schedule as ms
 
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
     register_vnni()  # replaying a record may tensorize with either intrinsic
     register_avx2()
-    with locked(tuning_dir(target, tvm_target)) as directory:
-        databases = [_database(path) for path in [directory, *shipped_dirs(target, tvm_target)]]
-        database = databases[0] if len(databases) == 1 else ms.database.UnionDatabase(*databases)
-        with database, tvm_target:
-            return relax.transform.MetaScheduleApplyDatabase()(mod)
+    with locked(tuning_dir(target, tvm_target)) as directory, _database(directory), tvm_target:
+        return relax.transform.MetaScheduleApplyDatabase()(mod)
 
 
 # -- tasks and candidates ------------------------------------------------------------------
@@ -276,6 +318,7 @@ class TuneProgress:
 @dataclass
 class TaskResult:
     name: str
+    key: str  # schedules.kernel_key of the kernel
     default_us: float | None
     best_us: float | None
     best_knobs: object | None
@@ -321,7 +364,7 @@ def tune(fused, target: Target, *, trials: int | None = None, top: int | None = 
     measured = 0
     out_of_time = False
     for index, task in enumerate(tasks, 1):
-        result = TaskResult(task.name, None, None, None, 0)
+        result = TaskResult(task.name, kernel_key(task.mod["main"]), None, None, None, 0)
         results.append(result)
         for first in range(0, len(task.space), BUILD_CHUNK):
             if time_budget_s is not None and time.perf_counter() - start > time_budget_s:

@@ -108,7 +108,8 @@ def compile_module(mod, target: Target, use_tuning: bool = True):
     """Compile a Relax module for ``target``: TVM's pipeline plus default CPU schedules.
 
     Functions the target's tuning database (``apprentice-hw tune``) has records for get their
-    tuned schedule instead of the default one, unless ``use_tuning`` is False.
+    tuned schedule, conv kernels the shipped tables know get their pre-tuned knobs, and the
+    rest the default schedules; ``use_tuning=False`` uses the defaults everywhere.
     """
     import tvm
 
@@ -118,13 +119,16 @@ def compile_module(mod, target: Target, use_tuning: bool = True):
     tvm_target = target.tvm_target()
     if target.device != "cpu":
         return tvm.compile(mod, tvm_target)
-    tuned = None
-    if use_tuning and tuning.has_records(target):
+    tuned, knob_table = None, None
+    if use_tuning:
+        knob_table = tuning.shipped_knobs(target, tvm_target)
+        if tuning.has_records(target):
 
-        def tuned(fused):
-            return tuning.apply_records(fused, target, tvm_target)
+            def tuned(fused):
+                return tuning.apply_records(fused, target, tvm_target)
 
-    return tvm.compile(mod, tvm_target, relax_pipeline=cpu_pipeline(tvm_target, tuned))
+    pipeline = cpu_pipeline(tvm_target, tuned, knob_table)
+    return tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
 
 
 def export_module(executable, target: Target, path: Path) -> Path:
