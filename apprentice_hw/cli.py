@@ -395,6 +395,8 @@ def tune(
             f"target {target.name} does not run on this machine, so its kernels cannot be "
             "measured here; time them on the board with --tracker HOST:PORT --key KEY"
         )
+    if remote is not None:
+        remote.check()
     prepared = prepare_module(load_onnx(path), target, batch=batch, kernel=kernel)
     fused = fused_module(prepared.mod, target.tvm_target())
     where = f"on '{key}' via {tracker}" if remote else "on this machine"

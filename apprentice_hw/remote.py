@@ -45,6 +45,32 @@ class RemoteDevice:
     def tracker(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def check(self, attempts: int = 3, wait_s: float = 1.0) -> None:
+        """Fail early, with a one-line UserError, when the tracker or a board is not there.
+
+        Retries ``attempts`` times (a tracker that is restarting, a board re-registering).
+        """
+        keys: list[str] = []
+        for attempt in range(attempts):
+            try:
+                keys = _tracker_keys(self)
+            except Exception as exc:  # connection refused, timeout, bad reply
+                if attempt == attempts - 1:
+                    raise UserError(
+                        f"cannot reach the TVM RPC tracker at {self.tracker} ({exc}); start it "
+                        "with 'python -m tvm.exec.rpc_tracker' or fix --tracker"
+                    ) from exc
+            else:
+                if self.key in keys:
+                    return
+            time.sleep(wait_s)
+        shown = ", ".join(sorted(set(keys))) or "none"
+        raise UserError(
+            f"no board with key '{self.key}' is registered at {self.tracker} (keys there: "
+            f"{shown}); start 'python -m tvm.exec.rpc_server --tracker {self.tracker} --key "
+            f"{self.key}' on the board or fix --key"
+        )
+
 
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
@@ -53,14 +79,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _registered(device: RemoteDevice) -> bool:
+def _tracker_keys(device: RemoteDevice) -> list[str]:
+    """Device keys of the servers registered at ``device``'s tracker (raises when unreachable)."""
     from tvm import rpc
 
+    summary = rpc.connect_tracker(device.host, device.port).summary()
+    # server_info keys look like "server:KEY" (idle) or "KEY" depending on the server's state.
+    return [entry["key"].split(":")[-1] for entry in summary.get("server_info", [])]
+
+
+def _registered(device: RemoteDevice) -> bool:
     try:
-        summary = rpc.connect_tracker(device.host, device.port).summary()
+        return device.key in _tracker_keys(device)
     except Exception:  # the tracker is still starting
         return False
-    return any(entry["key"].endswith(device.key) for entry in summary.get("server_info", []))
 
 
 @contextmanager

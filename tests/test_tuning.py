@@ -13,12 +13,13 @@ from apprentice_hw.compiler.schedules import (
     fused_module,
     kernel_key,
 )
+from apprentice_hw.errors import UserError
 from apprentice_hw.export import export_qcdq
 from apprentice_hw.hardware import get_target
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import QuantLayers
 from apprentice_hw.quant.calibration import calibrate_untrained
-from apprentice_hw.remote import local_rpc
+from apprentice_hw.remote import RemoteDevice, free_port, local_rpc
 from apprentice_hw.verify import run_module_outputs
 
 
@@ -136,6 +137,9 @@ def test_remote_tuning_through_a_local_tracker(student):
     target, prepared, _ = student
     fused = fused_module(prepared.mod, target.tvm_target())
     with local_rpc(key="x86-test") as device:
+        device.check()
+        with pytest.raises(UserError, match="no board with key 'pi4'"):
+            RemoteDevice(device.host, device.port, "pi4").check(attempts=1)
         result = tuning.tune(fused, target, trials=2, top=1, remote=device)
     (task,) = result.tasks
     assert task.measured == 2 and task.best_us is not None and task.default_us is not None
@@ -151,6 +155,7 @@ def test_remote_tuning_through_a_local_tracker(student):
         (["--tracker", "127.0.0.1:9190"], "--tracker and --key go together"),
         (["--tracker", "localhost", "--key", "pi"], "--tracker must be HOST:PORT"),
         (["--trials", "0"], "--trials must be at least 1"),
+        (["--tracker", f"127.0.0.1:{free_port()}", "--key", "pi"], "cannot reach the TVM RPC"),
     ],
 )
 def test_tune_rejects_bad_options(run_cli, tmp_path, args, message):
