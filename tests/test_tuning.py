@@ -163,3 +163,20 @@ def test_tune_rejects_bad_options(run_cli, tmp_path, args, message):
     result = run_cli("tune", tmp_path / "m.onnx", *args)
     assert result.code == 2
     assert message in result.err and "Traceback" not in result.err
+
+
+def test_remote_builder_cross_links_for_the_board(student):
+    """For a board target the builder links an aarch64 shared object the board can load."""
+    from tvm.s_tir import meta_schedule as ms
+
+    _, prepared, _ = student
+    board = get_target("arm-a72")
+    tvm_target = board.tvm_target()
+    task = tuning.conv_tasks(fused_module(prepared.mod, tvm_target), tvm_target)[0]
+    measurer = tuning.Measurer(board, RemoteDevice("127.0.0.1", free_port(), "pi4"))
+    schedule = tuning.scheduled(task, task.space[0], tvm_target)
+    (built,) = measurer.builder.build([ms.builder.BuilderInput(schedule.mod, tvm_target)])
+    assert built.error_msg is None and built.artifact_path.endswith(".so")
+    with open(built.artifact_path, "rb") as library:
+        header = library.read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # AArch64
