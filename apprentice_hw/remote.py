@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from apprentice_hw.errors import UserError
 
 LOOPBACK = "127.0.0.1"
+CONNECT_TIMEOUT_S = 5.0  # to open a TCP connection to the tracker
 REGISTER_TIMEOUT_S = 60.0  # a server that has not registered by then has failed to start
 
 
@@ -83,6 +84,8 @@ def _tracker_keys(device: RemoteDevice) -> list[str]:
     """Device keys of the servers registered at ``device``'s tracker (raises when unreachable)."""
     from tvm import rpc
 
+    # TVM's own connect retries for 60 s; a plain connect fails at once when nothing listens.
+    socket.create_connection((device.host, device.port), timeout=CONNECT_TIMEOUT_S).close()
     summary = rpc.connect_tracker(device.host, device.port).summary()
     # server_info keys look like "server:KEY" (idle) or "KEY" depending on the server's state.
     return [entry["key"].split(":")[-1] for entry in summary.get("server_info", [])]
