@@ -124,6 +124,7 @@ def step_export(state: BuildState) -> None:
 def step_compile(state: BuildState) -> None:
     from apprentice_hw.compiler import compile_module, export_module, memory_plan, prepare_module
     from apprentice_hw.report import weight_footprint
+    from apprentice_hw.report.layers import activation_bytes, layer_costs
 
     target, kernel = state.target, state.kernel
     prepared = prepare_module(state.onnx_model, target, batch=1, kernel=kernel)
@@ -143,7 +144,10 @@ def step_compile(state: BuildState) -> None:
     quantized_bytes = sum(layer.weight_bytes for layer in lowered)
     scale_bytes = sum(layer.scale_bytes for layer in lowered)
     compiled_bytes = plans[0].weight_bytes
-    state.report["layers"] = [layer.to_dict() for layer in layers]
+    costs = {cost.name: cost for cost in layer_costs(state.onnx_model)}
+    state.report["layers"] = [
+        {**layer.to_dict(), **_cost_fields(costs.get(layer.name))} for layer in layers
+    ]
     state.report["memory"] = {
         "weights": {
             "compiled_module_bytes": compiled_bytes,
@@ -159,6 +163,11 @@ def step_compile(state: BuildState) -> None:
             "bits_per_layer": footprint.bits_per_layer,
         },
         "activations": {f"batch_{p.batch}": p.to_dict() for p in plans},
+        # The paper's Figure 1 measure, from the graph's shapes: conv and FC outputs at the bits
+        # their quantizers store (the compiled module keeps codes of up to 8 bits in bytes).
+        "paper_activation_bytes": {
+            f"batch_{b}": activation_bytes(list(costs.values()), b) for b in REPORT_BATCHES
+        },
     }
     strategies = sorted({layer.strategy for layer in layers})
     state.progress.message(
@@ -166,6 +175,16 @@ def step_compile(state: BuildState) -> None:
         f"({', '.join(strategies)}); weights in the module {quantized_bytes} B "
         f"(parameters x bits / 8: {footprint.quantized_bytes:g} B)"
     )
+
+
+def _cost_fields(cost) -> dict:
+    """The shape-derived columns of a layer's report row (empty when the graph has no match)."""
+    if cost is None:
+        return {}
+    keys = ("input_shape", "output_shape", "macs", "bit_operations", "output_bits",
+            "output_bytes_batch_1")  # fmt: skip
+    data = cost.to_dict()
+    return {key: data[key] for key in keys}
 
 
 def step_verify(state: BuildState) -> None:

@@ -19,6 +19,10 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
 
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> str:
     if not check:
         return f"| {label} | not run{': ' + reason if reason else ''} | | | |"
@@ -85,6 +89,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
         f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
     ]
+    for key, value in memory.get("paper_activation_bytes", {}).items():
+        lines.append(
+            f"| activations, {key.replace('_', ' ')}, conv/FC outputs at their bits "
+            f"(the paper's measure) | {value:,.0f} | {_kib(value)} |"
+        )
     for act in memory["activations"].values():
         lines.append(
             f"| activations, batch {act['batch']}, planned peak | "
@@ -98,9 +107,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Layers",
         "",
-        "| layer | kind | weights | strategy | weight bits (stored) | activation bits "
-        "| weight bytes |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | kind | weights | output | MACs | bit-ops | strategy | weight bits (stored) "
+        "| activation bits in / out | weight bytes | output bytes (batch 1) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for layer in report.get("layers", []):
         shape = "x".join(str(d) for d in layer["weight_shape"])
@@ -109,10 +118,16 @@ def render_markdown(report: dict[str, Any]) -> str:
             if layer["weight_bits"] is not None
             else f"float: {layer['reason']}"
         )
+        output = "x".join(str(d) for d in layer.get("output_shape", [])) or "-"
+        acts = (
+            f"{layer['act_bits'] if layer['act_bits'] is not None else '-'} / "
+            f"{layer.get('output_bits', '-')}"
+        )
         lines.append(
-            f"| {layer['name']} | {layer['kind']} | {shape} | {layer['strategy']} | {bits} "
-            f"| {layer['act_bits'] if layer['act_bits'] is not None else '-'} "
-            f"| {layer['weight_bytes']:,} |"
+            f"| {layer['name']} | {layer['kind']} | {shape} | {output} "
+            f"| {_count(layer.get('macs'))} | {_count(layer.get('bit_operations'))} "
+            f"| {layer['strategy']} | {bits} | {acts} | {layer['weight_bytes']:,} "
+            f"| {_count(layer.get('output_bytes_batch_1'))} |"
         )
     lines += ["", "## Latency (batch 1)", ""]
     if latency.get("kind") == "measured":
