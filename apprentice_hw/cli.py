@@ -447,6 +447,152 @@ class _TuneBar:
             self.bar.close()
 
 
+REPORT_FORMATS = ("md", "json", "png")
+
+
+@cli.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(REPORT_FORMATS),
+    default="md",
+    show_default=True,
+    help="md and json print; png writes the Figure-1 plot.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where --format png writes (default: BUILD_DIR/footprint.png, or "
+    "./<model>-<input>-footprint.png with --model).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Size a zoo model without training (random weights) instead of a build.",
+)
+@click.option(
+    "--input",
+    "input_size",
+    type=int,
+    default=224,
+    show_default=True,
+    help="Input height and width for --model.",
+)
+@click.option("--classes", type=int, default=1000, show_default=True, help="For --model.")
+@click.option(
+    "--precisions",
+    default="fp32,W8A8,W4A4,W2A2",
+    show_default=True,
+    help="For --model: comma-separated fp32 or WxAy.",
+)
+@click.option(
+    "--first-last",
+    type=click.Choice(["8", "same", "both"]),
+    default="both",
+    show_default=True,
+    help="For --model: first conv and classifier weights at 8 bits, at the body's "
+    "bits, or both (tables only; the plot uses 8).",
+)
+def report(
+    path: Path | None,
+    fmt: str,
+    out: Path | None,
+    model_name: str | None,
+    input_size: int,
+    classes: int,
+    precisions: str,
+    first_last: str,
+) -> None:
+    """Memory footprint (weights, activations at batch 1 and 8) of a build or a zoo model.
+
+    \b
+    Examples:
+      apprentice-hw report build/digits-x86-host-w2a8
+      apprentice-hw report build/digits-x86-host-w2a8 --format png
+      apprentice-hw report --model resnet18 --input 224 --precisions fp32,W2A2
+    """  # fmt: skip
+    import json
+
+    from apprentice_hw.report.figure import plot_footprint
+
+    if (path is None) == (model_name is None):
+        raise UserError("give a build directory or --model NAME (one of the two)")
+    if path is not None:
+        from apprentice_hw.report.figure import build_bars
+        from apprentice_hw.report.writer import FIGURE_FILE, render_markdown
+        from apprentice_hw.verify import read_manifest
+
+        read_manifest(path)  # a one-line error when PATH is not a build
+        data = json.loads((path / "report.json").read_text())
+        if fmt == "md":
+            click.echo(render_markdown(data))
+        elif fmt == "json":
+            click.echo(json.dumps(data, indent=2))
+        else:
+            model = data["model"]
+            title = f"{model['student']} on {model['dataset']}: weights and activations"
+            written = plot_footprint(build_bars(data), title, out or path / FIGURE_FILE)
+            click.echo(f"wrote {written}")
+        return
+    _report_model(model_name, fmt, out, input_size, classes, precisions, first_last)
+
+
+def _report_model(name: str, fmt: str, out: Path | None, input_size: int, classes: int,
+                  precisions: str, first_last: str) -> None:  # fmt: skip
+    """``report --model``: export the untrained model at each precision and count bytes."""
+    import json
+
+    from apprentice_hw.models import MODELS
+    from apprentice_hw.report.figure import plot_footprint
+    from apprentice_hw.report.sizing import parse_precision, size_model
+
+    if name not in MODELS.names():
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS.names())}")
+    labels = tuple(p.strip() for p in precisions.split(",") if p.strip())
+    for label in labels:
+        try:
+            bits = parse_precision(label)
+        except ValueError:
+            bits = (0, 0)
+        if bits is not None and not all(1 < b <= 8 for b in bits):
+            raise UserError(f"precision '{label}' is not fp32 or WxAy with 2 to 8 bits each")
+    if input_size < 8 or classes < 2:
+        raise UserError("--input must be at least 8 and --classes at least 2")
+    policies = {"8": [8], "same": [None], "both": [8, None]}[first_last]
+    if fmt == "png":
+        policies = [policies[0]]
+    sized = {policy: size_model(name, input_size, classes, precisions=labels,
+                                first_last_bits=policy) for policy in policies}  # fmt: skip
+    if fmt == "png":
+        policy = "8-bit" if policies[0] == 8 else "same bits"
+        title = f"{name} {input_size}x{input_size}, first/last layer {policy}"
+        target = out or Path(f"{name}-{input_size}-footprint.png")
+        click.echo(f"wrote {plot_footprint([bar for bar, _ in sized[policies[0]]], title, target)}")
+        return
+    rows = [
+        {"first_last": "8-bit" if policy == 8 else "same", **bar.to_dict()}
+        for policy, results in sized.items()
+        for bar, _ in results
+    ]
+    if fmt == "json":
+        click.echo(json.dumps({"model": name, "input": input_size, "rows": rows}, indent=2))
+        return
+    click.echo(f"{name} {input_size}x{input_size}, {classes} classes (shape-only; random weights)")
+    click.echo("| precision | first/last layer | weights | activations b1 | activations b8 |")
+    click.echo("|---|---|---|---|---|")
+    mib = 1024 * 1024
+    for row in rows:
+        acts = row["activation_bytes"]
+        click.echo(
+            f"| {row['label']} | {row['first_last']} | {row['weight_bytes'] / mib:.2f} MiB "
+            f"| {acts['batch_1'] / mib:.2f} MiB | {acts['batch_8'] / mib:.2f} MiB |"
+        )
+
+
 def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 

@@ -142,7 +142,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FIGURE_FILE = "footprint.png"
+
+
 def write_report(report: dict[str, Any], directory: Path) -> None:
-    """Write ``report.json`` and ``report.md`` into ``directory`` atomically."""
+    """Write ``report.json``, ``report.md`` and the Figure-1 plot into ``directory`` atomically."""
+    from apprentice_hw.report.figure import build_bars, plot_footprint
+
     write_json(directory / "report.json", report)
     write_text(directory / "report.md", render_markdown(report))
+    model = report["model"]
+    title = f"{model['student']} on {model['dataset']}: weights and activations"
+    plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
