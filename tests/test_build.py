@@ -25,6 +25,7 @@ EM_X86_64 = 62
 EXPECTED_FILES = {
     "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
     "model.so", "teacher.pt", "student.pt", "train_log.jsonl", "recipe.json", "checkpoints",
+    "footprint.png",
 }  # fmt: skip
 
 
@@ -93,6 +94,21 @@ def test_report_is_complete_and_consistent(x86_build):
     markdown = (x86_build / "report.md").read_text()
     assert f"{weights['compiled_module_bytes']:,}" in markdown
     assert f"{acc['teacher_top1']:.2%}" in markdown
+
+
+def test_report_command_shows_the_build(x86_build, run_cli):
+    from PIL import Image
+
+    shown = run_cli("report", x86_build)
+    assert shown.code == 0 and shown.out.strip() == (x86_build / "report.md").read_text().strip()
+    as_json = run_cli("report", x86_build, "--format", "json")
+    assert json.loads(as_json.out) == json.loads((x86_build / "report.json").read_text())
+    plot = x86_build.parent / "plot.png"
+    assert run_cli("report", x86_build, "--format", "png", "--out", plot).code == 0
+    with Image.open(plot) as image, Image.open(x86_build / "footprint.png") as built:
+        assert image.size == built.size == (900, 400)
+    missing = run_cli("report", x86_build.parent)
+    assert missing.code == 2 and "is not a build directory" in missing.err
 
 
 def test_loaded_module_reproduces_onnxruntime(x86_build):

@@ -1,0 +1,108 @@
+"""The Figure-1 plot renders real bars, and `report --model` sizes models from their shapes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apprentice_hw.models import ModelSpec, build_model
+from apprentice_hw.quant import FloatLayers
+from apprentice_hw.report.figure import (
+    ACTIVATION_COLOUR,
+    WEIGHT_COLOUR,
+    FootprintBar,
+    build_bars,
+    plot_footprint,
+)
+
+
+def _pixels_of(image: Image.Image, colour: str) -> np.ndarray:
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    wanted = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return np.all(np.abs(rgb - wanted) <= 2, axis=-1)
+
+
+def test_plot_has_one_stacked_bar_per_precision_and_batch(tmp_path):
+    bars = [
+        FootprintBar("fp32", 40e6, {1: 10e6, 8: 80e6}),
+        FootprintBar("W2A2", 3e6, {1: 0.6e6, 8: 5e6}),
+    ]
+    path = plot_footprint(bars, "test", tmp_path / "figure.png")
+    with Image.open(path) as image:
+        assert image.size == (900, 400)
+        weights = _pixels_of(image, WEIGHT_COLOUR)
+        activations = _pixels_of(image, ACTIVATION_COLOUR)
+    left, right = slice(0, 450), slice(450, 900)
+    # Weights dominate at batch 1, activations at batch 8 (the paper's point).
+    assert weights[:, left].sum() > activations[:, left].sum() > 0
+    assert activations[:, right].sum() > weights[:, right].sum() > 0
+    # Four bars: each panel has two separate columns of weight colour.
+    columns = np.flatnonzero(weights[:, left].any(axis=0))
+    assert np.count_nonzero(np.diff(columns) > 1) == 1
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*partial*"))
+
+
+def test_build_bars_count_parameters_and_outputs_at_their_bits():
+    report = {
+        "model": {"weight_bits": 2, "act_bits": 4},
+        "layers": [
+            {"weight_shape": [8, 3, 3, 3], "output_shape": [8, 4, 4], "weight_bits": 8,
+             "output_bits": 4},
+            {"weight_shape": [10, 8], "output_shape": [10], "weight_bits": 2, "output_bits": 8},
+        ],
+    }  # fmt: skip
+    fp32, student = build_bars(report)
+    assert fp32.label == "fp32" and student.label == "W2A4"
+    assert fp32.weight_bytes == 4 * (216 + 80)
+    assert fp32.activation_bytes == {1: 4 * 138, 8: 32 * 138}
+    assert student.weight_bytes == 216 + 80 * 2 / 8
+    assert student.activation_bytes == {1: 128 * 4 / 8 + 10, 8: 8 * (64 + 10)}
+
+
+def _parameters_and_outputs(name: str, size: int, classes: int) -> tuple[int, int]:
+    model = build_model(ModelSpec(name), FloatLayers(), 3, classes).eval()
+    outputs = []
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    handles = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel())) for m in layers]
+    with torch.no_grad():
+        model(torch.rand(1, 3, size, size))
+    for handle in handles:
+        handle.remove()
+    return sum(m.weight.numel() for m in layers), sum(outputs)
+
+
+def test_report_model_counts_bytes_from_shapes(run_cli):
+    result = run_cli("report", "--model", "resnet20", "--input", "16", "--classes", "10",
+                     "--precisions", "fp32,W4A4", "--format", "json")  # fmt: skip
+    assert result.code == 0, result.err
+    rows = json.loads(result.out)["rows"]
+    parameters, outputs = _parameters_and_outputs("resnet20", 16, 10)
+    by_key = {(r["label"], r["first_last"]): r for r in rows}
+    assert set(by_key) == {(p, f) for p in ("fp32", "W4A4") for f in ("8-bit", "same")}
+    fp32 = by_key[("fp32", "8-bit")]
+    assert fp32["weight_bytes"] == 4 * parameters
+    assert fp32["activation_bytes"] == {"batch_1": 4 * outputs, "batch_8": 32 * outputs}
+    same = by_key[("W4A4", "same")]
+    assert same["weight_bytes"] == parameters * 4 / 8
+    # Every conv output at 4 bits, the logits at 8.
+    assert same["activation_bytes"]["batch_1"] == (outputs - 10) * 4 / 8 + 10
+    assert by_key[("W4A4", "8-bit")]["weight_bytes"] > same["weight_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give a build directory or --model NAME"),
+        (["--model", "resnet1000"], "unknown model 'resnet1000'"),
+        (["--model", "resnet20", "--precisions", "W9A2"], "precision 'W9A2' is not"),
+        (["--model", "resnet20", "--precisions", "int4"], "precision 'int4' is not"),
+        (["--model", "resnet20", "--input", "4"], "--input must be at least 8"),
+    ],
+)
+def test_report_rejects_bad_input(run_cli, args, message):
+    result = run_cli("report", *args)
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err
