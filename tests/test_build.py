@@ -89,6 +89,11 @@ def test_report_is_complete_and_consistent(x86_build):
         activations["batch_8"]["activation_bytes_planned"]
         > activations["batch_1"]["activation_bytes_planned"]
     )
+    for plan in activations.values():  # the compiler's plan reuses buffers: never above the sum
+        assert 0 < plan["activation_bytes_planned"] <= plan["activation_bytes_unplanned"]
+    paper = report["memory"]["paper_activation_bytes"]
+    assert paper["batch_8"] == 8 * paper["batch_1"] > 0
+    assert sum(layer["output_bytes_batch_1"] for layer in report["layers"]) == paper["batch_1"]
     weights = report["memory"]["weights"]
     assert weights["trained_precision_bytes"] < weights["fp32_bytes"]
     markdown = (x86_build / "report.md").read_text()

@@ -106,3 +106,21 @@ def test_report_model_counts_bytes_from_shapes(run_cli):
 def test_report_rejects_bad_input(run_cli, args, message):
     result = run_cli("report", *args)
     assert result.code == 2 and message in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_imagenet_resnets_match_the_shape_only_count(run_cli, name):
+    """Issue acceptance: 224x224 ResNets at fp32/8/4/2 bits, batch 1 and 8, within 1%."""
+    result = run_cli("report", "--model", name, "--first-last", "same", "--format", "json")
+    assert result.code == 0, result.err
+    parameters, outputs = _parameters_and_outputs(name, 224, 1000)
+    for row in json.loads(result.out)["rows"]:
+        bits = 32 if row["label"] == "fp32" else int(row["label"][1])
+        logit_bits = 32 if bits == 32 else 8  # the logits keep an 8-bit quantizer
+        expected_weights = parameters * bits / 8
+        assert abs(row["weight_bytes"] - expected_weights) <= 0.01 * expected_weights
+        for batch in (1, 8):
+            expected = batch * ((outputs - 1000) * bits / 8 + 1000 * logit_bits / 8)
+            actual = row["activation_bytes"][f"batch_{batch}"]
+            assert abs(actual - expected) <= 0.01 * expected
