@@ -447,7 +447,7 @@ class _TuneBar:
             self.bar.close()
 
 
-REPORT_FORMATS = ("md", "json", "png")
+REPORT_FORMATS = ("md", "json", "png", "html")
 
 
 @cli.command()
@@ -465,8 +465,8 @@ REPORT_FORMATS = ("md", "json", "png")
     "-o",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where --format png writes (default: BUILD_DIR/footprint.png, or "
-    "./<model>-<input>-footprint.png with --model).",
+    help="Where --format png or html writes (default: BUILD_DIR/footprint.png or "
+    "report.html, or ./<model>-<input>-footprint.png with --model).",
 )
 @click.option(
     "--model",
@@ -521,9 +521,11 @@ def report(
 
     if (path is None) == (model_name is None):
         raise UserError("give a build directory or --model NAME (one of the two)")
+    if path is None and fmt == "html":
+        raise UserError("--format html is for a build directory; use md, json or png with --model")
     if path is not None:
         from apprentice_hw.report.figure import build_bars
-        from apprentice_hw.report.writer import FIGURE_FILE, render_markdown
+        from apprentice_hw.report.writer import FIGURE_FILE, HTML_FILE, render_markdown
         from apprentice_hw.verify import read_manifest
 
         read_manifest(path)  # a one-line error when PATH is not a build
@@ -532,11 +534,19 @@ def report(
             click.echo(render_markdown(data))
         elif fmt == "json":
             click.echo(json.dumps(data, indent=2))
-        else:
+        elif fmt == "png":
             model = data["model"]
             title = f"{model['student']} on {model['dataset']}: weights and activations"
             written = plot_footprint(build_bars(data), title, out or path / FIGURE_FILE)
             click.echo(f"wrote {written}")
+        else:
+            from apprentice_hw.atomic import write_text
+            from apprentice_hw.report.html import render_html
+
+            target = out or path / HTML_FILE
+            figure = path / FIGURE_FILE
+            write_text(target, render_html(data, figure if figure.is_file() else None))
+            click.echo(f"wrote {target}")
         return
     _report_model(model_name, fmt, out, input_size, classes, precisions, first_last)
 

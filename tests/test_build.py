@@ -25,7 +25,7 @@ EM_X86_64 = 62
 EXPECTED_FILES = {
     "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
     "model.so", "teacher.pt", "student.pt", "train_log.jsonl", "recipe.json", "checkpoints",
-    "footprint.png",
+    "footprint.png", "report.html",
 }  # fmt: skip
 
 
@@ -112,8 +112,42 @@ def test_report_command_shows_the_build(x86_build, run_cli):
     assert run_cli("report", x86_build, "--format", "png", "--out", plot).code == 0
     with Image.open(plot) as image, Image.open(x86_build / "footprint.png") as built:
         assert image.size == built.size == (900, 400)
+    page = x86_build.parent / "page.html"
+    assert run_cli("report", x86_build, "--format", "html", "-o", page).code == 0
+    assert page.read_text() == (x86_build / "report.html").read_text()
     missing = run_cli("report", x86_build.parent)
     assert missing.code == 2 and "is not a build directory" in missing.err
+
+
+def test_html_report_shows_the_json_numbers_and_the_plot(x86_build):
+    import base64
+    from html.parser import HTMLParser
+
+    report = json.loads((x86_build / "report.json").read_text())
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.values: dict[str, str] = {}
+            self.images: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            attributes = dict(attrs)
+            if "data-key" in attributes:
+                self.values[attributes["data-key"]] = attributes["data-value"]
+            if tag == "img":
+                self.images.append(attributes["src"])
+
+    cells = Cells()
+    cells.feed((x86_build / "report.html").read_text())
+    assert len(cells.values) >= 10 + 4 * len(report["layers"])
+    for key, shown in cells.values.items():
+        value = report
+        for part in key.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        assert shown == repr(value), key
+    (image,) = cells.images
+    assert base64.b64decode(image.split(",", 1)[1]) == (x86_build / "footprint.png").read_bytes()
 
 
 def test_loaded_module_reproduces_onnxruntime(x86_build):

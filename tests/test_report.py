@@ -101,6 +101,7 @@ def test_report_model_counts_bytes_from_shapes(run_cli):
         (["--model", "resnet20", "--precisions", "W9A2"], "precision 'W9A2' is not"),
         (["--model", "resnet20", "--precisions", "int4"], "precision 'int4' is not"),
         (["--model", "resnet20", "--input", "4"], "--input must be at least 8"),
+        (["--model", "resnet20", "--format", "html"], "--format html is for a build directory"),
     ],
 )
 def test_report_rejects_bad_input(run_cli, args, message):

@@ -143,14 +143,17 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 FIGURE_FILE = "footprint.png"
+HTML_FILE = "report.html"
 
 
 def write_report(report: dict[str, Any], directory: Path) -> None:
-    """Write ``report.json``, ``report.md`` and the Figure-1 plot into ``directory`` atomically."""
+    """Write report.json, report.md, the Figure-1 plot and report.html, each atomically."""
     from apprentice_hw.report.figure import build_bars, plot_footprint
+    from apprentice_hw.report.html import render_html
 
     write_json(directory / "report.json", report)
     write_text(directory / "report.md", render_markdown(report))
     model = report["model"]
     title = f"{model['student']} on {model['dataset']}: weights and activations"
-    plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
+    figure = plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
+    write_text(directory / HTML_FILE, render_html(report, figure))

@@ -1,0 +1,92 @@
+"""``report.html``: the build report as one self-contained page with the Figure-1 plot inside.
+
+Rendered from the ``report.json`` dict alone (like the Markdown), with the PNG embedded as a
+data URI so the file can be mailed or opened anywhere. Every number cell carries the JSON path
+it shows (``data-key``) and its exact value, so a test can check the page against the data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; }
+"""
+
+
+PLAN_ROWS = (
+    ("activation_bytes_planned", "planned peak (TVM's static memory plan)"),
+    ("activation_bytes_unplanned", "sum of all the compiler's tensors"),
+)
+
+
+def _cell(report: dict[str, Any], key: str) -> str:
+    """A number cell for the JSON path ``key`` (dots between keys, integers index lists)."""
+    value: Any = report
+    for part in key.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    shown = f"{value:,}" if isinstance(value, int) else f"{value:,.6g}"
+    return f'<td class="n" data-key="{html.escape(key)}" data-value="{value!r}">{shown}</td>'
+
+
+def _row(label: str, *cells: str) -> str:
+    return f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>"
+
+
+def render_html(report: dict[str, Any], figure: Path | None) -> str:
+    """The page for ``report``; ``figure`` is the PNG to embed (skipped when None)."""
+    model, target = report["model"], report["target"]
+    activations = report["memory"]["activations"]
+    title = f"apprentice-hw build: {model['recipe']} on {target['name']}"
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>Student W{model['weight_bits']}A{model['act_bits']}, scheme {model['scheme']}, "
+        f"dataset {html.escape(str(model['dataset']))}; target "
+        f"{html.escape(target['description'])}.</p>",
+    ]
+    if figure is not None:
+        encoded = base64.b64encode(figure.read_bytes()).decode("ascii")
+        parts.append(f"<img alt='weights and activations, batch 1 and 8' "
+                     f"src='data:image/png;base64,{encoded}'>")  # fmt: skip
+    parts.append("<h2>Memory (bytes)</h2><table>")
+    for label, key in (
+        ("constants in the compiled module", "compiled_module_bytes"),
+        ("quantized weights in the module", "quantized_weight_bytes"),
+        ("requantization constants", "scale_bytes"),
+        ("other constants", "other_bytes"),
+        ("weights as fp32", "fp32_bytes"),
+    ):
+        parts.append(_row(label, _cell(report, f"memory.weights.{key}")))
+    for name in report["memory"].get("paper_activation_bytes", {}):
+        parts.append(_row(f"activations, {name.replace('_', ' ')}, the paper's measure",
+                          _cell(report, f"memory.paper_activation_bytes.{name}")))  # fmt: skip
+    for name in activations:
+        for what, label in PLAN_ROWS:
+            parts.append(_row(f"activations, {name.replace('_', ' ')}, {label}",
+                              _cell(report, f"memory.activations.{name}.{what}")))  # fmt: skip
+    parts.append("</table><h2>Layers</h2><table><tr><th>layer</th><th>strategy</th>"
+                 "<th>MACs</th><th>bit-ops</th><th>weight bytes</th>"
+                 "<th>output bytes (batch 1)</th></tr>")  # fmt: skip
+    for index, layer in enumerate(report.get("layers", [])):
+        cells = [f"<td>{html.escape(layer['strategy'])}</td>"]
+        for key in ("macs", "bit_operations", "weight_bytes", "output_bytes_batch_1"):
+            cells.append(_cell(report, f"layers.{index}.{key}") if key in layer else "<td>-</td>")
+        parts.append(_row(layer["name"], *cells))
+    parts.append("</table><h2>Latency (batch 1)</h2>")
+    latency = report["latency"]
+    if latency.get("kind") == "measured":
+        parts.append(f"<table>{_row('median ms, measured', _cell(report, 'latency.median_ms'))}"
+                     f"{_row('min ms', _cell(report, 'latency.min_ms'))}"
+                     f"{_row('max ms', _cell(report, 'latency.max_ms'))}</table>")  # fmt: skip
+    else:
+        parts.append(f"<p>Not measured: {html.escape(str(latency.get('reason', '')))}.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
