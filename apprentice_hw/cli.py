@@ -469,6 +469,12 @@ REPORT_FORMATS = ("md", "json", "png", "html")
     "report.html, or ./<model>-<input>-footprint.png with --model).",
 )
 @click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Another build to show beside PATH (repeat for more).",
+)
+@click.option(
     "--model",
     "model_name",
     default=None,
@@ -501,6 +507,7 @@ def report(
     path: Path | None,
     fmt: str,
     out: Path | None,
+    compare: tuple[Path, ...],
     model_name: str | None,
     input_size: int,
     classes: int,
@@ -513,6 +520,7 @@ def report(
     Examples:
       apprentice-hw report build/digits-x86-host-w2a8
       apprentice-hw report build/digits-x86-host-w2a8 --format png
+      apprentice-hw report build/w8 --compare build/w4 --compare build/w2
       apprentice-hw report --model resnet18 --input 224 --precisions fp32,W2A2
     """  # fmt: skip
     import json
@@ -523,6 +531,11 @@ def report(
         raise UserError("give a build directory or --model NAME (one of the two)")
     if path is None and fmt == "html":
         raise UserError("--format html is for a build directory; use md, json or png with --model")
+    if compare:
+        if path is None or fmt == "html":
+            raise UserError("--compare needs a build directory first and --format md, json or png")
+        _report_comparison([path, *compare], fmt, out)
+        return
     if path is not None:
         from apprentice_hw.report.figure import build_bars
         from apprentice_hw.report.writer import FIGURE_FILE, HTML_FILE, render_markdown
@@ -549,6 +562,29 @@ def report(
             click.echo(f"wrote {target}")
         return
     _report_model(model_name, fmt, out, input_size, classes, precisions, first_last)
+
+
+def _report_comparison(directories: list[Path], fmt: str, out: Path | None) -> None:
+    """``report --compare``: builds side by side (table, JSON, or one plot)."""
+    import json
+
+    from apprentice_hw.report.compare import (
+        comparison,
+        comparison_bars,
+        load_reports,
+        render_comparison,
+    )
+    from apprentice_hw.report.figure import plot_footprint
+
+    reports = load_reports(directories)
+    if fmt == "png":
+        target = out or Path("comparison-footprint.png")
+        written = plot_footprint(comparison_bars(reports), "weights and activations", target)
+        click.echo(f"wrote {written}")
+    elif fmt == "json":
+        click.echo(json.dumps(comparison(reports), indent=2))
+    else:
+        click.echo(render_comparison(comparison(reports)))
 
 
 def _report_model(name: str, fmt: str, out: Path | None, input_size: int, classes: int,

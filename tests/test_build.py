@@ -323,3 +323,24 @@ def test_verify_bad_input_is_one_line_exit_2(args, message, run_cli):
     result = run_cli("verify", *args)
     assert result.code == 2 and result.err.count("\n") == 1, result.err
     assert message in result.err
+
+
+def test_report_compare_puts_builds_side_by_side(x86_build, run_cli, tmp_path):
+    import shutil
+
+    other = tmp_path / "again"
+    shutil.copytree(x86_build, other)
+    report = json.loads((x86_build / "report.json").read_text())
+    table = run_cli("report", x86_build, "--compare", other)
+    assert table.code == 0
+    assert f"| | {x86_build.name} | again |" in table.out
+    constants = f"{report['memory']['weights']['compiled_module_bytes']:,}"
+    assert f"| module constants (bytes) | {constants} | {constants} |" in table.out
+    data = json.loads(run_cli("report", x86_build, "--compare", other, "--format", "json").out)
+    assert data["builds"] == [x86_build.name, "again"]
+    assert data["rows"]["latency b1 median (ms)"] == [report["latency"]["median_ms"]] * 2
+    plot = tmp_path / "both.png"
+    assert run_cli("report", x86_build, "--compare", other, "--format", "png", "-o", plot).code == 0
+    assert plot.stat().st_size > 0
+    bad = run_cli("report", x86_build, "--compare", tmp_path)
+    assert bad.code == 2 and "is not a build directory" in bad.err

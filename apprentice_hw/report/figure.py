@@ -66,6 +66,11 @@ def build_bars(report: dict) -> list[FootprintBar]:
     import math
 
     layers = [layer for layer in report.get("layers", []) if layer.get("output_shape")]
+    if not layers:
+        from apprentice_hw.errors import UserError
+
+        raise UserError("this build's report has no per-layer shapes (it was made by an older "
+                        "apprentice-hw); rebuild it to plot its footprint")  # fmt: skip
     model = report["model"]
     params = [math.prod(layer["weight_shape"]) for layer in layers]
     outputs = [math.prod(layer["output_shape"]) for layer in layers]
