@@ -124,6 +124,7 @@ def step_export(state: BuildState) -> None:
 def step_compile(state: BuildState) -> None:
     from apprentice_hw.compiler import compile_module, export_module, memory_plan, prepare_module
     from apprentice_hw.report import weight_footprint
+    from apprentice_hw.report.estimate import estimate_latency
     from apprentice_hw.report.layers import activation_bytes, layer_costs
 
     target, kernel = state.target, state.kernel
@@ -145,6 +146,8 @@ def step_compile(state: BuildState) -> None:
     scale_bytes = sum(layer.scale_bytes for layer in lowered)
     compiled_bytes = plans[0].weight_bytes
     costs = {cost.name: cost for cost in layer_costs(state.onnx_model)}
+    estimate = estimate_latency(list(costs.values()), target)
+    state.report["latency_estimate"] = estimate.to_dict()
     state.report["layers"] = [
         {**layer.to_dict(), **_cost_fields(costs.get(layer.name))} for layer in layers
     ]

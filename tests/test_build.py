@@ -84,6 +84,11 @@ def test_report_is_complete_and_consistent(x86_build):
     assert acc["compiled_top1"] == acc["onnxruntime_top1"]
     assert report["checks"]["compiled_vs_onnxruntime"]["max_diff_steps"] <= 1.0
     assert report["latency"]["kind"] == "measured" and report["latency"]["median_ms"] > 0
+    estimate = report["latency_estimate"]
+    assert estimate["kind"] == "estimated" and estimate["ms"] > 0
+    assert estimate["compute_bound_layers"] + estimate["memory_bound_layers"] == len(
+        report["layers"]
+    )
     activations = report["memory"]["activations"]
     assert (
         activations["batch_8"]["activation_bytes_planned"]

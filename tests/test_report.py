@@ -125,3 +125,24 @@ def test_imagenet_resnets_match_the_shape_only_count(run_cli, name):
             expected = batch * ((outputs - 1000) * bits / 8 + 1000 * logit_bits / 8)
             actual = row["activation_bytes"][f"batch_{batch}"]
             assert abs(actual - expected) <= 0.01 * expected
+
+
+def test_latency_estimate_is_the_roofline_by_hand():
+    from apprentice_hw.hardware import get_target
+    from apprentice_hw.report.estimate import estimate_latency, rate_key
+    from apprentice_hw.report.layers import LayerCost
+
+    pi = get_target("arm-a72")  # 4 cores x 1.5 GHz, int4 16 MACs/cycle, int8 16, 4 GB/s
+    conv = LayerCost("conv", "conv2d", (64, 56, 56), (64, 56, 56), 36864, 115_605_504, 4, 4, 4)
+    fc = LayerCost("fc", "dense", (512,), (1000,), 512_000, 512_000, 8, 8, 8)
+    assert rate_key(4, 4) == "int4" and rate_key(8, 8) == "int8" and rate_key(32, 32) == "fp32"
+    estimate = estimate_latency([conv, fc], pi)
+    conv_compute = 115_605_504 / (16 * 4 * 1.5e9)  # 1.204 ms: compute-bound
+    conv_memory = (36864 / 2 + 2 * 64 * 56 * 56 / 2) / 4e9  # 0.05 ms
+    fc_compute = 512_000 / (16 * 4 * 1.5e9)  # 0.0053 ms
+    fc_memory = (512_000 + 512 + 1000) / 4e9  # 0.128 ms: memory-bound (weights)
+    expected = max(conv_compute, conv_memory) + max(fc_compute, fc_memory)
+    assert estimate.ms == pytest.approx(1e3 * expected, rel=1e-12)
+    assert (estimate.compute_bound_layers, estimate.memory_bound_layers) == (1, 1)
+    assert estimate.kind == "estimated"
+    assert estimate_latency([conv], pi, batch=8).ms == pytest.approx(8e3 * conv_compute)

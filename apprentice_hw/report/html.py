@@ -88,5 +88,9 @@ def render_html(report: dict[str, Any], figure: Path | None) -> str:
                      f"{_row('max ms', _cell(report, 'latency.max_ms'))}</table>")  # fmt: skip
     else:
         parts.append(f"<p>Not measured: {html.escape(str(latency.get('reason', '')))}.</p>")
+    if report.get("latency_estimate"):
+        estimate = report["latency_estimate"]
+        row = _row("ms, estimated (lower bound)", _cell(report, "latency_estimate.ms"))
+        parts.append(f"<table>{row}</table><p>{html.escape(estimate['method'])}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -138,6 +138,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"Not measured: {latency.get('reason', 'unknown')}.")
+    estimate = report.get("latency_estimate")
+    if estimate:
+        lines += ["", f"Estimated (lower bound; {estimate['method']}): "
+                  f"**{estimate['ms']:.4f} ms** ({estimate['compute_bound_layers']} layers "
+                  f"compute-bound, {estimate['memory_bound_layers']} memory-bound)."]  # fmt: skip
     lines += ["", f"Execution: {report['execution']}", ""]
     return "\n".join(lines)
 
