@@ -123,6 +123,8 @@ def step_export(state: BuildState) -> None:
 
 def step_compile(state: BuildState) -> None:
     from apprentice_hw.compiler import compile_module, export_module, memory_plan, prepare_module
+    from apprentice_hw.compiler.memory import kernel_workspace_bytes, runtime_library_bytes
+    from apprentice_hw.hardware import host_arch
     from apprentice_hw.report import weight_footprint
     from apprentice_hw.report.estimate import estimate_latency
     from apprentice_hw.report.layers import activation_bytes, layer_costs
@@ -166,6 +168,11 @@ def step_compile(state: BuildState) -> None:
             "bits_per_layer": footprint.bits_per_layer,
         },
         "activations": {f"batch_{p.batch}": p.to_dict() for p in plans},
+        # Scratch memory of the largest kernel (padded activations, decoded weights), taken
+        # from TVM's workspace pool outside the planned activations; at batch 1.
+        "kernel_workspace_bytes_batch_1": kernel_workspace_bytes(prepared.mod, target),
+        "module_file_bytes": (state.workdir / MODULE_FILE).stat().st_size,
+        "runtime_library_bytes": {"arch": host_arch(), **runtime_library_bytes()},
         # The paper's Figure 1 measure, from the graph's shapes: conv and FC outputs at the bits
         # their quantizers store (the compiled module keeps codes of up to 8 bits in bytes).
         "paper_activation_bytes": {

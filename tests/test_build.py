@@ -96,6 +96,21 @@ def test_report_is_complete_and_consistent(x86_build):
     )
     for plan in activations.values():  # the compiler's plan reuses buffers: never above the sum
         assert 0 < plan["activation_bytes_planned"] <= plan["activation_bytes_unplanned"]
+    memory = report["memory"]
+
+    # The largest conv kernel's scratch: its zero-point-padded input in blocks of 4 channels
+    # (uint8) and its weights decoded to int8 in blocks of 16 x 4 (padding = kernel // 2).
+    def scratch(layer):
+        out_c, in_c, kh, kw = layer["weight_shape"]
+        _, height, width = layer["input_shape"]
+        blocks_in = -(-in_c // 4)
+        padded = blocks_in * (height + 2 * (kh // 2)) * (width + 2 * (kw // 2)) * 4
+        return padded + -(-out_c // 16) * blocks_in * kh * kw * 64
+
+    convs = [layer for layer in report["layers"] if layer["kind"] == "conv2d"]
+    assert memory["kernel_workspace_bytes_batch_1"] == max(scratch(layer) for layer in convs)
+    assert memory["module_file_bytes"] == (x86_build / "model.so").stat().st_size
+    assert memory["runtime_library_bytes"]["libtvm_runtime.so"] > 1_000_000
     paper = report["memory"]["paper_activation_bytes"]
     assert paper["batch_8"] == 8 * paper["batch_1"] > 0
     assert sum(layer["output_bytes_batch_1"] for layer in report["layers"]) == paper["batch_1"]

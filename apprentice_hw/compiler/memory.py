@@ -9,6 +9,7 @@ reuses buffers whose lifetimes do not overlap. The planned number is what a boar
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -95,3 +96,51 @@ def memory_plan(mod, target, batch: int) -> MemoryPlan:
         )(mod)
     weight_bytes, weight_count, unplanned, planned = _measure(lowered)
     return MemoryPlan(batch, weight_bytes, weight_count, unplanned, planned)
+
+
+def kernel_workspace_bytes(mod, target) -> int:
+    """The largest scratch memory one kernel allocates while it runs (kernels run one at a time).
+
+    Read from the scheduled TIR functions (the same passes the build runs): the global buffers
+    a function allocates for itself, e.g. the conv kernels' padded activations and decoded
+    weights. TVM takes them from a workspace pool at run time, outside the Relax memory plan.
+    """
+    from tvm import tirx
+
+    from apprentice_hw.compiler.schedules import fused_module, schedule_pass
+
+    tvm_target = target.tvm_target()
+    with tvm_target:
+        scheduled = schedule_pass(tvm_target)(fused_module(mod, tvm_target))
+    largest = 0
+    for _, func in scheduled.functions_items():
+        if not isinstance(func, tirx.PrimFunc) or not hasattr(func.body, "block"):
+            continue
+        total = 0
+        for buffer in func.body.block.alloc_buffers:
+            if buffer.scope() == "global":
+                total += int(np.prod([int(d) for d in buffer.shape])) * _dtype_bytes(
+                    str(buffer.dtype)
+                )
+        largest = max(largest, total)
+    return largest
+
+
+RUNTIME_LIBRARIES = ("libtvm_runtime.so", "libtvm_ffi.so")  # what loading a module needs
+
+
+def runtime_library_bytes() -> dict[str, int]:
+    """Sizes of the TVM runtime libraries a module needs on the device (this machine's build).
+
+    A board installs the same libraries built for its own architecture; their size there is
+    similar but not measured here.
+    """
+    import tvm
+    import tvm_ffi
+
+    sizes = {}
+    for package in (tvm, tvm_ffi):
+        for library in Path(package.__file__).parent.rglob("*.so"):
+            if library.name in RUNTIME_LIBRARIES:
+                sizes.setdefault(library.name, library.stat().st_size)
+    return sizes

@@ -103,6 +103,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| activations, batch {act['batch']}, sum of all tensors | "
             f"{act['activation_bytes_unplanned']:,} | {_kib(act['activation_bytes_unplanned'])} |"
         )
+    if "kernel_workspace_bytes_batch_1" in memory:
+        workspace = memory["kernel_workspace_bytes_batch_1"]
+        module_file = memory["module_file_bytes"]
+        runtime = {k: v for k, v in memory["runtime_library_bytes"].items() if k != "arch"}
+        lines += [
+            f"| kernel workspace, batch 1 (largest kernel's scratch, outside the plan) "
+            f"| {workspace:,} | {_kib(workspace)} |",
+            f"| compiled module file (`model.so`) | {module_file:,} | {_kib(module_file)} |",
+            f"| TVM runtime libraries ({', '.join(runtime)}; "
+            f"{memory['runtime_library_bytes']['arch']} build) | {sum(runtime.values()):,} "
+            f"| {_kib(sum(runtime.values()))} |",
+        ]
     lines += [
         "",
         "## Layers",
