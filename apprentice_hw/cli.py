@@ -458,7 +458,7 @@ REPORT_FORMATS = ("md", "json", "png", "html")
     type=click.Choice(REPORT_FORMATS),
     default="md",
     show_default=True,
-    help="md and json print; png writes the Figure-1 plot.",
+    help="md and json print; png writes the Figure-1 plot; html the page with the plot (builds).",
 )
 @click.option(
     "--out",
@@ -496,6 +496,13 @@ REPORT_FORMATS = ("md", "json", "png", "html")
     help="For --model: comma-separated fp32 or WxAy.",
 )
 @click.option(
+    "--bits",
+    type=int,
+    default=None,
+    help="For --model: shorthand for --precisions fp32,W<bits>A<act-bits>.",
+)
+@click.option("--act-bits", type=int, default=None, help="With --bits (default: the same).")
+@click.option(
     "--first-last",
     type=click.Choice(["8", "same", "both"]),
     default="both",
@@ -512,6 +519,8 @@ def report(
     input_size: int,
     classes: int,
     precisions: str,
+    bits: int | None,
+    act_bits: int | None,
     first_last: str,
 ) -> None:
     """Memory footprint (weights, activations at batch 1 and 8) of a build or a zoo model.
@@ -521,7 +530,7 @@ def report(
       apprentice-hw report build/digits-x86-host-w2a8
       apprentice-hw report build/digits-x86-host-w2a8 --format png
       apprentice-hw report build/w8 --compare build/w4 --compare build/w2
-      apprentice-hw report --model resnet18 --input 224 --precisions fp32,W2A2
+      apprentice-hw report --model resnet18 --bits 2 --input 224
     """  # fmt: skip
     import json
 
@@ -561,6 +570,10 @@ def report(
             write_text(target, render_html(data, figure if figure.is_file() else None))
             click.echo(f"wrote {target}")
         return
+    if bits is not None:
+        precisions = f"fp32,W{bits}A{act_bits if act_bits is not None else bits}"
+    elif act_bits is not None:
+        raise UserError("--act-bits goes with --bits")
     _report_model(model_name, fmt, out, input_size, classes, precisions, first_last)
 
 

@@ -75,6 +75,14 @@ def _parameters_and_outputs(name: str, size: int, classes: int) -> tuple[int, in
     return sum(m.weight.numel() for m in layers), sum(outputs)
 
 
+def test_report_model_bits_shorthand(run_cli):
+    size = ("--model", "resnet20", "--input", "16", "--classes", "10")
+    result = run_cli("report", *size, "--bits", "2", "--act-bits", "4", "--first-last", "8",
+                     "--format", "json")  # fmt: skip
+    assert result.code == 0, result.err
+    assert [row["label"] for row in json.loads(result.out)["rows"]] == ["fp32", "W2A4"]
+
+
 def test_report_model_counts_bytes_from_shapes(run_cli):
     result = run_cli("report", "--model", "resnet20", "--input", "16", "--classes", "10",
                      "--precisions", "fp32,W4A4", "--format", "json")  # fmt: skip
@@ -102,6 +110,8 @@ def test_report_model_counts_bytes_from_shapes(run_cli):
         (["--model", "resnet20", "--precisions", "int4"], "precision 'int4' is not"),
         (["--model", "resnet20", "--input", "4"], "--input must be at least 8"),
         (["--model", "resnet20", "--format", "html"], "--format html is for a build directory"),
+        (["--model", "resnet20", "--act-bits", "4"], "--act-bits goes with --bits"),
+        (["--model", "resnet20", "--bits", "9"], "precision 'W9A9' is not"),
     ],
 )
 def test_report_rejects_bad_input(run_cli, args, message):

@@ -107,9 +107,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         workspace = memory["kernel_workspace_bytes_batch_1"]
         module_file = memory["module_file_bytes"]
         runtime = {k: v for k, v in memory["runtime_library_bytes"].items() if k != "arch"}
+        peak = memory["activations"]["batch_1"]["activation_bytes_planned"] + workspace
         lines += [
             f"| kernel workspace, batch 1 (largest kernel's scratch, outside the plan) "
             f"| {workspace:,} | {_kib(workspace)} |",
+            f"| peak working memory, batch 1 (planned activations + kernel workspace) "
+            f"| {peak:,} | {_kib(peak)} |",
             f"| compiled module file (`model.so`) | {module_file:,} | {_kib(module_file)} |",
             f"| TVM runtime libraries ({', '.join(runtime)}; "
             f"{memory['runtime_library_bytes']['arch']} build) | {sum(runtime.values()):,} "
