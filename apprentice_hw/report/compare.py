@@ -28,6 +28,7 @@ ROWS: tuple[tuple[str, Any], ...] = (
         for b in BATCHES
     ),
     ("latency b1 median (ms)", lambda r: r["latency"].get("median_ms")),
+    ("latency b1 estimated (ms)", lambda r: r.get("latency_estimate", {}).get("ms")),
 )  # fmt: skip
 
 
