@@ -224,10 +224,12 @@ def build(
         f"steps; checked: {checks['compiled_module_checked']}"
     )
     latency = report["latency"]
+    estimate = report.get("latency_estimate", {}).get("ms")
+    estimated = f"; estimated {estimate:.4f} ms (roofline lower bound)" if estimate else ""
     if latency.get("median_ms") is not None:
-        click.echo(f"  latency {latency['median_ms']:.3f} ms median (batch 1)")
+        click.echo(f"  latency {latency['median_ms']:.3f} ms median (batch 1){estimated}")
     else:
-        click.echo(f"  latency not measured: {latency['reason']}")
+        click.echo(f"  latency not measured: {latency['reason']}{estimated}")
 
 
 @cli.command()
