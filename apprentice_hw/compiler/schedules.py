@@ -34,7 +34,8 @@ VECTOR_BYTES = 64  # split elementwise loops into chunks of this many bytes of o
 MAX_PIXEL_TILE = 8  # output pixels per register tile in the untuned conv kernel
 MAX_TUNED_PIXELS = 16  # tuning tries row tiles up to this many pixels
 MAX_TUNED_BLOCKS = 4  # and up to this many 16-channel output blocks
-MAX_ACCUMULATORS = 24  # pixels x blocks: vector accumulators that fit AVX-512's 32 registers
+MAX_ACCUMULATORS = 24  # pixels x blocks searched at most (AVX-512 has 32 vector registers;
+# narrower ISAs spill sooner, which the measurements show)
 PARALLEL_MIN_ELEMENTS = 4096  # below this, threads cost more than they save
 
 
