@@ -42,9 +42,11 @@ def targets(verbose: bool) -> None:
     """List the hardware targets (one TOML file each in targets/)."""
     from apprentice_hw.hardware import all_targets
 
-    for target in all_targets():
+    found = all_targets()
+    width = max((len(t.name) for t in found), default=0)
+    for target in found:
         click.echo(
-            f"{target.name:<12} {target.arch:<8} {target.cores:>2} cores "
+            f"{target.name:<{width}}  {target.arch:<8} {target.cores:>2} cores "
             f"{target.clock_ghz:4.2f} GHz  {target.description}"
         )
         if verbose:

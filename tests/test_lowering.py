@@ -337,7 +337,11 @@ def test_every_x86_dot_product_path_is_exact(path):
 
 @pytest.mark.parametrize(
     ("target_name", "path"),
-    [("x86-host", None), ("arm-a72", "unrolled"), ("haswell", "avx2"), ("x86-64", "unrolled")],
+    [("x86-host", None), ("haswell", "avx2"), ("x86-64", "unrolled")]
+    + [
+        (name, "unrolled")
+        for name in ("arm-a53", "arm-a55", "arm-a72", "arm-a76", "jetson-orin-cpu")
+    ],
 )
 def test_every_function_gets_a_default_schedule(target_name, path):
     """A rule that stops applying (TVM API drift) must fail here, not fall back silently."""

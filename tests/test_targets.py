@@ -22,14 +22,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_targets_are_registered():
     names = set(target_files())
-    assert {"x86-host", "arm-a72"} <= names
+    assert {"x86-host", "arm-a72", "arm-a53", "arm-a76", "arm-a55", "jetson-orin-cpu"} <= names
 
 
 @pytest.mark.parametrize("name", sorted(target_files()))
 def test_every_target_file_builds_a_tvm_target(name):
+    from tvm.target import codegen
+
     target = get_target(name)
     tvm_target = target.tvm_target()
     assert tvm_target.kind.name == target.tvm["kind"]
+    if target.tvm["kind"] == "llvm":  # LLVM knows the CPU (an unknown one compiles generic code)
+        assert target.tvm["mcpu"] in codegen.llvm_get_cpu_archlist(tvm_target)
     assert target.cores >= 1 and target.clock_ghz > 0 and target.memory_mib > 0
     assert target.peak_gmacs("fp32") > 0
 
