@@ -220,16 +220,12 @@ def _build(mod, target, _params):
     return tvm.tirx.build(mod, target=target)
 
 
-def _export(mod, compiler: str | None = None) -> str:
-    """Link a shared library (cross-linked for a board when ``compiler`` is given)."""
-    from tvm.support import cc
+def _export(mod, target: Target) -> str:
+    """Link a kernel as a build links a model (cross-linked for a board), in a temporary folder."""
+    from apprentice_hw.compiler.tvm_build import export_module
 
-    path = os.path.join(tempfile.mkdtemp(prefix="apprentice-hw-tune-"), "kernel.so")
-    if compiler is None:
-        mod.export_library(path)
-    else:
-        mod.export_library(path, fcompile=cc.cross_compiler(compiler))
-    return path
+    path = Path(tempfile.mkdtemp(prefix="apprentice-hw-tune-")) / "kernel.so"
+    return str(export_module(mod, target, path))
 
 
 class Measurer:
@@ -242,10 +238,10 @@ class Measurer:
         evaluator = ms.runner.EvaluatorConfig(
             number=1, repeat=MEASURE_REPEATS, min_repeat_ms=MEASURE_MIN_MS
         )
-        compiler = find_cross_compiler(target) if remote is not None else None
+        find_cross_compiler(target)  # a missing cross compiler fails here, in one line
         self.device_type = "cpu"
         self.builder = ms.builder.LocalBuilder(
-            f_build=_build, f_export=functools.partial(_export, compiler=compiler),
+            f_build=_build, f_export=functools.partial(_export, target=target),
             timeout_sec=300, max_workers=max(1, min(BUILD_CHUNK, len(os.sched_getaffinity(0)))),
         )  # fmt: skip
         if remote is None:
@@ -375,7 +371,8 @@ def tune(fused, target: Target, *, trials: int | None = None, top: int | None = 
             schedules = [(k, s) for k, s in schedules if s is not None]
             times = measurer.measure([s for _, s in schedules], tvm_target)
             good = [(k, s, t) for (k, s), t in zip(schedules, times, strict=True) if t]
-            _commit(target, tvm_target, task, [(s, t) for _, s, t in good])
+            if good:
+                _commit(target, tvm_target, task, [(s, t) for _, s, t in good])
             for knobs, _sch, seconds in good:
                 micros = 1e6 * sum(seconds) / len(seconds)
                 if knobs == task.space[0]:
