@@ -13,7 +13,7 @@ CROSS_PKG := g++-aarch64-linux-gnu
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 FASHION_PKG := dataset-fashion-mnist
 
-.PHONY: demo test test-slow lint system-deps clean
+.PHONY: demo test test-slow test-pi pi-deps lint system-deps clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || \
@@ -45,6 +45,22 @@ test: $(STAMP) system-deps
 
 test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m slow
+
+# The emulated Raspberry Pi 4 (qemu-user + Debian arm64 + the aarch64 TVM runtime) and the slow
+# tests that deploy to it. Setting it up needs root once; it lives in ~/.cache/apprentice-hw.
+pi-deps:
+	@missing=""; \
+	command -v qemu-aarch64-static >/dev/null 2>&1 || missing="$$missing qemu-user-static"; \
+	command -v debootstrap >/dev/null 2>&1 || missing="$$missing debootstrap"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  echo "installing$$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test-pi: $(STAMP) system-deps pi-deps
+	$(BIN)/apprentice-hw emulated-pi --setup-only
+	APPRENTICE_HW_REQUIRE_PI=1 $(BIN)/python -m pytest -m slow tests/test_emulated_pi.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check apprentice_hw tests benchmarks

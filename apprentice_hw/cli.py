@@ -7,6 +7,7 @@ exit status 2; ``--debug`` anywhere on the command line shows the traceback inst
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -425,6 +426,124 @@ def tune(
         f"measured {result.measured} settings of {len(result.tasks)} kernels in "
         f"{result.seconds:.0f} s{stopped}; records in {result.database}"
     )
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--tracker", default=None, help="TVM RPC tracker HOST:PORT the board is registered at."
+)
+@click.option("--key", default=None, help="Device key of the board at --tracker.")
+@click.option("--host", default=None, help="HOST:PORT of an RPC server started without a tracker.")
+@click.option("--repeat", type=int, default=30, show_default=True, help="Timed runs.")
+@click.option("--number", type=int, default=10, show_default=True, help="Calls per timed run.")
+def deploy(
+    build_dir: Path, tracker: str | None, key: str | None, host: str | None, repeat: int,
+    number: int,
+) -> None:  # fmt: skip
+    """Run a build on a board over TVM RPC: check its outputs, time it, add both to the report.
+
+    The build's bundle/ module is uploaded, loaded and run on the bundled verification images;
+    the outputs must equal the host build's exactly. Then TVM's time evaluator times it on the
+    board (median and spread) and the results go into report.json/md/html. The board runs
+    'python -m tvm.exec.rpc_server' (the TVM runtime only); 'apprentice-hw emulated-pi' starts
+    an emulated Raspberry Pi to try it without one.
+
+    \b
+    Examples:
+      apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 192.168.1.2:9190 --key pi4
+      apprentice-hw deploy build/digits-arm-a72-w2a8 --host raspberrypi.local:9090
+    """  # fmt: skip
+    from apprentice_hw.deploy import read_bundle
+    from apprentice_hw.deploy.remote_run import (
+        DeployError,
+        check_options,
+        record_in_report,
+        run_on_board,
+    )
+
+    if repeat < 2 or number < 1:
+        raise UserError("--repeat must be at least 2 and --number at least 1")
+    endpoint = check_options(tracker, key, host)
+    bundle = read_bundle(build_dir)
+    board = f"'{key}' via {tracker}" if host is None else host
+    click.echo(f"connecting to {board} ...", err=True)
+    session = endpoint.connect()
+
+    def say(message: str) -> None:
+        click.echo(f"  {message}", err=True)
+
+    try:
+        result = run_on_board(bundle, session, board, repeat, number, progress=say)
+    except DeployError as exc:
+        raise UserError(str(exc)) from exc
+    record_in_report(build_dir, result)
+    verdict = (
+        "identical to the host build's"
+        if result.identical
+        else f"DIFFERENT from the host build's (up to {result.max_diff_steps:g} output steps)"
+    )
+    click.echo(f"deployed {build_dir} to {board}")
+    click.echo(f"  outputs on {result.samples} verification images {verdict}")
+    click.echo(
+        f"  latency on the board {result.latency_median_ms:.3f} ms median (min "
+        f"{result.latency_min_ms:.3f}, max {result.latency_max_ms:.3f}, stdev "
+        f"{result.latency_stdev_ms:.3f}; {result.repeats} runs of {result.number} calls)"
+    )
+    click.echo(f"  written to {build_dir / 'report.json'} (section 'deploy')")
+    if not result.identical:
+        click.echo("error: the board's outputs differ from the host build's; see above", err=True)
+        return 1
+    return 0
+
+
+@cli.command("emulated-pi")
+@click.option("--port", type=int, default=9190, show_default=True, help="Tracker port (127.0.0.1).")
+@click.option("--key", default="emulated-pi", show_default=True, help="Device key to register.")
+@click.option("--setup-only", is_flag=True, help="Set it up (once, needs root) and exit.")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where it lives (default $APPRENTICE_HW_PI_DIR or the apprentice-hw cache).",
+)
+@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True,
+              help="Debian mirror for the one-time setup.")  # fmt: skip
+def emulated_pi(port: int, key: str, setup_only: bool, folder: Path | None, mirror: str) -> None:
+    """Start an emulated Raspberry Pi 4 (Cortex-A72) registered with a local TVM tracker.
+
+    The first run sets it up (about a minute, needs root, qemu-user-static and debootstrap):
+    Debian's arm64 Python under qemu-user with the aarch64 TVM runtime. Then a tracker on
+    127.0.0.1:PORT and the emulated board's RPC server run until Ctrl-C, ready for
+    'apprentice-hw deploy' and 'apprentice-hw tune'. Emulated timings say nothing about a real
+    Pi's speed; outputs do match a real Pi's.
+
+    \b
+    Examples:
+      sudo apprentice-hw emulated-pi --setup-only
+      apprentice-hw emulated-pi &
+      apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 127.0.0.1:9190 --key emulated-pi
+    """  # fmt: skip
+    from apprentice_hw.deploy import emulated_pi as emulated
+
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    folder = folder if folder is not None else emulated.default_dir()
+    pi = emulated.setup(folder, mirror, progress=lambda m: click.echo(m, err=True))
+    click.echo(f"emulated Pi ready in {folder}; its Python: {pi.python}")
+    if setup_only:
+        return
+    click.echo(f"starting the tracker on 127.0.0.1:{port} and the emulated board ...", err=True)
+    try:
+        with pi.serve(key, port) as device:
+            click.echo(f"board '{key}' registered at {device.tracker}; stop with Ctrl-C")
+            click.echo(f"  apprentice-hw deploy BUILD_DIR --tracker {device.tracker} --key {key}")
+            click.echo(f"  {pi.python} BUILD_DIR/bundle/run.py --verify")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        click.echo("stopped the emulated Pi and its tracker", err=True)
 
 
 class _TuneBar:

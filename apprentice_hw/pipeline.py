@@ -54,6 +54,7 @@ class BuildState:
     onnx_model: Any = None
     ort_outputs: np.ndarray | None = None
     brevitas: Any = None  # verify.BrevitasOutputs on the test set
+    compiled_outputs: np.ndarray | None = None  # the compiled module (or its host twin), test set
     report: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -233,6 +234,7 @@ def step_verify(state: BuildState) -> None:
         f"max {check.max_diff_steps:.2f} "
         f"steps; checked: {checks['compiled_module_checked']}"
     )
+    state.compiled_outputs = result.compiled_outputs
     state.report["accuracy"]["compiled_top1"] = float(
         np.mean(result.compiled_outputs.argmax(1) == data.test_y.numpy())
     )
@@ -244,6 +246,30 @@ def step_verify(state: BuildState) -> None:
     latency = measure_latency(module_path, data.test_x[:1].numpy())
     state.report["latency"] = latency.to_dict()
     state.progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
+
+
+def step_bundle(state: BuildState) -> None:
+    from apprentice_hw.deploy.bundle import BUNDLE_DIR, VERIFY_COUNT, write_bundle
+
+    recipe, target = state.recipe, state.target
+    count = min(VERIFY_COUNT, len(state.data.test_x))
+    produced_by = state.report["checks"]["compiled_module_checked"]
+    write_bundle(
+        state.workdir / BUNDLE_DIR,
+        state.workdir / MODULE_FILE,
+        state.onnx_model,
+        target_info={"name": target.name, "description": target.description,
+                     "arch": target.arch, "tvm": target.tvm},
+        model_info={"recipe": recipe.name, "dataset": recipe.dataset,
+                    "student": recipe.student.name, "weight_bits": recipe.weight_bits,
+                    "act_bits": recipe.act_bits, "classes": state.data.num_classes},
+        inputs=state.data.test_x[:count].numpy(),
+        outputs=state.compiled_outputs[:count],
+        produced_by=produced_by,
+    )  # fmt: skip
+    state.progress.message(
+        f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification images, README"
+    )
 
 
 def step_report(state: BuildState) -> None:
@@ -285,6 +311,7 @@ STEPS: tuple[Step, ...] = (
     Step("export", "export QCDQ ONNX + QONNX and check with ONNX Runtime", step_export),
     Step("compile", "compile with TVM", step_compile),
     Step("verify", "run and time the compiled module", step_verify),
+    Step("bundle", "write the deploy bundle", step_bundle),
     Step("report", "write report", step_report),
 )
 
@@ -307,13 +334,32 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def artifact_hashes(build_dir: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of the build's files and its bundle's, by path relative to the build."""
+    from apprentice_hw.deploy.bundle import BUNDLE_DIR
+
+    paths = [p for p in sorted(build_dir.iterdir()) if p.is_file() and p.name != "manifest.json"]
+    bundle = build_dir / BUNDLE_DIR
+    if bundle.is_dir():
+        paths += [p for p in sorted(bundle.iterdir()) if p.is_file()]
+    return {
+        str(path.relative_to(build_dir)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in paths
+    }
+
+
+def refresh_manifest(build_dir: Path) -> None:
+    """Re-hash the artifacts after a later command (``deploy``) rewrote some of them."""
+    import json
+
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    manifest["artifacts"] = artifact_hashes(build_dir)
+    write_json(build_dir / "manifest.json", manifest)
+
+
 def write_manifest(state: BuildState) -> dict[str, Any]:
     """Record versions, configuration, step timings and artifact hashes."""
-    artifacts = {
-        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        for path in sorted(state.workdir.iterdir())
-        if path.is_file()
-    }
+    artifacts = artifact_hashes(state.workdir)
     manifest = {
         "apprentice_hw_version": __version__,
         "created_unix": time.time(),

@@ -7,7 +7,9 @@ only); the tracker hands sessions to whoever asks for ``KEY``. Tuning times kern
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from apprentice_hw.errors import UserError
 
@@ -72,6 +75,70 @@ class RemoteDevice:
             f"{self.key}' on the board or fix --key"
         )
 
+    def connect(self, attempts: int = 3, wait_s: float = 2.0):
+        """An RPC session on a board with this key (``tvm.rpc.RPCSession``), retried."""
+        from tvm import rpc
+
+        self.check()
+
+        def request():
+            tracker = rpc.connect_tracker(self.host, self.port)
+            return tracker.request(self.key, session_timeout=self.session_timeout_s)
+
+        return _with_retries(request, f"board '{self.key}' via {self.tracker}", attempts, wait_s)
+
+
+@dataclass(frozen=True)
+class RpcServer:
+    """A board running ``python -m tvm.exec.rpc_server`` that is reached directly, no tracker."""
+
+    host: str
+    port: int
+    session_timeout_s: int = 60
+
+    @classmethod
+    def parse(cls, address: str) -> RpcServer:
+        """From the CLI's ``--host HOST:PORT``, with one-line errors."""
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UserError(f"--host must be HOST:PORT (e.g. 192.168.1.5:9090), got '{address}'")
+        return cls(host, int(port))
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self, attempts: int = 3, wait_s: float = 2.0):
+        """An RPC session on the server, retried; a one-line UserError when it is not there."""
+        from tvm import rpc
+
+        def session():
+            # TVM's own connect retries for 60 s; a plain connect fails at once.
+            socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S).close()
+            return rpc.connect(self.host, self.port, session_timeout=self.session_timeout_s)
+
+        return _with_retries(session, f"the RPC server at {self.address}", attempts, wait_s)
+
+
+def _with_retries(open_session, what: str, attempts: int, wait_s: float):
+    """Call ``open_session`` up to ``attempts`` times, waiting longer after each failure."""
+    for attempt in range(attempts):
+        try:
+            return open_session()
+        except Exception as exc:  # refused, reset, timeout, a server that died while matching
+            if attempt == attempts - 1:
+                raise UserError(
+                    f"cannot open an RPC session on {what} after {attempts} attempts "
+                    f"({_one_line(exc)}); check that the server is running and reachable"
+                ) from exc
+            time.sleep(wait_s * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
 
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
@@ -91,6 +158,11 @@ def _tracker_keys(device: RemoteDevice) -> list[str]:
     return [entry["key"].split(":")[-1] for entry in summary.get("server_info", [])]
 
 
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(process.pid, sig)
+
+
 def _registered(device: RemoteDevice) -> bool:
     try:
         return device.key in _tracker_keys(device)
@@ -99,15 +171,25 @@ def _registered(device: RemoteDevice) -> bool:
 
 
 @contextmanager
-def local_rpc(key: str = "local", server_python: str | None = None) -> Iterator[RemoteDevice]:
+def local_rpc(
+    key: str = "local",
+    server_python: str | None = None,
+    register_timeout_s: float = REGISTER_TIMEOUT_S,
+    tracker_port: int | None = None,
+    log: Path | None = None,
+) -> Iterator[RemoteDevice]:
     """A TVM tracker and one RPC server registered with it, both on 127.0.0.1.
 
     ``server_python`` runs the server (e.g. a qemu wrapper around an aarch64 Python); by
     default this machine's Python, so x86 modules run on it. Both processes are stopped on exit.
+    ``register_timeout_s`` bounds the wait for the server to register (an emulated board needs
+    longer: importing TVM under qemu takes seconds).
     """
-    device = RemoteDevice(LOOPBACK, free_port(), key)
+    device = RemoteDevice(LOOPBACK, tracker_port or free_port(), key)
     python = server_python or sys.executable
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One TVM worker per usable core, as the build's own latency measurement uses.
+    threads = os.environ.get("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_NUM_THREADS": threads}
     server_port = free_port()
     # --port-end: both search upwards from --port and give up at --port-end (default 9199).
     tracker_cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", LOOPBACK,
@@ -116,22 +198,33 @@ def local_rpc(key: str = "local", server_python: str | None = None) -> Iterator[
                   "--port", str(server_port), "--port-end", str(server_port + 1),
                   "--tracker", device.tracker, "--key", key]  # fmt: skip
     processes: list[subprocess.Popen] = []
+    sink = log.open("ab") if log is not None else subprocess.DEVNULL
     try:
         for command in (tracker_cmd, server_cmd):
-            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-            processes.append(subprocess.Popen(command, env=env, **quiet))
+            # Own process group: the server's per-session workers are stopped with it.
+            processes.append(subprocess.Popen(
+                command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            ))  # fmt: skip
             time.sleep(0.5)  # the tracker must listen before the server registers
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        deadline = time.monotonic() + register_timeout_s
         while not _registered(device):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise RuntimeError(f"the local RPC server did not register with {device.tracker}")
+                where = f"; its log: {log}" if log is not None else ""
+                raise RuntimeError(
+                    f"the local RPC server did not register with {device.tracker}{where}"
+                )
             time.sleep(0.5)
         yield device
     finally:
         for process in reversed(processes):
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+            # Session workers the server started may outlive it by a moment: none is left.
+            _signal_group(process, signal.SIGKILL)
+        if log is not None:
+            sink.close()

@@ -11,6 +11,13 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+CACHE_ENV = "APPRENTICE_HW_CACHE"
+
+
+def cache_root() -> Path:
+    """Where tuning records and the emulated Pi live: ``$APPRENTICE_HW_CACHE`` or
+    ``~/.cache/apprentice-hw`` (outside the source tree, shared by every checkout)."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "apprentice-hw"))
 
 
 def data_dirs(kind: str, env_var: str) -> list[Path]:

@@ -25,7 +25,10 @@ EM_X86_64 = 62
 EXPECTED_FILES = {
     "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
     "model.so", "teacher.pt", "student.pt", "train_log.jsonl", "recipe.json", "checkpoints",
-    "footprint.png", "report.html",
+    "footprint.png", "report.html", "bundle",
+}  # fmt: skip
+BUNDLE_FILES = {
+    "model.so", "run.py", "manifest.json", "README.md", "verify_inputs.npy", "verify_outputs.npy",
 }  # fmt: skip
 
 
@@ -73,7 +76,9 @@ def test_manifest_records_versions_steps_and_hashes(x86_build):
         data = (x86_build / name).read_bytes()
         assert entry["bytes"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert set(manifest["artifacts"]) == EXPECTED_FILES - {"manifest.json", "checkpoints"}
+    bundle = {f"bundle/{name}" for name in BUNDLE_FILES}
+    top_level = EXPECTED_FILES - {"manifest.json", "checkpoints", "bundle"}
+    assert set(manifest["artifacts"]) == top_level | bundle
 
 
 def test_report_is_complete_and_consistent(x86_build):

@@ -44,7 +44,7 @@ from apprentice_hw.compiler.runtime import use_all_cores
 from apprentice_hw.compiler.schedules import kernel_key
 from apprentice_hw.hardware import TARGETS_ENV, Target, find_cross_compiler
 from apprentice_hw.remote import RemoteDevice
-from apprentice_hw.resources import data_dirs
+from apprentice_hw.resources import cache_root, data_dirs
 
 LOG = logging.getLogger(__name__)
 WORKLOAD_FILE = "database_workload.json"
@@ -56,10 +56,6 @@ MEASURE_MIN_MS = 20  # each timing calls the kernel for at least this long
 
 
 # -- databases -----------------------------------------------------------------------------
-def cache_root() -> Path:
-    return Path(os.environ.get("APPRENTICE_HW_CACHE", Path.home() / ".cache" / "apprentice-hw"))
-
-
 def cpu_key(tvm_target) -> str:
     """The CPU model a record is valid for: the target's ``mcpu`` (LLVM's name)."""
     return str(tvm_target.attrs.get("mcpu", "generic") or "generic")

@@ -92,5 +92,24 @@ def render_html(report: dict[str, Any], figure: Path | None) -> str:
         estimate = report["latency_estimate"]
         row = _row("ms, estimated (lower bound)", _cell(report, "latency_estimate.ms"))
         parts.append(f"<table>{row}</table><p>{html.escape(estimate['method'])}</p>")
+    if report.get("deploy"):
+        parts.append(_deploy_section(report))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _deploy_section(report: dict[str, Any]) -> str:
+    """What ``apprentice-hw deploy`` measured on the board."""
+    deploy = report["deploy"]
+    rows = [
+        _row("median ms, measured on the board", _cell(report, "deploy.latency_median_ms")),
+        _row("min ms", _cell(report, "deploy.latency_min_ms")),
+        _row("max ms", _cell(report, "deploy.latency_max_ms")),
+        _row("max output difference, steps", _cell(report, "deploy.max_diff_steps")),
+    ]
+    verdict = "identical" if deploy["identical"] else "different"
+    return (
+        f"<h2>On the board ({html.escape(deploy['board'])})</h2><table>{''.join(rows)}</table>"
+        f"<p>{html.escape(deploy['kind'])}; outputs {verdict} on {deploy['samples']} "
+        f"verification images ({html.escape(deploy['when'])}).</p>"
+    )

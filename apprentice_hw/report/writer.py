@@ -158,6 +158,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Estimated (lower bound; {estimate['method']}): "
                   f"**{estimate['ms']:.4f} ms** ({estimate['compute_bound_layers']} layers "
                   f"compute-bound, {estimate['memory_bound_layers']} memory-bound)."]  # fmt: skip
+    deploy = report.get("deploy")
+    if deploy:
+        verdict = (
+            "identical to"
+            if deploy["identical"]
+            else (f"up to {deploy['max_diff_steps']:g} output steps from")
+        )
+        lines += [
+            "", f"## On the board ({deploy['board']})", "",
+            f"{deploy['kind'].capitalize()}: median **{deploy['latency_median_ms']:.3f} "
+            f"ms** (min {deploy['latency_min_ms']:.3f}, max {deploy['latency_max_ms']:.3f}, "
+            f"stdev {deploy['latency_stdev_ms']:.3f}; {deploy['repeats']} runs of "
+            f"{deploy['number']} calls). Outputs on {deploy['samples']} verification images "
+            f"{verdict} the host build's; top-1 agreement {deploy['top1_agreement']:.0%}. "
+            f"Deployed {deploy['when']}.",
+        ]  # fmt: skip
     lines += ["", f"Execution: {report['execution']}", ""]
     return "\n".join(lines)
 

@@ -1,0 +1,147 @@
+"""Run a build's bundle on a board over TVM RPC: upload, load, verify, time, report.
+
+The board only needs TVM's RPC server (``python -m tvm.exec.rpc_server``). The module goes to the
+server's per-session work folder under a name derived from its hash and is removed again when the
+run ends, whether it succeeded or not; results reach the build's report only after every step
+has finished, so a failed deploy leaves the build as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apprentice_hw.deploy.bundle import Bundle
+from apprentice_hw.errors import UserError
+
+
+class DeployError(Exception):
+    """The board ran, but not as it should (load failure, wrong outputs)."""
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """What one deploy measured on the board."""
+
+    board: str
+    samples: int
+    identical: bool
+    max_diff_steps: float
+    top1_agreement: float
+    latency_median_ms: float
+    latency_min_ms: float
+    latency_max_ms: float
+    latency_stdev_ms: float
+    repeats: int
+    number: int
+    upload_seconds: float
+    module_bytes: int
+    when: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "kind": "measured on the board with TVM's RPC time evaluator (batch 1)",
+        }
+
+
+def _load_on_board(session, remote_name: str, target_arch: str):
+    from tvm import relax
+
+    try:
+        library = session.load_module(remote_name)
+        return relax.VirtualMachine(library, session.cpu())
+    except Exception as exc:
+        raise DeployError(
+            f"the board could not load the module (built for {target_arch}): "
+            f"{' '.join(str(exc).split())[:200]}; deploy a build for the board's CPU"
+        ) from exc
+
+
+def run_on_board(
+    bundle: Bundle,
+    session,
+    board: str,
+    repeats: int = 30,
+    number: int = 10,
+    progress: Callable[[str], None] = lambda message: None,
+) -> DeployResult:
+    """Upload ``bundle``'s module through ``session``, run its verification images, time it."""
+    import tvm
+
+    manifest = bundle.manifest
+    data = bundle.module_path.read_bytes()
+    remote_name = f"apprentice-{manifest['module']['sha256'][:16]}.so"
+    progress(f"uploading {bundle.module_path.name} ({len(data) / 1024:.0f} KiB) to {board}")
+    start = time.perf_counter()
+    try:
+        session.upload(bytearray(data), remote_name)
+        upload_seconds = time.perf_counter() - start
+        progress("loading it and running the verification images")
+        vm = _load_on_board(session, remote_name, manifest["target"]["arch"])
+        device = session.cpu()
+        inputs, expected = bundle.verification()
+        batch = manifest["input"]["shape"][0]
+        outputs = np.concatenate([
+            vm["main"](tvm.runtime.tensor(inputs[i : i + batch], device)).numpy()
+            for i in range(0, len(inputs), batch)
+        ])  # fmt: skip
+        progress(f"timing {repeats} runs of {number} calls with the RPC time evaluator")
+        timer = vm.time_evaluator("main", device, number=number, repeat=repeats)
+        times_ms = [s * 1e3 for s in timer(tvm.runtime.tensor(inputs[:batch], device)).results]
+    finally:
+        with contextlib.suppress(Exception):  # the session may be gone; its folder goes with it
+            session.remove(remote_name)
+    step = manifest["output"]["quant_step"]
+    return DeployResult(
+        board=board,
+        samples=len(inputs),
+        identical=bool(np.array_equal(outputs, expected)),
+        max_diff_steps=float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step),
+        top1_agreement=float(np.mean(outputs.argmax(1) == expected.argmax(1))),
+        latency_median_ms=statistics.median(times_ms),
+        latency_min_ms=min(times_ms),
+        latency_max_ms=max(times_ms),
+        latency_stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
+        repeats=repeats,
+        number=number,
+        upload_seconds=round(upload_seconds, 3),
+        module_bytes=len(data),
+        when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def record_in_report(build_dir: Path, result: DeployResult) -> None:
+    """Add the board's results to the build's report (json, md, html) and re-hash the manifest."""
+    import json
+
+    from apprentice_hw.pipeline import refresh_manifest
+    from apprentice_hw.report import write_report
+
+    report = json.loads((build_dir / "report.json").read_text())
+    report["deploy"] = result.to_dict()
+    write_report(report, build_dir)
+    refresh_manifest(build_dir)
+
+
+def check_options(tracker: str | None, key: str | None, host: str | None):
+    """The board endpoint named on the command line: a tracker and key, or a direct server."""
+    from apprentice_hw.remote import RemoteDevice, RpcServer
+
+    if host is not None and (tracker is not None or key is not None):
+        raise UserError("give either --tracker HOST:PORT --key KEY or --host HOST:PORT, not both")
+    if host is not None:
+        return RpcServer.parse(host)
+    if tracker is None or key is None:
+        raise UserError(
+            "name the board: --tracker HOST:PORT --key KEY (a TVM RPC tracker) or --host "
+            "HOST:PORT (an RPC server started without a tracker)"
+        )
+    return RemoteDevice.parse(tracker, key)

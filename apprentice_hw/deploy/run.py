@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Run an apprentice-hw deploy bundle on the board it was built for.
+
+This file is copied into every build's ``bundle/`` folder as ``run.py``. It needs nothing but
+numpy and the TVM runtime (``pip install apache-tvm==<manifest's tvm_version>``) and the files
+beside it; it never imports apprentice-hw, so the board does not need the training stack.
+
+    python3 run.py --verify                 # the bundled images; outputs must equal the host's
+    python3 run.py images.npy               # classify float32 images, (C,H,W) or (N,C,H,W)
+    python3 run.py images.npy --top 3 --out logits.npy
+    python3 run.py --benchmark 30           # median latency of 30 timed runs
+
+Exit status: 0 success, 1 verification mismatch, 2 bad input (one ``error:`` line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = "manifest.json"
+
+
+class BundleError(Exception):
+    """A problem with the bundle or the inputs that the user can fix."""
+
+
+def read_manifest(folder: Path = HERE) -> dict:
+    """The bundle's manifest; the module's hash is checked so a damaged copy fails clearly."""
+    path = folder / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{path} is missing; copy the whole bundle folder to the board")
+    manifest = json.loads(path.read_text())
+    module = folder / manifest["module"]["file"]
+    if not module.exists():
+        raise BundleError(f"{module} is missing; copy the whole bundle folder to the board")
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    if digest != manifest["module"]["sha256"]:
+        raise BundleError(f"{module} does not match the manifest's sha256; copy it again")
+    return manifest
+
+
+def load_inputs(path: Path, manifest: dict):
+    """Images from a .npy file as float32 batches of the module's input shape."""
+    import numpy as np
+
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path} as a .npy array ({exc})") from exc
+    shape = manifest["input"]["shape"]
+    if images.ndim == len(shape) - 1:
+        images = images[None]
+    if tuple(images.shape[1:]) != tuple(shape[1:]):
+        want = "x".join(str(d) for d in shape[1:])
+        raise BundleError(
+            f"{path} holds images of shape {images.shape}; the model takes {want} (C,H,W) "
+            f"images, one per row of an (N,{','.join(str(d) for d in shape[1:])}) array"
+        )
+    if not np.issubdtype(images.dtype, np.number):
+        raise BundleError(f"{path} holds {images.dtype} values; the model takes float32 pixels")
+    images = images.astype(np.float32)
+    if not np.all(np.isfinite(images)):
+        raise BundleError(f"{path} contains NaN or infinite values")
+    return images
+
+
+class Model:
+    """The compiled module on this machine's CPU, called one batch at a time."""
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        import tvm
+        import tvm.runtime
+        from tvm.runtime.vm import VirtualMachine
+
+        self.tvm = tvm
+        self.device = tvm.cpu()
+        library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
+        self.vm = VirtualMachine(library, self.device)
+        self.entry = manifest["module"]["entry"]
+        self.batch = manifest["input"]["shape"][0]
+
+    def __call__(self, images):
+        import numpy as np
+
+        outputs = []
+        for start in range(0, len(images), self.batch):
+            chunk = np.ascontiguousarray(images[start : start + self.batch])
+            if len(chunk) < self.batch:  # the module has a fixed batch: pad the last one
+                padding = np.zeros((self.batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, padding])
+            result = self.vm[self.entry](self.tvm.runtime.tensor(chunk, self.device)).numpy()
+            outputs.append(result[: min(self.batch, len(images) - start)])
+        return np.concatenate(outputs)
+
+    def benchmark_ms(self, sample, repeats: int, number: int = 10) -> list[float]:
+        """Per-call milliseconds of ``repeats`` timed runs (each the mean of ``number`` calls)."""
+        timer = self.vm.time_evaluator(self.entry, self.device, number=number, repeat=repeats)
+        tensor = self.tvm.runtime.tensor(sample, self.device)
+        return [seconds * 1e3 for seconds in timer(tensor).results]
+
+
+def verify(model: Model, folder: Path, manifest: dict) -> int:
+    """Run the bundled images; report how far the outputs are from the host build's."""
+    import numpy as np
+
+    check = manifest["verification"]
+    inputs = np.load(folder / check["inputs"])
+    expected = np.load(folder / check["outputs"])
+    outputs = model(inputs)
+    step = manifest["output"]["quant_step"]
+    max_steps = float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step)
+    identical = bool(np.array_equal(outputs, expected))
+    agree = float(np.mean(outputs.argmax(1) == expected.argmax(1)))
+    verdict = "identical" if identical else f"differ by up to {max_steps:g} output steps"
+    print(
+        f"{len(inputs)} verification images: outputs {verdict} to the host build's "
+        f"({check['produced_by']}); top-1 agreement {agree:.0%}"
+    )
+    return 0 if max_steps <= check["tolerance_steps"] else 1
+
+
+def classify(model: Model, paths: list[Path], manifest: dict, top: int, out: Path | None) -> None:
+    import numpy as np
+
+    batches = [load_inputs(path, manifest) for path in paths]
+    outputs = [model(images) for images in batches]
+    for path, logits in zip(paths, outputs, strict=True):
+        for index, row in enumerate(logits):
+            best = np.argsort(-row)[:top]
+            ranked = ", ".join(f"class {c} ({row[c]:.3f})" for c in best)
+            print(f"{path.name}[{index}]: {ranked}")
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp.npy")
+        np.save(tmp, np.concatenate(outputs))
+        os.replace(tmp, out)
+        print(f"logits written to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", type=Path, help=".npy files of float32 images")
+    parser.add_argument("--verify", action="store_true", help="check the bundled images")
+    parser.add_argument("--benchmark", type=int, metavar="N", help="time N runs on a bundled image")
+    parser.add_argument("--top", type=int, default=1, help="classes to print per image")
+    parser.add_argument("--out", type=Path, help="write all logits to this .npy file")
+    parser.add_argument("--threads", type=int, help="TVM worker threads (default: all cores)")
+    args = parser.parse_args(argv)
+    if not (args.inputs or args.verify or args.benchmark):
+        parser.error("give .npy inputs, --verify or --benchmark N")
+    # Read when TVM's thread pool starts. TVM's own default halves the core count on some CPUs
+    # (it assumes two hardware threads per core); one worker per usable core is what the
+    # build's latency measurement uses too.
+    if args.threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    else:
+        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    try:
+        manifest = read_manifest()
+        if args.top < 1 or (args.benchmark is not None and args.benchmark < 1):
+            raise BundleError("--top and --benchmark must be at least 1")
+        model = Model(HERE, manifest)
+        status = verify(model, HERE, manifest) if args.verify else 0
+        if args.inputs:
+            classify(model, args.inputs, manifest, args.top, args.out)
+        if args.benchmark:
+            import numpy as np
+
+            batch = manifest["input"]["shape"][0]
+            sample = np.load(HERE / manifest["verification"]["inputs"])[:batch]
+            times = model.benchmark_ms(sample, args.benchmark)
+            print(
+                f"latency median {statistics.median(times):.3f} ms (min {min(times):.3f}, "
+                f"max {max(times):.3f}; {len(times)} runs of 10 calls, batch "
+                f"{manifest['input']['shape'][0]})"
+            )
+        return status
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

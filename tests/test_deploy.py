@@ -1,0 +1,221 @@
+"""Deploy bundles and `apprentice-hw deploy` over real TVM RPC (tracker and server on 127.0.0.1).
+
+The "board" here is an x86 RPC server: the module really travels through the tracker, is loaded
+by the server process and timed by TVM's RPC time evaluator. The emulated Raspberry Pi (aarch64
+under qemu) is in test_emulated_pi.py, marked slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from apprentice_hw.deploy.bundle import read_bundle
+from apprentice_hw.errors import UserError
+from apprentice_hw.remote import LOOPBACK, free_port, local_rpc
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory) -> dict[str, Path]:
+    """A tiny x86-host build and a tiny arm-a72 build (never modified: tests copy them)."""
+    from apprentice_hw.cli import main
+
+    root = tmp_path_factory.mktemp("deploy")
+    for target in ("x86-host", "arm-a72"):
+        code = main(["build", "-t", target, "-r", str(TINY), "-o", str(root / target), "-q"])
+        assert code == 0
+    return {"x86": root / "x86-host", "arm": root / "arm-a72"}
+
+
+@pytest.fixture(scope="module")
+def board():
+    """A TVM tracker with one x86 RPC server registered as 'x86-board'."""
+    with local_rpc("x86-board") as device:
+        yield device
+
+
+def _copy(build: Path, tmp_path: Path) -> Path:
+    out = tmp_path / build.name
+    shutil.copytree(build, out)
+    return out
+
+
+def test_bundle_holds_the_module_runner_contract_and_verification_data(builds):
+    bundle = read_bundle(builds["x86"])
+    manifest = bundle.manifest
+    assert (
+        manifest["module"]["sha256"]
+        == hashlib.sha256((builds["x86"] / "model.so").read_bytes()).hexdigest()
+    )
+    model = onnx.load(builds["x86"] / "model.qcdq.onnx")
+    assert manifest["input"]["name"] == model.graph.input[0].name
+    assert manifest["input"]["shape"] == [1, 1, 8, 8] and manifest["input"]["dtype"] == "float32"
+    quant = manifest["input"]["quantization"]
+    assert quant["scale"] > 0 and quant["dtype"] in ("uint8", "int8")
+    report = json.loads((builds["x86"] / "report.json").read_text())
+    assert manifest["output"]["quant_step"] == report["checks"]["output_step"]
+    assert manifest["output"]["shape"] == [1, 10]
+    inputs, outputs = bundle.verification()
+    assert inputs.shape == (16, 1, 8, 8) and outputs.shape == (16, 10)
+    # The verification outputs are the built module's own outputs on those images.
+    from apprentice_hw.compiler.runtime import run_module
+
+    assert np.array_equal(run_module(bundle.module_path, inputs), outputs)
+    readme = (bundle.folder / "README.md").read_text()
+    assert "python3 run.py --verify" in readme and manifest["module"]["sha256"] in readme
+    # The arm bundle's expected outputs come from the host twin, and say so.
+    arm = read_bundle(builds["arm"]).manifest
+    assert "host build" in arm["verification"]["produced_by"] and arm["target"]["arch"] == "aarch64"
+
+
+def _runner(bundle: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(bundle / "run.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=bundle.parent)  # fmt: skip
+
+
+def test_runner_verifies_classifies_and_rejects_bad_input(builds, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(builds["x86"] / "bundle", bundle)  # nothing else from the build
+    checked = _runner(bundle, "--verify")
+    assert checked.returncode == 0, checked.stderr
+    assert "outputs identical to the host build's" in checked.stdout
+    images = np.load(bundle / "verify_inputs.npy")[:3]
+    np.save(tmp_path / "three.npy", images)
+    np.save(tmp_path / "one.npy", images[0])
+    classified = _runner(bundle, "three.npy", "one.npy", "--top", "2", "--out", "logits.npy")
+    assert classified.returncode == 0, classified.stderr
+    logits = np.load(tmp_path / "logits.npy")
+    expected = np.load(bundle / "verify_outputs.npy")
+    assert np.array_equal(logits, np.concatenate([expected[:3], expected[:1]]))
+    assert f"three.npy[2]: class {expected[2].argmax()} " in classified.stdout
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 8, 8), np.float32))
+    wrong = _runner(bundle, "wrong.npy")
+    assert wrong.returncode == 2 and "the model takes 1x8x8" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    expected[0, 0] += 1.0  # a host output the module does not reproduce
+    np.save(bundle / "verify_outputs.npy", expected)
+    mismatch = _runner(bundle, "--verify")
+    assert mismatch.returncode == 1 and "differ by up to" in mismatch.stdout
+    with (bundle / "model.so").open("ab") as module:
+        module.write(b"\0")
+    damaged = _runner(bundle, "--verify")
+    assert damaged.returncode == 2 and "does not match the manifest's sha256" in damaged.stderr
+
+
+def test_deploy_through_a_tracker_gets_identical_outputs(builds, board, tmp_path, run_cli):
+    build = _copy(builds["x86"], tmp_path)
+    result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key,
+                     "--repeat", "5", "--number", "3")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "identical to the host build's" in result.out
+    report = json.loads((build / "report.json").read_text())
+    deploy = report["deploy"]
+    assert deploy["identical"] and deploy["max_diff_steps"] == 0.0 and deploy["samples"] == 16
+    assert deploy["repeats"] == 5 and deploy["number"] == 3
+    assert 0 < deploy["latency_min_ms"] <= deploy["latency_median_ms"] <= deploy["latency_max_ms"]
+    assert deploy["board"] == f"'x86-board' via {board.tracker}"
+    assert "## On the board" in (build / "report.md").read_text()
+    assert 'data-key="deploy.latency_median_ms"' in (build / "report.html").read_text()
+    manifest = json.loads((build / "manifest.json").read_text())
+    for name, entry in manifest["artifacts"].items():  # re-hashed after the report changed
+        assert entry["sha256"] == hashlib.sha256((build / name).read_bytes()).hexdigest()
+
+
+def _start_direct_server(port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK,
+               "--port", str(port), "--port-end", str(port + 1)]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.3)
+    server.kill()
+    raise RuntimeError("the RPC server did not start")
+
+
+def test_deploy_to_a_direct_server(builds, tmp_path, run_cli):
+    build = _copy(builds["x86"], tmp_path)
+    port = free_port()
+    server = _start_direct_server(port)
+    try:
+        result = run_cli("deploy", build, "--host", f"{LOOPBACK}:{port}", "--repeat", "3")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert result.code == 0, result.err
+    assert json.loads((build / "report.json").read_text())["deploy"]["identical"]
+
+
+def test_a_module_the_board_cannot_load_fails_cleanly(builds, board, tmp_path, run_cli):
+    build = _copy(builds["arm"], tmp_path)
+    before = (build / "report.json").read_bytes()
+    result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key)
+    assert result.code == 2
+    assert "could not load the module (built for aarch64)" in result.err
+    assert (build / "report.json").read_bytes() == before
+
+
+def test_different_outputs_are_recorded_and_exit_1(builds, board, tmp_path, run_cli):
+    build = _copy(builds["x86"], tmp_path)
+    expected = np.load(build / "bundle" / "verify_outputs.npy")
+    expected[3] += 2 * read_bundle(build).manifest["output"]["quant_step"]
+    np.save(build / "bundle" / "verify_outputs.npy", expected)
+    result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key,
+                     "--repeat", "2", "--number", "1")  # fmt: skip
+    assert result.code == 1 and "differ from the host build's" in result.err
+    deploy = json.loads((build / "report.json").read_text())["deploy"]
+    assert not deploy["identical"] and deploy["max_diff_steps"] == pytest.approx(2.0)
+
+
+def test_deploy_bad_input_is_one_line_exit_2(builds, board, tmp_path, run_cli):
+    no_bundle = _copy(builds["x86"], tmp_path)
+    shutil.rmtree(no_bundle / "bundle")
+    tampered = _copy(builds["x86"], tmp_path / "t")
+    with (tampered / "bundle" / "model.so").open("ab") as module:
+        module.write(b"\0")
+    dead = f"{LOOPBACK}:{free_port()}"
+    x86 = builds["x86"]
+    cases = [
+        ((x86,), "name the board: --tracker HOST:PORT --key KEY"),
+        ((x86, "--host", "h:1", "--tracker", board.tracker, "--key", "k"), "not both"),
+        ((x86, "--tracker", "nowhere", "--key", "k"), "--tracker must be HOST:PORT"),
+        ((x86, "--host", "box"), "--host must be HOST:PORT"),
+        ((x86, "--tracker", board.tracker, "--key", "k", "--repeat", "1"), "--repeat must be"),
+        ((tmp_path / "none", "--host", dead), "is not a build directory"),
+        ((no_bundle, "--host", dead), "has no deploy bundle"),
+        ((tampered, "--host", dead), "does not match its sha256"),
+        ((x86, "--tracker", dead, "--key", "k"), "cannot reach the TVM RPC tracker"),
+        ((x86, "--tracker", board.tracker, "--key", "pi9"), "no board with key 'pi9'"),
+        ((x86, "--host", dead), "cannot open an RPC session on the RPC server"),
+    ]
+    for args, message in cases:
+        before = (x86 / "report.json").read_bytes()
+        result = run_cli("deploy", *args)
+        assert result.code == 2, (args, result.err)
+        errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], result.err
+        assert "Traceback" not in result.err
+        assert (x86 / "report.json").read_bytes() == before
+
+
+def test_parse_errors_name_the_fix():
+    from apprentice_hw.remote import RpcServer
+
+    with pytest.raises(UserError, match=r"e\.g\. 192\.168\.1\.5:9090"):
+        RpcServer.parse("192.168.1.5")
+    assert RpcServer.parse("pi.local:9090").address == "pi.local:9090"
