@@ -60,7 +60,10 @@ def targets(verbose: bool) -> None:
                 f"    memory:      {target.memory_mib} MiB, {target.memory_bandwidth_gbs:g} GB/s"
             )
             click.echo(f"    peak MAC/cycle/core: {peaks}")
-            click.echo(f"    runs here:   {'yes' if target.runs_on_this_machine else 'no'}")
+            missing = ", ".join(target.missing_isa)
+            lacking = f" (this CPU lacks {missing})" if missing else ""
+            runs_here = "yes" if target.runs_on_this_machine else f"no{lacking}"
+            click.echo(f"    runs here:   {runs_here}")
 
 
 @cli.command()

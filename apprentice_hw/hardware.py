@@ -55,13 +55,26 @@ class Target:
     peak_macs_per_cycle_per_core: dict[str, float]
     source: Path
     kernels: tuple[str, ...] = ()  # kernel strategy preference, first that fits a layer wins
+    requires_isa: tuple[str, ...] = ()  # CPU flags (as /proc/cpuinfo names them) the code uses
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def runs_on_this_machine(self) -> bool:
-        """True when the compiled module can be loaded and timed here (no board needed)."""
-        return self.cross_compiler is None and self.arch == host_arch()
+        """True when the compiled module can be loaded and timed here (no board needed).
+
+        A module for a generic ISA level (say AVX-512) on a CPU without it would die with an
+        illegal instruction, so every flag the target requires must be on this CPU.
+        """
+        return self.cross_compiler is None and self.arch == host_arch() and not self.missing_isa
+
+    @property
+    def missing_isa(self) -> tuple[str, ...]:
+        """The required CPU flags this machine lacks (empty for another architecture)."""
+        if self.arch != host_arch():
+            return ()
+        flags = host_cpu_flags()
+        return tuple(flag for flag in self.requires_isa if flag not in flags)
 
     def peak_gmacs(self, precision: str) -> float:
         """Nominal peak throughput in GMAC/s for ``precision`` over all cores."""
@@ -89,6 +102,20 @@ def cpu_model_name() -> str:
         lines = []
     names = (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
     return next(names, platform.machine())
+
+
+@functools.cache
+def host_cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on Arm)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
 
 
 def host_cpu_name() -> str:
@@ -167,6 +194,13 @@ def _kernel_preference(data: dict[str, Any], where: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _isa_flags(data: dict[str, Any], where: str) -> tuple[str, ...]:
+    flags = data.get("requires_isa", [])
+    if not isinstance(flags, list) or not all(isinstance(f, str) and f for f in flags):
+        raise UserError(f"{where}: 'requires_isa' must be a list of CPU flag names (/proc/cpuinfo)")
+    return tuple(flags)
+
+
 def parse_target(data: dict[str, Any], source: Path) -> Target:
     """Validate a target file's contents and build a :class:`Target`."""
     where = f"target file {source}"
@@ -197,6 +231,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         "peak_macs_per_cycle_per_core",
         "notes",
         "kernels",
+        "requires_isa",
     }
     return Target(
         name=name,
@@ -213,6 +248,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         peak_macs_per_cycle_per_core={k: float(v) for k, v in peaks.items()},
         source=source,
         kernels=_kernel_preference(data, where),
+        requires_isa=_isa_flags(data, where),
         notes=str(data.get("notes", "")),
         extra={k: v for k, v in data.items() if k not in known},
     )

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_shipped_targets_are_registered():
     names = set(target_files())
-    assert {"x86-host", "arm-a72", "arm-a53", "arm-a76", "arm-a55", "jetson-orin-cpu"} <= names
+    shipped = {"x86-host", "x86-avx2", "x86-avx512", "arm-a72", "arm-a53", "arm-a76", "arm-a55"}
+    assert shipped | {"jetson-orin-cpu"} <= names
 
 
 @pytest.mark.parametrize("name", sorted(target_files()))
@@ -110,3 +111,41 @@ def test_targets_command_lists_every_target(run_cli):
     for name in target_files():
         assert name in result.out
     assert "cortex-a72" in result.out and "aarch64-linux-gnu-g++" in result.out
+
+
+def test_a_generic_isa_target_runs_here_only_if_this_cpu_has_every_flag(monkeypatch):
+    from apprentice_hw import hardware
+
+    avx512 = get_target("x86-avx512")
+    assert "avx512_vnni" in avx512.requires_isa
+    avx2_only = frozenset(get_target("x86-avx2").requires_isa)
+    monkeypatch.setattr(hardware, "host_cpu_flags", lambda: avx2_only)
+    assert get_target("x86-avx2").runs_on_this_machine
+    assert not avx512.runs_on_this_machine
+    assert "avx512f" in avx512.missing_isa
+    assert not get_target("arm-a72").missing_isa  # another architecture: not a question of flags
+
+
+def _disassembly(target_name: str, tmp_path: Path) -> str:
+    """objdump of the tiny tuning student compiled for ``target_name``."""
+    import subprocess
+
+    from apprentice_hw.compiler import compile_module, export_module, prepare_module
+    from tests.test_tuning import _student_onnx
+
+    model, _ = _student_onnx(tmp_path)
+    target = get_target(target_name)
+    path = export_module(
+        compile_module(prepare_module(model, target).mod, target), target, tmp_path / "m.so"
+    )
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+
+
+def test_generic_x86_modules_use_only_their_isa(tmp_path):
+    """AVX2 code must not touch AVX-512 (it would die on an AVX2 CPU); AVX-512 code uses VNNI."""
+    avx2 = _disassembly("x86-avx2", tmp_path / "avx2")
+    assert "%ymm" in avx2 and "vpmaddwd" in avx2
+    assert "%zmm" not in avx2 and "vpdpbusd" not in avx2 and "{%k" not in avx2
+    avx512 = _disassembly("x86-avx512", tmp_path / "avx512")
+    assert "vpdpbusd" in avx512 and "%zmm" in avx512
