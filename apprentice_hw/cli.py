@@ -6,6 +6,7 @@ exit status 2; ``--debug`` anywhere on the command line shows the traceback inst
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
@@ -236,6 +237,10 @@ def build(
         click.echo(f"  latency {latency['median_ms']:.3f} ms median (batch 1){estimated}")
     else:
         click.echo(f"  latency not measured: {latency['reason']}{estimated}")
+    click.echo(
+        f"  deploy bundle: {out / 'bundle'} (copy it to the board and run 'python3 run.py "
+        f"--verify'; or 'apprentice-hw deploy {out} --tracker HOST:PORT --key KEY')"
+    )
 
 
 @cli.command()
@@ -538,6 +543,8 @@ def emulated_pi(port: int, key: str, setup_only: bool, folder: Path | None, mirr
     if setup_only:
         return
     click.echo(f"starting the tracker on 127.0.0.1:{port} and the emulated board ...", err=True)
+    # `kill` (SIGTERM) stops it as Ctrl-C does: the tracker and the board go down with it.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         with pi.serve(key, port) as device:
             click.echo(f"board '{key}' registered at {device.tracker}; stop with Ctrl-C")
@@ -547,6 +554,10 @@ def emulated_pi(port: int, key: str, setup_only: bool, folder: Path | None, mirr
                 time.sleep(3600)
     except KeyboardInterrupt:
         click.echo("stopped the emulated Pi and its tracker", err=True)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 class _TuneBar:

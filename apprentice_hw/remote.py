@@ -170,6 +170,43 @@ def _registered(device: RemoteDevice) -> bool:
         return False
 
 
+def _server_env() -> dict[str, str]:
+    # One TVM worker per usable core, as the build's own latency measurement uses.
+    threads = os.environ.get("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_NUM_THREADS": threads}
+
+
+@contextmanager
+def _process_groups(commands: list[list[str]], log: Path | None) -> Iterator[list]:
+    """Start each command in its own process group; on exit stop every group, children too.
+
+    TVM's tracker and server each start helper processes (a popen worker, one Python per
+    session) that outlive a plain terminate of their parent.
+    """
+    processes: list[subprocess.Popen] = []
+    sink = log.open("ab") if log is not None else subprocess.DEVNULL
+    try:
+        for command in commands:
+            processes.append(subprocess.Popen(
+                command, env=_server_env(), stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ))  # fmt: skip
+            time.sleep(0.5)  # a tracker must listen before its server registers
+        yield processes
+    finally:
+        for process in reversed(processes):
+            _signal_group(process, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+            _signal_group(process, signal.SIGKILL)  # helpers that outlived their parent
+        if log is not None:
+            sink.close()
+
+
 @contextmanager
 def local_rpc(
     key: str = "local",
@@ -187,9 +224,6 @@ def local_rpc(
     """
     device = RemoteDevice(LOOPBACK, tracker_port or free_port(), key)
     python = server_python or sys.executable
-    # One TVM worker per usable core, as the build's own latency measurement uses.
-    threads = os.environ.get("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TVM_NUM_THREADS": threads}
     server_port = free_port()
     # --port-end: both search upwards from --port and give up at --port-end (default 9199).
     tracker_cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", LOOPBACK,
@@ -197,15 +231,7 @@ def local_rpc(
     server_cmd = [python, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK,
                   "--port", str(server_port), "--port-end", str(server_port + 1),
                   "--tracker", device.tracker, "--key", key]  # fmt: skip
-    processes: list[subprocess.Popen] = []
-    sink = log.open("ab") if log is not None else subprocess.DEVNULL
-    try:
-        for command in (tracker_cmd, server_cmd):
-            # Own process group: the server's per-session workers are stopped with it.
-            processes.append(subprocess.Popen(
-                command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-            ))  # fmt: skip
-            time.sleep(0.5)  # the tracker must listen before the server registers
+    with _process_groups([tracker_cmd, server_cmd], log) as processes:
         deadline = time.monotonic() + register_timeout_s
         while not _registered(device):
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
@@ -215,16 +241,24 @@ def local_rpc(
                 )
             time.sleep(0.5)
         yield device
-    finally:
-        for process in reversed(processes):
-            _signal_group(process, signal.SIGTERM)
-        for process in processes:
+
+
+@contextmanager
+def local_server(server_python: str | None = None) -> Iterator[RpcServer]:
+    """One RPC server on 127.0.0.1 without a tracker (what ``deploy --host`` talks to)."""
+    server = RpcServer(LOOPBACK, free_port())
+    python = server_python or sys.executable
+    command = [python, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK,
+               "--port", str(server.port), "--port-end", str(server.port + 1)]  # fmt: skip
+    with _process_groups([command], None) as processes:
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        while True:
             try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
-            # Session workers the server started may outlive it by a moment: none is left.
-            _signal_group(process, signal.SIGKILL)
-        if log is not None:
-            sink.close()
+                socket.create_connection((LOOPBACK, server.port), timeout=1).close()
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline or processes[0].poll() is not None:
+                    message = f"the local RPC server at {server.address} did not start"
+                    raise RuntimeError(message) from exc
+                time.sleep(0.3)
+        yield server

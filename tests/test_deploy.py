@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import pytest
 
 from apprentice_hw.deploy.bundle import read_bundle
 from apprentice_hw.errors import UserError
-from apprentice_hw.remote import LOOPBACK, free_port, local_rpc
+from apprentice_hw.remote import LOOPBACK, free_port, local_rpc, local_server
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 
@@ -133,30 +131,10 @@ def test_deploy_through_a_tracker_gets_identical_outputs(builds, board, tmp_path
         assert entry["sha256"] == hashlib.sha256((build / name).read_bytes()).hexdigest()
 
 
-def _start_direct_server(port: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "tvm.exec.rpc_server", "--host", LOOPBACK,
-               "--port", str(port), "--port-end", str(port + 1)]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.3)
-    server.kill()
-    raise RuntimeError("the RPC server did not start")
-
-
 def test_deploy_to_a_direct_server(builds, tmp_path, run_cli):
     build = _copy(builds["x86"], tmp_path)
-    port = free_port()
-    server = _start_direct_server(port)
-    try:
-        result = run_cli("deploy", build, "--host", f"{LOOPBACK}:{port}", "--repeat", "3")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with local_server() as server:
+        result = run_cli("deploy", build, "--host", server.address, "--repeat", "3")
     assert result.code == 0, result.err
     assert json.loads((build / "report.json").read_text())["deploy"]["identical"]
 
@@ -219,3 +197,28 @@ def test_parse_errors_name_the_fix():
     with pytest.raises(UserError, match=r"e\.g\. 192\.168\.1\.5:9090"):
         RpcServer.parse("192.168.1.5")
     assert RpcServer.parse("pi.local:9090").address == "pi.local:9090"
+
+
+def _tvm_processes() -> set[int]:
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "tvm.exec" in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.add(process.pid)
+    return found
+
+
+def test_local_tracker_and_servers_leave_no_process_behind(builds, tmp_path, run_cli):
+    before = _tvm_processes()
+    build = _copy(builds["x86"], tmp_path)
+    with local_rpc("leak-check") as device:
+        started = _tvm_processes() - before
+        assert len(started) >= 2  # the tracker and the server, plus their helpers
+        result = run_cli("deploy", build, "--tracker", device.tracker, "--key", device.key,
+                         "--repeat", "2", "--number", "1")  # fmt: skip
+        assert result.code == 0, result.err
+    with local_server():
+        pass
+    assert not (_tvm_processes() - before)
