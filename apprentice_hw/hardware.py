@@ -26,6 +26,10 @@ from apprentice_hw.resources import data_dirs
 
 TARGETS_ENV = "APPRENTICE_HW_TARGETS"
 
+# The kinds of device a target file may name; "cores" counts CPU cores or GPU SMs.
+DEVICES = ("cpu", "cuda")
+CORE_UNITS = {"cpu": "cores", "cuda": "SMs"}
+
 # Placeholder values a target file may use for "whatever this machine has".
 HOST = "host"
 
@@ -43,7 +47,7 @@ class Target:
 
     name: str
     description: str
-    device: str  # "cpu", later "cuda" / "fpga"
+    device: str  # "cpu" or "cuda" (later "fpga"); see DEVICES
     arch: str  # "x86_64" or "aarch64": the machine the compiled module runs on
     tvm: dict[str, Any]
     cross_compiler: str | None
@@ -66,7 +70,12 @@ class Target:
         A module for a generic ISA level (say AVX-512) on a CPU without it would die with an
         illegal instruction, so every flag the target requires must be on this CPU.
         """
-        return self.cross_compiler is None and self.arch == host_arch() and not self.missing_isa
+        return (
+            self.device == "cpu"  # no GPU is assumed: GPU modules run on a board or via deploy
+            and self.cross_compiler is None
+            and self.arch == host_arch()
+            and not self.missing_isa
+        )
 
     @property
     def missing_isa(self) -> tuple[str, ...]:
@@ -217,6 +226,9 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     for precision, rate in peaks.items():
         if not isinstance(rate, int | float) or rate <= 0:
             raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
+    device = _require(data, "device", str, where)
+    if device not in DEVICES:
+        raise UserError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {device!r}")
     arch = _require(data, "arch", str, where)
     if arch not in ("x86_64", "aarch64"):
         raise UserError(f'{where}: \'arch\' must be "x86_64" or "aarch64", got {arch!r}')
@@ -236,7 +248,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     return Target(
         name=name,
         description=_require(data, "description", str, where),
-        device=_require(data, "device", str, where),
+        device=device,
         arch=arch,
         tvm=_resolve_tvm_dict(tvm, cores),
         cross_compiler=toolchain.get("cross_compiler"),

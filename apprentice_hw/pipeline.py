@@ -134,6 +134,9 @@ def step_compile(state: BuildState) -> None:
     prepared = prepare_module(state.onnx_model, target, batch=1, kernel=kernel)
     executable = compile_module(prepared.mod, target)
     export_module(executable, target, state.workdir / MODULE_FILE)
+    if target.device == "cuda":
+        state.report["device_code"] = _device_code(state.workdir / MODULE_FILE)
+        state.progress.message(f"    device code: {state.report['device_code']['description']}")
     plans = [
         memory_plan(
             prepared.mod if b == 1 else prepare_module(state.onnx_model, target, b, kernel).mod,
@@ -188,6 +191,24 @@ def step_compile(state: BuildState) -> None:
     )
 
 
+def _device_code(module: Path) -> dict[str, Any]:
+    """What GPU code the linked module carries, read back from the file itself."""
+    from apprentice_hw.compiler.cuda import cubin_arch, embedded_cubins, find_nvcc
+
+    cubins = embedded_cubins(module)
+    archs = sorted({f"sm_{cubin_arch(c)}" for c in cubins})
+    nvcc = find_nvcc()
+    return {
+        "format": "cubin",
+        "archs": archs,
+        "cubins": len(cubins),
+        "bytes": sum(len(c) for c in cubins),
+        "compiler": f"nvcc {nvcc.version}",
+        "description": f"{len(cubins)} cubin for {', '.join(archs)} "
+        f"({sum(len(c) for c in cubins) / 1024:.0f} KiB, nvcc {nvcc.version}) inside {module.name}",
+    }
+
+
 def _cost_fields(cost) -> dict:
     """The shape-derived columns of a layer's report row (empty when the graph has no match)."""
     if cost is None:
@@ -239,7 +260,11 @@ def step_verify(state: BuildState) -> None:
         np.mean(result.compiled_outputs.argmax(1) == data.test_y.numpy())
     )
     if not runs_here:
-        reason = f"the module is built for {target.arch}, this machine is not one"
+        reason = (
+            f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
+            if target.device == "cuda"
+            else f"the module is built for {target.arch}, this machine is not one"
+        )
         state.report["latency"] = {"kind": "not measured", "reason": reason}
         return
     module_path = state.workdir / MODULE_FILE
@@ -259,13 +284,16 @@ def step_bundle(state: BuildState) -> None:
         state.workdir / MODULE_FILE,
         state.onnx_model,
         target_info={"name": target.name, "description": target.description,
-                     "arch": target.arch, "tvm": target.tvm},
+                     "device": target.device, "arch": target.arch, "tvm": target.tvm},
         model_info={"recipe": recipe.name, "dataset": recipe.dataset,
                     "student": recipe.student.name, "weight_bits": recipe.weight_bits,
                     "act_bits": recipe.act_bits, "classes": state.data.num_classes},
         inputs=state.data.test_x[:count].numpy(),
         outputs=state.compiled_outputs[:count],
         produced_by=produced_by,
+        # GPU kernels accumulate the same integers but may contract the float64 requantization
+        # differently: one output step, as for any two correct integer pipelines.
+        tolerance_steps=1.0 if target.device == "cuda" else 0.0,
     )  # fmt: skip
     state.progress.message(
         f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification images, README"
@@ -295,6 +323,7 @@ def step_report(state: BuildState) -> None:
         "target": {
             "name": target.name,
             "description": target.description,
+            "device": target.device,
             "arch": target.arch,
             "tvm": target.tvm,
         },
@@ -402,10 +431,10 @@ def validate_recipe(recipe: Recipe) -> None:
 def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
     """Check everything that can be checked before minutes of training are spent."""
     validate_recipe(recipe)
-    if target.device != "cpu":
-        raise UserError(
-            f"target '{target.name}' is a {target.device} target; only cpu is built yet"
-        )
+    if target.device == "cuda":
+        from apprentice_hw.compiler.cuda import check_nvcc_supports
+
+        check_nvcc_supports(target.tvm, target.name)
     find_cross_compiler(target)
     if out.exists() and not force:
         raise UserError(f"output directory {out} already exists; pass --force to replace it")

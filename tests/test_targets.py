@@ -35,6 +35,9 @@ def test_every_target_file_builds_a_tvm_target(name):
     assert tvm_target.kind.name == target.tvm["kind"]
     if target.tvm["kind"] == "llvm":  # LLVM knows the CPU (an unknown one compiles generic code)
         assert target.tvm["mcpu"] in codegen.llvm_get_cpu_archlist(tvm_target)
+    host = target.tvm.get("host", {})
+    if "mcpu" in host:  # a GPU target's host CPU
+        assert host["mcpu"] in codegen.llvm_get_cpu_archlist(tvm_target.host)
     assert target.cores >= 1 and target.clock_ghz > 0 and target.memory_mib > 0
     assert target.peak_gmacs("fp32") > 0
 

@@ -80,18 +80,35 @@ def _measure(mod) -> tuple[int, int, int, int]:
     return sum(constants.values()), len(constants), totals["unplanned"], totals["planned"]
 
 
+# TVM's backend pipeline module per device kind: the passes the build itself runs.
+BACKEND_PIPELINES = {
+    "cpu": "tvm.relax.backend.cpu_generic.pipeline",
+    "cuda": "tvm.relax.backend.cuda.pipeline",
+}
+
+
+def _backend(target):
+    import importlib
+
+    return importlib.import_module(BACKEND_PIPELINES[target.device])
+
+
 def memory_plan(mod, target, batch: int) -> MemoryPlan:
-    """Lower ``mod`` as the CPU build does, up to the static memory plan, and count bytes."""
+    """Lower ``mod`` as the build does for its device, up to the static memory plan; count bytes.
+
+    On CUDA targets these are GPU memory: the weights live in device memory and the planned
+    activations are device allocations.
+    """
     import tvm
     from tvm import relax
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    backend = _backend(target)
     tvm_target = target.tvm_target()
     with tvm_target:
         lowered = tvm.transform.Sequential(
-            cpu.library_dispatch_passes(tvm_target)
-            + cpu.legalize_passes(tvm_target)
-            + cpu.dataflow_lower_passes(tvm_target)
+            backend.library_dispatch_passes(tvm_target)
+            + backend.legalize_passes(tvm_target)
+            + backend.dataflow_lower_passes(tvm_target)
             + [relax.transform.StaticPlanBlockMemory()]
         )(mod)
     weight_bytes, weight_count, unplanned, planned = _measure(lowered)
@@ -105,13 +122,20 @@ def kernel_workspace_bytes(mod, target) -> int:
     a function allocates for itself, e.g. the conv kernels' padded activations and decoded
     weights. TVM takes them from a workspace pool at run time, outside the Relax memory plan.
     """
+    import tvm
     from tvm import tirx
 
     from apprentice_hw.compiler.schedules import fused_module, schedule_pass
 
     tvm_target = target.tvm_target()
     with tvm_target:
-        scheduled = schedule_pass(tvm_target)(fused_module(mod, tvm_target))
+        if target.device == "cpu":
+            scheduled = schedule_pass(tvm_target)(fused_module(mod, tvm_target))
+        else:  # the GPU legalization fuses and schedules (DLight) in one go
+            backend = _backend(target)
+            scheduled = tvm.transform.Sequential(
+                backend.library_dispatch_passes(tvm_target) + backend.legalize_passes(tvm_target)
+            )(mod)
     largest = 0
     for _, func in scheduled.functions_items():
         if not isinstance(func, tirx.PrimFunc) or not hasattr(func.body, "block"):

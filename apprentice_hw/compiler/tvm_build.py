@@ -135,13 +135,16 @@ def export_module(executable, target: Target, path: Path) -> Path:
     """Link ``executable`` into a shared object for ``target`` (cross-linked when needed)."""
     from tvm.support import cc
 
+    from apprentice_hw.compiler import cuda
+
     compiler = find_cross_compiler(target)
+    fcompile = cc.cross_compiler(compiler) if compiler is not None else None
     with atomic_path(path) as tmp:
         # TVM picks the output format from the suffix, so the temporary name must end in .so.
         so_tmp = tmp.with_suffix(".so")
-        if compiler is None:
-            executable.export_library(str(so_tmp))
+        if target.device == "cuda":
+            cuda.export_with_cubin(executable, target.tvm, so_tmp, fcompile)
         else:
-            executable.export_library(str(so_tmp), fcompile=cc.cross_compiler(compiler))
+            executable.export_library(str(so_tmp), fcompile=fcompile)
         so_tmp.replace(tmp)
     return path

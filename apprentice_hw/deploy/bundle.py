@@ -92,6 +92,7 @@ def write_bundle(
     inputs: np.ndarray,
     outputs: np.ndarray,
     produced_by: str,
+    tolerance_steps: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``folder`` (the bundle) and return its manifest.
 
@@ -138,7 +139,7 @@ def write_bundle(
             "outputs": VERIFY_OUTPUTS,
             "count": len(inputs),
             "produced_by": produced_by,
-            "tolerance_steps": 0.0,
+            "tolerance_steps": tolerance_steps,
         },
     }
     write_json(folder / BUNDLE_MANIFEST, manifest)

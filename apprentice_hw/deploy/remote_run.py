@@ -34,6 +34,7 @@ class DeployResult:
     samples: int
     identical: bool
     max_diff_steps: float
+    tolerance_steps: float  # 0 for CPUs (bit-exact), 1 for GPUs
     top1_agreement: float
     latency_median_ms: float
     latency_min_ms: float
@@ -45,6 +46,10 @@ class DeployResult:
     module_bytes: int
     when: str
 
+    @property
+    def passed(self) -> bool:
+        return self.identical or self.max_diff_steps <= self.tolerance_steps
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
@@ -52,12 +57,12 @@ class DeployResult:
         }
 
 
-def _load_on_board(session, remote_name: str, target_arch: str):
+def _load_on_board(session, remote_name: str, target_arch: str, device):
     from tvm import relax
 
     try:
         library = session.load_module(remote_name)
-        return relax.VirtualMachine(library, session.cpu())
+        return relax.VirtualMachine(library, device)
     except Exception as exc:
         raise DeployError(
             f"the board could not load the module (built for {target_arch}): "
@@ -85,8 +90,8 @@ def run_on_board(
         session.upload(bytearray(data), remote_name)
         upload_seconds = time.perf_counter() - start
         progress("loading it and running the verification images")
-        vm = _load_on_board(session, remote_name, manifest["target"]["arch"])
-        device = session.cpu()
+        device = session.device(manifest["target"].get("device", "cpu"), 0)
+        vm = _load_on_board(session, remote_name, manifest["target"]["arch"], device)
         inputs, expected = bundle.verification()
         batch = manifest["input"]["shape"][0]
         outputs = np.concatenate([
@@ -105,6 +110,7 @@ def run_on_board(
         samples=len(inputs),
         identical=bool(np.array_equal(outputs, expected)),
         max_diff_steps=float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step),
+        tolerance_steps=float(manifest["verification"]["tolerance_steps"]),
         top1_agreement=float(np.mean(outputs.argmax(1) == expected.argmax(1))),
         latency_median_ms=statistics.median(times_ms),
         latency_min_ms=min(times_ms),

@@ -80,7 +80,7 @@ class Model:
         from tvm.runtime.vm import VirtualMachine
 
         self.tvm = tvm
-        self.device = tvm.cpu()
+        self.device = tvm.device(manifest["target"].get("device", "cpu"))
         library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
         self.vm = VirtualMachine(library, self.device)
         self.entry = manifest["module"]["entry"]

@@ -46,6 +46,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"distilled with scheme {model['scheme']} from an fp32 teacher on `{model['dataset']}`. "
         f"Target: {target['description']}.",
         "",
+        *(
+            [
+                f"Device code: {report['device_code']['description']}; weights and activations "
+                "below live in GPU memory.",
+                "",
+            ]
+            if report.get("device_code")
+            else []
+        ),
         "## Accuracy (test split, top-1)",
         "",
         "| network | top-1 |",

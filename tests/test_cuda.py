@@ -1,0 +1,166 @@
+"""CUDA targets without a GPU: real device code (cubin) inside the module, read back by TVM.
+
+The builds run the real pipeline: DLight GPU schedules, the machine's nvcc, the host part
+linked (cross-linked for Jetson). No GPU here, so nothing executes on one; the arithmetic is
+checked on the host twin as for boards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from apprentice_hw.compiler import cuda
+from apprentice_hw.errors import UserError
+from apprentice_hw.hardware import get_target
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+EM_AARCH64, EM_X86_64 = 183, 62
+
+
+def _nvcc_archs() -> frozenset[int]:
+    try:
+        return cuda.find_nvcc().archs
+    except UserError:
+        return frozenset()
+
+
+needs_nvcc = pytest.mark.skipif(not _nvcc_archs(), reason="no nvcc on this machine")
+
+
+def _elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    return int.from_bytes(header[18:20], "little")
+
+
+@pytest.fixture(scope="module")
+def gpu_builds(tmp_path_factory) -> dict[str, Path]:
+    from apprentice_hw.cli import main
+
+    if not _nvcc_archs():
+        pytest.skip("no nvcc on this machine")
+    root = tmp_path_factory.mktemp("cuda")
+    for target in ("jetson-orin", "a100"):
+        code = main(["build", "-t", target, "--bits", "4", "-r", str(TINY),
+                     "-o", str(root / target), "-q"])  # fmt: skip
+        assert code == 0
+    return {"jetson-orin": root / "jetson-orin", "a100": root / "a100"}
+
+
+@needs_nvcc
+@pytest.mark.parametrize(("target", "host", "arch"), [
+    ("jetson-orin", EM_AARCH64, 87), ("a100", EM_X86_64, 80),
+])  # fmt: skip
+def test_module_carries_a_cubin_for_the_targets_gpu(gpu_builds, target, host, arch):
+    module = gpu_builds[target] / "model.so"
+    assert _elf_machine(module) == host  # the host part is a shared object for the host CPU
+    cubins = cuda.embedded_cubins(module)
+    assert len(cubins) == 1
+    assert [cuda.cubin_arch(c) for c in cubins] == [arch]  # from each cubin's ELF header
+    assert int.from_bytes(cubins[0][18:20], "little") == cuda.EM_CUDA
+    report = json.loads((gpu_builds[target] / "report.json").read_text())
+    assert report["device_code"]["archs"] == [f"sm_{arch}"]
+    assert report["device_code"]["bytes"] == len(cubins[0])
+    assert report["target"]["device"] == "cuda"
+    assert "NVIDIA GPU" in report["latency"]["reason"]
+    assert report["latency_estimate"]["ms"] > 0
+    assert report["memory"]["activations"]["batch_8"]["activation_bytes_planned"] > 0
+    assert "GPU memory" in (gpu_builds[target] / "report.md").read_text()
+    bundle = json.loads((gpu_builds[target] / "bundle" / "manifest.json").read_text())
+    assert bundle["target"]["device"] == "cuda"
+    assert bundle["verification"]["tolerance_steps"] == 1.0
+
+
+STUB_DRIVER = """/* No GPU here: every CUDA driver call answers CUDA_ERROR_NO_DEVICE (100). It only
+   lets TVM's CUDA runtime library load so that its own deserializer reads the module. */
+"""
+
+
+def test_tvms_cuda_runtime_reads_the_embedded_cubin(gpu_builds, tmp_path):
+    """TVM's CUDA module loader (libtvm_runtime_cuda) finds the cubin and every kernel."""
+    import tvm
+
+    runtime = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    listed = subprocess.run(["nm", "-D", "--undefined-only", str(runtime)], capture_output=True,
+                            text=True, check=True).stdout  # fmt: skip
+    names = {line.split()[-1].split("@")[0] for line in listed.splitlines() if line.strip()}
+    symbols = sorted(name for name in names if name.startswith("cu") and name[2:3].isupper())
+    stub = tmp_path / "stub.c"
+    stub.write_text(
+        STUB_DRIVER + "".join(f"int {name}(void) {{ return 100; }}\n" for name in symbols)
+    )
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcuda.so.1"), str(stub)],
+                   check=True)  # fmt: skip
+    module = gpu_builds["a100"] / "model.so"
+    cubin = cuda.embedded_cubins(module)[0]
+    probe = f"""
+import json, tvm, tvm.backend.cuda
+lib = tvm.runtime.load_module({str(module)!r})
+device = lib.imports[0].imports[0]
+try:
+    device.inspect_source("cubin")
+    data = b""
+except UnicodeDecodeError as exc:  # the binary comes back through a str conversion
+    data = exc.object
+print(json.dumps({{"kind": device.kind, "source": device.inspect_source("cu"),
+                  "bytes": len(data), "elf": data[:4].hex()}}))
+"""
+    env = {"LD_LIBRARY_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                               env=env, check=False)  # fmt: skip
+    if "libcudart" in completed.stderr and completed.returncode != 0:
+        pytest.skip("TVM's CUDA runtime needs libcudart, which this machine lacks")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    loaded = json.loads(completed.stdout.strip().splitlines()[-1])
+    # Format "cubin", the binary the build embedded, no CUDA source left to compile on the board.
+    assert loaded == {"kind": "cuda", "source": "", "bytes": len(cubin), "elf": "7f454c46"}
+
+
+def test_cubin_arch_reads_both_header_layouts():
+    header = bytearray(64)
+    header[:4] = b"\x7fELF"
+    header[18:20] = cuda.EM_CUDA.to_bytes(2, "little")
+    header[48:52] = (0x6005704).to_bytes(4, "little")  # CUDA 12.8+: sm in bits 8-15
+    assert cuda.cubin_arch(bytes(header)) == 87
+    header[48:52] = (0x500550).to_bytes(4, "little")  # older: sm in bits 0-7
+    assert cuda.cubin_arch(bytes(header)) == 80
+    with pytest.raises(ValueError, match="EM_CUDA"):
+        cuda.cubin_arch(b"\x7fELF" + bytes(60))
+
+
+def test_an_arch_this_nvcc_cannot_compile_fails_before_training(tmp_path, run_cli):
+    if 53 in _nvcc_archs() or not _nvcc_archs():
+        pytest.skip("this nvcc compiles sm_53 (or there is none)")
+    result = run_cli("build", "-t", "jetson-nano", "-r", TINY, "-o", tmp_path / "nano")
+    assert result.code == 2
+    assert "needs device code for sm_53" in result.err and "APPRENTICE_HW_NVCC" in result.err
+    assert not (tmp_path / "nano").exists()
+
+
+def test_missing_nvcc_is_a_one_line_error(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setenv(cuda.NVCC_ENV, str(tmp_path / "no-nvcc"))
+    cuda.find_nvcc.cache_clear()
+    try:
+        result = run_cli("build", "-t", "a100", "-r", TINY, "-o", tmp_path / "out")
+    finally:
+        cuda.find_nvcc.cache_clear()
+    assert result.code == 2 and "CUDA targets need nvcc" in result.err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_targets_are_data_files_with_their_architecture():
+    expected = {"jetson-nano": 53, "jetson-xavier": 72, "jetson-orin": 87, "a100": 80,
+                "l4": 89, "h100": 90}  # fmt: skip
+    for name, arch in expected.items():
+        target = get_target(name)
+        assert target.device == "cuda" and cuda.target_arch(target.tvm) == arch
+        assert not target.runs_on_this_machine
+        assert (target.arch == "aarch64") == name.startswith("jetson")
+        assert target.tvm_target().host is not None
+    assert shutil.which("aarch64-linux-gnu-g++")  # Jetson host code is cross-linked
