@@ -404,6 +404,11 @@ def tune(
         target_name = target_name or read_manifest(path)["target"]["name"]
         path = path / QCDQ_FILE
     target = get_target(target_name or "x86-host")
+    if target.device != "cpu":
+        raise UserError(
+            f"tuning {target.device} targets is not supported yet ({target.name} builds use "
+            "TVM's default DLight GPU schedules); tune a CPU target"
+        )
     if remote is None and not target.runs_on_this_machine:
         raise UserError(
             f"target {target.name} does not run on this machine, so its kernels cannot be "
