@@ -222,3 +222,16 @@ def test_local_tracker_and_servers_leave_no_process_behind(builds, tmp_path, run
     with local_server():
         pass
     assert not (_tvm_processes() - before)
+
+
+def test_a_failure_on_the_board_mid_run_is_one_line_and_writes_nothing(
+    builds, board, tmp_path, run_cli
+):
+    build = _copy(builds["x86"], tmp_path)
+    np.save(build / "bundle" / "verify_inputs.npy", np.zeros((16, 1, 9, 9), np.float32))
+    before = (build / "report.json").read_bytes()
+    result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key)
+    assert result.code == 2
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "failed while running the verification images" in errors[0]
+    assert (build / "report.json").read_bytes() == before

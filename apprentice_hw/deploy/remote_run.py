@@ -86,12 +86,14 @@ def run_on_board(
     remote_name = f"apprentice-{manifest['module']['sha256'][:16]}.so"
     progress(f"uploading {bundle.module_path.name} ({len(data) / 1024:.0f} KiB) to {board}")
     start = time.perf_counter()
+    doing = "uploading the module"
     try:
         session.upload(bytearray(data), remote_name)
         upload_seconds = time.perf_counter() - start
         progress("loading it and running the verification images")
         device = session.device(manifest["target"].get("device", "cpu"), 0)
         vm = _load_on_board(session, remote_name, manifest["target"]["arch"], device)
+        doing = "running the verification images"
         inputs, expected = bundle.verification()
         batch = manifest["input"]["shape"][0]
         outputs = np.concatenate([
@@ -99,8 +101,16 @@ def run_on_board(
             for i in range(0, len(inputs), batch)
         ])  # fmt: skip
         progress(f"timing {repeats} runs of {number} calls with the RPC time evaluator")
+        doing = "timing the module"
         timer = vm.time_evaluator("main", device, number=number, repeat=repeats)
         times_ms = [s * 1e3 for s in timer(tvm.runtime.tensor(inputs[:batch], device)).results]
+    except DeployError:
+        raise
+    except Exception as exc:  # the board went away, the session timed out, a kernel failed
+        raise DeployError(
+            f"{board} failed while {doing} ({' '.join(str(exc).split())[:200]}); nothing was "
+            "written to the build"
+        ) from exc
     finally:
         with contextlib.suppress(Exception):  # the session may be gone; its folder goes with it
             session.remove(remote_name)
