@@ -183,6 +183,14 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
     help="Build directory. Default: build/<recipe>-<target>-w<bits>a<act-bits>.",
 )
 @click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
+@click.option(
+    "--reuse",
+    type=int,
+    default=None,
+    help="FPGA targets: hls4ml reuse factor (default: the fastest design that fits).",
+)
+@click.option("--fps", type=float, default=None,
+              help="FPGA targets: images per second to reach with fewest resources.")  # fmt: skip
 @click.option("--kernel", default=None, help=KERNEL_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def build(
@@ -191,6 +199,8 @@ def build(
     out: Path | None,
     force: bool,
     kernel: str | None,
+    reuse: int | None,
+    fps: float | None,
     quiet: bool,
     **overrides,
 ) -> None:
@@ -208,16 +218,29 @@ def build(
     out = out if out is not None else default_output_dir(recipe, target)
     if kernel is not None:
         KERNEL_STRATEGIES.get(kernel)
-    report = run_build(recipe, target, out, force, Progress(quiet), kernel=kernel)
+    if (reuse is not None or fps is not None) and target.device != "fpga":
+        raise UserError(f"--reuse and --fps apply to FPGA targets; {target.name} is a "
+                        f"{target.device} target")  # fmt: skip
+    if reuse is not None and fps is not None:
+        raise UserError("give --reuse or --fps, not both: --fps picks the reuse factor")
+    options = {"reuse": reuse, "fps": fps}
+    report = run_build(recipe, target, out, force, Progress(quiet), kernel=kernel,
+                       device_options=options)  # fmt: skip
     acc = report["accuracy"]
-    weights = report["memory"]["weights"]
-    planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
     teacher = "not trained" if acc["teacher_top1"] is None else f"{acc['teacher_top1']:.2%}"
     click.echo(f"build written to {out}")
     click.echo(
         f"  teacher top-1 {teacher}, student W{recipe.weight_bits}"
         f"A{recipe.act_bits} top-1 {acc['student_top1']:.2%}"
     )
+    summary = _fpga_summary if target.device == "fpga" else _compiled_summary
+    summary(report, out)
+
+
+def _compiled_summary(report: dict, out: Path) -> None:
+    """The rest of a CPU/GPU build's summary: memory, agreement, latency, bundle."""
+    weights = report["memory"]["weights"]
+    planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
     click.echo(
         f"  quantized weights in the module {weights['quantized_weight_bytes'] / 1024:.1f} KiB "
         f"(parameters x bits / 8: {weights['trained_quantized_bytes'] / 1024:.1f} KiB); "
@@ -242,6 +265,28 @@ def build(
         f"  deploy bundle: {out / 'bundle'} (copy it to the board and run 'python3 run.py "
         f"--verify'; or 'apprentice-hw deploy {out} --tracker HOST:PORT --key KEY')"
     )
+
+
+def _fpga_summary(report: dict, out: Path) -> None:
+    """The rest of an FPGA build's summary: C simulation check, estimates, HLS project."""
+    check = report["checks"]["hls_csim_vs_onnxruntime"]
+    fpga = report["fpga"]
+    estimate = fpga["estimate"]
+    verdict = "identical" if check["exact"] else f"max {check['max_diff_steps']:g} output steps"
+    click.echo(
+        f"  hls4ml C simulation vs ONNX Runtime on {check['samples']} test images: {verdict}"
+    )
+    used = ", ".join(
+        f"{key} {value:,} ({estimate['utilization'][key]:.1%})"
+        for key, value in estimate["totals"].items()
+    )
+    click.echo(f"  estimated on {fpga['part']} at reuse factor {estimate['reuse_factor']}: {used}")
+    click.echo(
+        f"  estimated latency {estimate['latency_cycles']:,} cycles = "
+        f"{estimate['latency_ms']:.4f} ms at {estimate['clock_mhz']:g} MHz, "
+        f"{estimate['images_per_second']:,.0f} images/s"
+    )
+    click.echo(f"  HLS project: {out / fpga['hls_project']} ({fpga['head']})")
 
 
 @cli.command()

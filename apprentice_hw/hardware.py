@@ -27,8 +27,10 @@ from apprentice_hw.resources import data_dirs
 TARGETS_ENV = "APPRENTICE_HW_TARGETS"
 
 # The kinds of device a target file may name; "cores" counts CPU cores or GPU SMs.
-DEVICES = ("cpu", "cuda")
-CORE_UNITS = {"cpu": "cores", "cuda": "SMs"}
+DEVICES = ("cpu", "cuda", "fpga")
+CORE_UNITS = {"cpu": "cores", "cuda": "SMs", "fpga": "cores"}  # an FPGA board's processor cores
+# Where a target's host code runs; armv7 only for FPGA boards (e.g. the PYNQ-Z2's Cortex-A9).
+ARCHES = ("x86_64", "aarch64", "armv7")
 
 # Placeholder values a target file may use for "whatever this machine has".
 HOST = "host"
@@ -47,7 +49,7 @@ class Target:
 
     name: str
     description: str
-    device: str  # "cpu" or "cuda" (later "fpga"); see DEVICES
+    device: str  # "cpu", "cuda" or "fpga"; see DEVICES
     arch: str  # "x86_64" or "aarch64": the machine the compiled module runs on
     tvm: dict[str, Any]
     cross_compiler: str | None
@@ -219,19 +221,28 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     hw = _require(data, "hardware", dict, where)
     hw_where = f"{where} [hardware]"
     cores = int(_host_or_positive(hw, "cores", lambda: os.cpu_count() or 1, hw_where))
-    tvm = _require(data, "tvm", dict, where)
-    _require(tvm, "kind", str, f"{where} [tvm]")
-    toolchain = data.get("toolchain", {})
-    peaks = _require(data, "peak_macs_per_cycle_per_core", dict, where)
-    for precision, rate in peaks.items():
-        if not isinstance(rate, int | float) or rate <= 0:
-            raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
     device = _require(data, "device", str, where)
     if device not in DEVICES:
         raise UserError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {device!r}")
+    # An FPGA is built by hls4ml, not TVM, and has no MAC rate of its own: both are optional.
+    fpga = device == "fpga"
+    tvm = data.get("tvm", {}) if fpga else _require(data, "tvm", dict, where)
+    if not fpga:
+        _require(tvm, "kind", str, f"{where} [tvm]")
+    toolchain = data.get("toolchain", {})
+    peaks = (
+        data.get("peak_macs_per_cycle_per_core", {})
+        if fpga
+        else _require(data, "peak_macs_per_cycle_per_core", dict, where)
+    )
+    for precision, rate in peaks.items():
+        if not isinstance(rate, int | float) or rate <= 0:
+            raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
     arch = _require(data, "arch", str, where)
-    if arch not in ("x86_64", "aarch64"):
-        raise UserError(f'{where}: \'arch\' must be "x86_64" or "aarch64", got {arch!r}')
+    arches = ARCHES if fpga else ARCHES[:2]  # TVM builds: the CPUs apprentice-hw compiles for
+    if arch not in arches:
+        choices = " or ".join(f'"{a}"' for a in arches)
+        raise UserError(f"{where}: 'arch' must be {choices}, got {arch!r}")
     known = {
         "name",
         "description",

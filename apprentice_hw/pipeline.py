@@ -57,6 +57,8 @@ class BuildState:
     compiled_outputs: np.ndarray | None = None  # the compiled module (or its host twin), test set
     report: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    device_options: dict[str, Any] = field(default_factory=dict)  # e.g. FPGA --reuse / --fps
+    device_objects: dict[str, Any] = field(default_factory=dict)  # handed between device steps
 
 
 @dataclass(frozen=True)
@@ -300,6 +302,15 @@ def step_bundle(state: BuildState) -> None:
     )
 
 
+EXECUTION = {
+    "cpu": "quantized conv2d/dense layers run as integer kernels (int32 accumulation) with "
+    "weights stored at trained precision; see 'layers' for each layer's strategy",
+    "fpga": "the FPGA part runs as hls4ml fixed-point dataflow (io_stream) with weights at "
+    "trained precision; the pooling head runs on the host; see 'fpga'",
+}
+EXECUTION["cuda"] = EXECUTION["cpu"]
+
+
 def step_report(state: BuildState) -> None:
     from apprentice_hw.report import write_report
 
@@ -328,8 +339,7 @@ def step_report(state: BuildState) -> None:
             "tvm": target.tvm,
         },
         **state.report,
-        "execution": "quantized conv2d/dense layers run as integer kernels (int32 accumulation) "
-        "with weights stored at trained precision; see 'layers' for each layer's strategy",
+        "execution": EXECUTION.get(target.device, EXECUTION["cpu"]),
     }
     write_report(state.report, state.workdir)
 
@@ -343,6 +353,33 @@ STEPS: tuple[Step, ...] = (
     Step("bundle", "write the deploy bundle", step_bundle),
     Step("report", "write report", step_report),
 )
+
+
+def _fpga_steps() -> dict[str, Callable[[BuildState], None]]:
+    from apprentice_hw.fpga import build
+
+    return {"compile": build.step_compile, "verify": build.step_verify,
+            "bundle": build.step_bundle}  # fmt: skip
+
+
+# Steps a kind of device does its own way (by step name); the others are shared.
+DEVICE_STEPS: dict[str, Callable[[], dict[str, Callable[[BuildState], None]]]] = {
+    "fpga": _fpga_steps,
+}
+
+STEP_TITLES = {"fpga": {"compile": "convert with hls4ml and compile the C simulation",
+                        "verify": "check the C simulation against ONNX Runtime",
+                        "bundle": "write the deploy bundle"}}  # fmt: skip
+
+
+def steps_for(target: Target) -> list[Step]:
+    """The pipeline for ``target``'s kind of device."""
+    overrides = DEVICE_STEPS[target.device]() if target.device in DEVICE_STEPS else {}
+    titles = STEP_TITLES.get(target.device, {})
+    return [
+        Step(step.name, titles.get(step.name, step.title), overrides.get(step.name, step.run))
+        for step in STEPS
+    ]
 
 
 def _sha256(path: Path) -> str:
@@ -435,6 +472,12 @@ def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
         from apprentice_hw.compiler.cuda import check_nvcc_supports
 
         check_nvcc_supports(target.tvm, target.name)
+    if target.device == "fpga":
+        from apprentice_hw.fpga.build import check_ready
+        from apprentice_hw.fpga.estimate import FpgaSpec
+
+        check_ready(recipe)
+        FpgaSpec.from_target(target)
     find_cross_compiler(target)
     if out.exists() and not force:
         raise UserError(f"output directory {out} already exists; pass --force to replace it")
@@ -453,6 +496,7 @@ def run_build(
     force: bool,
     progress: Progress,
     kernel: str | None = None,
+    device_options: dict[str, Any] | None = None,
 ):
     """Run every step into a staging directory, then move it to ``out``. Returns the report."""
     validate(recipe, target, out, force)
@@ -461,12 +505,14 @@ def run_build(
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
     state = BuildState(
-        recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel
-    )
+        recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel,
+        device_options=device_options or {},
+    )  # fmt: skip
+    steps = steps_for(target)
     try:
-        for index, step in enumerate(STEPS, start=1):
+        for index, step in enumerate(steps, start=1):
             start = time.perf_counter()
-            with progress.step(index, len(STEPS), step.title):
+            with progress.step(index, len(steps), step.title):
                 step.run(state)
             state.timings[step.name] = time.perf_counter() - start
         write_manifest(state)

@@ -29,11 +29,16 @@ HEAD_START = "GlobalAveragePool"
 
 @dataclass
 class SplitModel:
-    """The FPGA body (QONNX, channels last) and the host head (QCDQ ONNX)."""
+    """The FPGA body (QONNX, channels last) and the host head (QCDQ ONNX; None: no head)."""
 
     body: object  # qonnx ModelWrapper
-    head: onnx.ModelProto
+    head: onnx.ModelProto | None
     body_shape_nhwc: tuple[int, ...]
+
+    @property
+    def head_layers(self) -> set[str]:
+        """Names of the QCDQ nodes the host computes."""
+        return {node.name for node in self.head.graph.node} if self.head is not None else set()
 
 
 def _channels_last(qonnx_path: Path):
@@ -87,31 +92,55 @@ def _head(qcdq: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 
 
 def split(qonnx_path: Path, qcdq: onnx.ModelProto, workdir: Path) -> SplitModel:
-    """Split a student's exports into the FPGA body and the host head."""
-    body, shape = _body(_channels_last(qonnx_path))
+    """Split a student's exports into the FPGA body and the host head.
+
+    A model without a GlobalAveragePool head (an MLP, say) goes to the FPGA whole.
+    """
+    model = _channels_last(qonnx_path)
+    if not any(node.op_type == HEAD_START for node in model.graph.node):
+        shape = tuple(model.get_tensor_shape(model.graph.output[0].name))
+        return SplitModel(model, None, shape)
+    body, shape = _body(model)
     return SplitModel(body, _head(qcdq, workdir), shape)
 
 
-def compile_body(split_model: SplitModel, output_dir: Path):
-    """Convert the body with hls4ml (Vitis, io_stream) and compile its C simulation."""
+def compile_body(
+    split_model: SplitModel, output_dir: Path, reuse: int = 1, part: str | None = None,
+    clock_mhz: float | None = None,
+):  # fmt: skip
+    """Convert the body with hls4ml (Vitis, io_stream), write the HLS project to ``output_dir``
+    and compile its C simulation. ``reuse``, ``part`` and the clock go into the project."""
     import hls4ml
 
     config = hls4ml.utils.config.config_from_onnx_model(
-        split_model.body, granularity="name", backend=HLS_BACKEND, default_precision=HLS_PRECISION
-    )
+        split_model.body, granularity="name", backend=HLS_BACKEND,
+        default_precision=HLS_PRECISION, default_reuse_factor=reuse,
+    )  # fmt: skip
+    extra = {"part": part} if part else {}
+    if clock_mhz:
+        extra["clock_period"] = round(1000.0 / clock_mhz, 3)
     hls_model = hls4ml.converters.convert_from_onnx_model(
         split_model.body, output_dir=str(output_dir), io_type=IO_TYPE, backend=HLS_BACKEND,
-        hls_config=config,
+        hls_config=config, **extra,
     )  # fmt: skip
     hls_model.compile()
     return hls_model
 
 
 def run_body(hls_model, split_model: SplitModel, images: np.ndarray) -> np.ndarray:
-    """The FPGA body's C simulation on NCHW ``images``; NCHW activations for the head."""
+    """The FPGA body's C simulation on NCHW ``images``: NCHW activations for the head, or the
+    model's outputs when the whole model is on the FPGA."""
     flat = np.asarray(hls_model.predict(np.ascontiguousarray(images, np.float32)))
+    if split_model.head is None:
+        return flat.reshape(len(images), *split_model.body_shape_nhwc[1:])
     _, height, width, channels = split_model.body_shape_nhwc
     return flat.reshape(len(images), height, width, channels).transpose(0, 3, 1, 2)
+
+
+def run(hls_model, split_model: SplitModel, images: np.ndarray) -> np.ndarray:
+    """The model's outputs: the C simulation, then the head on the host when there is one."""
+    activations = run_body(hls_model, split_model, images)
+    return activations if split_model.head is None else run_head(split_model, activations)
 
 
 def run_head(split_model: SplitModel, activations: np.ndarray) -> np.ndarray:

@@ -62,9 +62,12 @@ def render_html(report: dict[str, Any], figure: Path | None) -> str:
         ("quantized weights in the module", "quantized_weight_bytes"),
         ("requantization constants", "scale_bytes"),
         ("other constants", "other_bytes"),
+        ("quantized weights on the FPGA", "on_chip_weight_bytes"),
+        ("quantized weights of the head, on the host", "host_weight_bytes"),
         ("weights as fp32", "fp32_bytes"),
     ):
-        parts.append(_row(label, _cell(report, f"memory.weights.{key}")))
+        if key in report["memory"]["weights"]:  # CPU/GPU modules and FPGA designs differ
+            parts.append(_row(label, _cell(report, f"memory.weights.{key}")))
     for name in report["memory"].get("paper_activation_bytes", {}):
         parts.append(_row(f"activations, {name.replace('_', ' ')}, the paper's measure",
                           _cell(report, f"memory.paper_activation_bytes.{name}")))  # fmt: skip
@@ -94,6 +97,8 @@ def render_html(report: dict[str, Any], figure: Path | None) -> str:
         parts.append(f"<table>{row}</table><p>{html.escape(estimate['method'])}</p>")
     if report.get("deploy"):
         parts.append(_deploy_section(report))
+    if report.get("fpga"):
+        parts.append(_fpga_section(report))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -112,4 +117,17 @@ def _deploy_section(report: dict[str, Any]) -> str:
         f"<h2>On the board ({html.escape(deploy['board'])})</h2><table>{''.join(rows)}</table>"
         f"<p>{html.escape(deploy['kind'])}; outputs {verdict} on {deploy['samples']} "
         f"verification images ({html.escape(deploy['when'])}).</p>"
+    )
+
+
+def _fpga_section(report: dict[str, Any]) -> str:
+    """The FPGA resource estimate against the part's budget."""
+    fpga = report["fpga"]
+    rows = [_row(f"{key}, estimated (of {fpga['estimate']['budget'][key]:,})",
+                 _cell(report, f"fpga.estimate.totals.{key}"))
+            for key in fpga["estimate"]["totals"]]  # fmt: skip
+    rows.append(_row("latency cycles, estimated", _cell(report, "fpga.estimate.latency_cycles")))
+    return (
+        f"<h2>FPGA: {html.escape(fpga['part'])} (estimated)</h2><table>{''.join(rows)}</table>"
+        f"<p>Reuse factor {fpga['estimate']['reuse_factor']}; {html.escape(fpga['head'])}.</p>"
     )

@@ -36,7 +36,7 @@ def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> st
 def render_markdown(report: dict[str, Any]) -> str:
     """A readable summary of ``report`` (the dict written to ``report.json``)."""
     model, target, acc = report["model"], report["target"], report["accuracy"]
-    memory, checks, latency = report["memory"], report["checks"], report["latency"]
+    memory, checks = report["memory"], report["checks"]
     weights = memory["weights"]
     lines = [
         f"# apprentice-hw build: {model['recipe']} on {target['name']}",
@@ -83,6 +83,24 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| | bytes | |",
         "|---|---|---|",
+        *(
+            _module_weight_rows(weights)
+            if "compiled_module_bytes" in weights
+            else _fpga_weight_rows(weights)
+        ),
+    ]
+    lines += [
+        f"| all parameters at trained precision | {weights['trained_precision_bytes']:,.0f} "
+        f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
+        f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
+    ]  # fmt: skip
+    lines += _memory_and_rest(report)
+    return "\n".join(lines)
+
+
+def _module_weight_rows(weights: dict[str, Any]) -> list[str]:
+    """The compiled module's constants (CPU and GPU builds)."""
+    return [
         f"| constants in the compiled module | {weights['compiled_module_bytes']:,} "
         f"| {_kib(weights['compiled_module_bytes'])} (all of the below) |",
         f"| quantized weights in the module | {weights['quantized_weight_bytes']:,} "
@@ -94,10 +112,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| {_kib(weights['scale_bytes'])} |",
         f"| other constants (biases, layers left in float) | {weights['other_bytes']:,} "
         f"| {_kib(weights['other_bytes'])} |",
-        f"| all parameters at trained precision | {weights['trained_precision_bytes']:,.0f} "
-        f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
-        f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
     ]
+
+
+def _fpga_weight_rows(weights: dict[str, Any]) -> list[str]:
+    """Where an FPGA build keeps its weights: in the fabric, or with the head on the host."""
+    return [
+        f"| quantized weights on the FPGA (BRAM or logic) | {weights['on_chip_weight_bytes']:,.0f} "
+        f"| {_kib(weights['on_chip_weight_bytes'])} |",
+        f"| quantized weights of the head on the host | {weights['host_weight_bytes']:,.0f} "
+        f"| {_kib(weights['host_weight_bytes'])} |",
+    ]
+
+
+def _memory_and_rest(report: dict[str, Any]) -> list[str]:
+    """Activation rows, layers, latency and the device sections of the Markdown report."""
+    memory, latency = report["memory"], report["latency"]
+    lines: list[str] = []
     for key, value in memory.get("paper_activation_bytes", {}).items():
         lines.append(
             f"| activations, {key.replace('_', ' ')}, conv/FC outputs at their bits "
@@ -163,10 +194,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append(f"Not measured: {latency.get('reason', 'unknown')}.")
     estimate = report.get("latency_estimate")
-    if estimate:
+    if estimate and "compute_bound_layers" in estimate:
         lines += ["", f"Estimated (lower bound; {estimate['method']}): "
                   f"**{estimate['ms']:.4f} ms** ({estimate['compute_bound_layers']} layers "
                   f"compute-bound, {estimate['memory_bound_layers']} memory-bound)."]  # fmt: skip
+    elif estimate:
+        lines += ["", f"Estimated ({estimate['method']}): **{estimate['ms']:.4f} ms**."]
+    if report.get("fpga"):
+        lines += _fpga_section(report["fpga"], report["checks"])
     deploy = report.get("deploy")
     if deploy:
         verdict = (
@@ -184,7 +219,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"Deployed {deploy['when']}.",
         ]  # fmt: skip
     lines += ["", f"Execution: {report['execution']}", ""]
-    return "\n".join(lines)
+    return lines
 
 
 FIGURE_FILE = "footprint.png"
@@ -202,3 +237,36 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
     title = f"{model['student']} on {model['dataset']}: weights and activations"
     figure = plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
     write_text(directory / HTML_FILE, render_html(report, figure))
+
+
+def _fpga_section(fpga: dict[str, Any], checks: dict[str, Any]) -> list[str]:
+    """The FPGA part: C simulation check and the resource estimate against the part."""
+    estimate = fpga["estimate"]
+    check = checks["hls_csim_vs_onnxruntime"]
+    verdict = (
+        "identical to"
+        if check["exact"]
+        else (f"up to {check['max_diff_steps']:g} output steps from")
+    )
+    lines = [
+        "", f"## FPGA: {fpga['part']} (estimated)", "",
+        f"hls4ml ({fpga['backend']}, {fpga['io_type']}, {fpga['precision']}) C simulation on "
+        f"{check['samples']} test images: {verdict} ONNX Runtime; {fpga['head']}. "
+        f"HLS project: `{fpga['hls_project']}/`.",
+        *(["", fpga["exactness_warning"]] if fpga.get("exactness_warning") else []),
+        "", f"Reuse factor {estimate['reuse_factor']} at {estimate['clock_mhz']:g} MHz: "
+        f"latency {estimate['latency_cycles']:,} cycles ({estimate['latency_ms']:.4f} ms), a new "
+        f"image every {estimate['interval_cycles']:,} cycles; {estimate['method']}.",
+        "", "| resource | estimated | available | utilization |", "|---|---|---|---|",
+    ]  # fmt: skip
+    for key, used in estimate["totals"].items():
+        share = estimate["utilization"][key]
+        shown = f"{share:.1%}" if share is not None else "-"
+        lines.append(f"| {key} | {used:,} | {estimate['budget'][key]:,} | {shown} |")
+    lines += ["", "| layer | multipliers | DSP | LUT | FF | BRAM_18K | cycles |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for layer in estimate["layers"]:
+        lines.append(f"| {layer['name']} | {layer['multipliers']:,} | {layer['dsps']:,} "
+                     f"| {layer['luts']:,} | {layer['ffs']:,} | {layer['bram_18k']:,} "
+                     f"| {layer['cycles']:,} |")  # fmt: skip
+    return lines

@@ -1,0 +1,190 @@
+"""The build steps of an FPGA target: hls4ml project, C simulation check, estimates.
+
+They replace the compile, verify and bundle steps of the CPU/GPU pipeline (see
+``pipeline.DEVICE_STEPS``); data, training, export and the report are shared. The report keeps
+the CPU/GPU format: per-layer rows, a memory section, ``latency_estimate`` (labelled estimated),
+plus an ``fpga`` section with the resource estimate against the part's budget.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from apprentice_hw.errors import UserError
+
+if TYPE_CHECKING:
+    from apprentice_hw.pipeline import BuildState
+
+HLS_DIR = "hls"
+CHECK_IMAGES = 100  # the C simulation is checked against ONNX Runtime on this many test images
+EXACT_QUANT = "po2"  # power-of-two scales: what fixed-point arithmetic reproduces exactly
+
+
+def check_ready(recipe) -> str | None:
+    """Fail early without hls4ml; return a warning when the model cannot be bit-exact."""
+    try:
+        import hls4ml  # noqa: F401
+    except ImportError as exc:
+        raise UserError(
+            "FPGA targets need hls4ml; install it with pip install 'apprentice-hw[fpga]' "
+            "(or '.[fpga]' in a checkout)"
+        ) from exc
+    if recipe.quant != EXACT_QUANT:
+        return (
+            f"warning: quantizer family '{recipe.quant}' has non-power-of-two scales, which "
+            "fixed-point hardware only approximates; the C simulation may differ from ONNX "
+            f"Runtime by an output step or more (use --quant {EXACT_QUANT} for a bit-exact build)"
+        )
+    return None
+
+
+def _weight_shape(cost) -> list[int]:
+    filters = cost.output_shape[0]
+    if cost.kind == "dense":
+        return [filters, cost.parameters // filters]
+    channels = cost.input_shape[0]
+    kernel = round(math.sqrt(cost.parameters / (filters * channels)))
+    return [filters, channels, kernel, kernel]
+
+
+def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
+    """A report row in the CPU/GPU layout, so the Markdown, HTML and plot read it as usual."""
+    return {
+        "name": cost.name,
+        "kind": cost.kind,
+        "weight_shape": _weight_shape(cost),
+        "weight_bits": cost.weight_bits,
+        "storage_bits": cost.weight_bits,
+        "act_bits": cost.act_bits,
+        "strategy": "hls4ml (FPGA fabric)" if on_fpga else "host (ONNX Runtime)",
+        "reason": None,
+        "weight_bytes": cost.weight_bytes,
+        **{key: value for key, value in cost.to_dict().items()
+           if key in ("input_shape", "output_shape", "macs", "bit_operations", "output_bits",
+                      "output_bytes_batch_1")},
+    }  # fmt: skip
+
+
+def step_compile(state: BuildState) -> None:
+    from apprentice_hw.fpga import hls
+    from apprentice_hw.fpga.estimate import FpgaSpec, choose_reuse
+    from apprentice_hw.pipeline import QONNX_FILE, REPORT_BATCHES
+    from apprentice_hw.report import weight_footprint
+    from apprentice_hw.report.layers import activation_bytes, layer_costs
+
+    warning = check_ready(state.recipe)
+    if warning:
+        state.progress.message(f"    {warning}")
+    spec = FpgaSpec.from_target(state.target)
+    with tempfile.TemporaryDirectory(prefix="apprentice-hw-split-") as scratch:
+        split = hls.split(state.workdir / QONNX_FILE, state.onnx_model, Path(scratch))
+    costs = layer_costs(state.onnx_model)
+    on_fpga = [cost for cost in costs if cost.name not in split.head_layers]
+    options = state.device_options
+    design = choose_reuse(on_fpga, spec, options.get("reuse"), options.get("fps"))
+    state.progress.message(
+        f"    reuse factor {design.reuse_factor} on {spec.part}: estimated "
+        + ", ".join(f"{k} {v:,}/{spec.budget()[k]:,}" for k, v in design.totals.items())
+    )
+    hls_model = hls.compile_body(split, state.workdir / HLS_DIR, design.reuse_factor,
+                                 spec.part, spec.clock_mhz)  # fmt: skip
+    state.device_objects.update(hls_model=hls_model, split=split)
+    estimate = design.to_dict()
+    state.report["layers"] = [_layer_row(c, c.name not in split.head_layers) for c in costs]
+    footprint = weight_footprint(state.student)
+    on_chip = sum(cost.weight_bytes for cost in on_fpga)
+    state.report["memory"] = {
+        "weights": {
+            "on_chip_weight_bytes": on_chip,
+            "host_weight_bytes": sum(c.weight_bytes for c in costs) - on_chip,
+            "quantized_weight_bytes": sum(c.weight_bytes for c in costs),
+            "trained_precision_bytes": footprint.trained_precision_bytes,
+            "trained_quantized_bytes": footprint.quantized_bytes,
+            "fp32_bytes": footprint.fp32_bytes,
+            "parameters": footprint.parameters,
+            "bits_per_layer": footprint.bits_per_layer,
+        },
+        "activations": {},  # streamed through FIFOs and line buffers, not planned in memory
+        "paper_activation_bytes": {
+            f"batch_{b}": activation_bytes(costs, b) for b in REPORT_BATCHES
+        },
+    }
+    state.report["latency_estimate"] = {
+        "ms": estimate["latency_ms"],
+        "kind": "estimated",
+        "method": f"{estimate['method']}; {estimate['latency_cycles']:,} cycles at "
+        f"{spec.clock_mhz:g} MHz, a new image every {estimate['interval_cycles']:,} cycles",
+    }
+    head = (
+        "the pooling head (global average pool, classifier, output quantizer) runs on the host "
+        "with ONNX Runtime: hls4ml cannot take it (see apprentice_hw/fpga/hls.py)"
+        if split.head is not None else "the whole model is on the FPGA"
+    )  # fmt: skip
+    state.report["fpga"] = {
+        "part": spec.part,
+        "hls_project": HLS_DIR,
+        "backend": hls.HLS_BACKEND,
+        "io_type": hls.IO_TYPE,
+        "precision": hls.HLS_PRECISION,
+        "head": head,
+        "exactness_warning": warning,
+        "estimate": estimate,
+    }
+    if not design.fits:
+        state.progress.message(
+            f"    warning: reuse factor {design.reuse_factor} exceeds 80% of {spec.part}'s "
+            "resources (see the report's fpga.estimate.utilization)"
+        )
+
+
+def step_verify(state: BuildState) -> None:
+    from apprentice_hw.fpga import hls
+
+    data, checks = state.data, state.report["checks"]
+    count = min(CHECK_IMAGES, len(data.test_x))
+    images = data.test_x[:count].numpy()
+    outputs = hls.run(state.device_objects["hls_model"], state.device_objects["split"], images)
+    reference = state.ort_outputs[:count]
+    step = checks["output_step"]
+    diff = np.abs(outputs.astype(np.float64) - reference) / step
+    checks["hls_csim_vs_onnxruntime"] = {
+        "samples": count,
+        "max_diff_steps": float(diff.max()),
+        "identical_samples": int(np.sum(diff.max(axis=1) == 0)),
+        "within_1_step": int(np.sum(diff.max(axis=1) <= 1)),
+        "prediction_agreement": float(np.mean(outputs.argmax(1) == reference.argmax(1))),
+        "exact": bool(np.array_equal(outputs, reference)),
+    }
+    checks["compiled_module_checked"] = (
+        f"hls4ml's C simulation of the FPGA part on {count} test images, head on the host"
+    )
+    state.report["accuracy"]["compiled_top1"] = float(
+        np.mean(outputs.argmax(1) == data.test_y[:count].numpy())
+    )
+    state.report["latency"] = {
+        "kind": "not measured",
+        "reason": "no FPGA is reachable here (the C simulation checks values, not time)",
+    }
+    result = checks["hls_csim_vs_onnxruntime"]
+    state.progress.message(
+        f"    C simulation vs ONNX Runtime on {count} images: max {result['max_diff_steps']:g} "
+        f"output steps, {result['identical_samples']}/{count} identical"
+    )
+    if state.recipe.quant == EXACT_QUANT and not result["exact"]:
+        raise RuntimeError(
+            f"the hls4ml C simulation differs from ONNX Runtime by up to "
+            f"{result['max_diff_steps']:g} output steps on a power-of-two model, which must be "
+            "exact; the FPGA build is broken"
+        )
+
+
+def step_bundle(state: BuildState) -> None:
+    state.progress.message(
+        f"    no deploy bundle for FPGA targets: the HLS project is in {HLS_DIR}/ (synthesize it "
+        "with Vitis HLS; firmware/ holds the C++ sources)"
+    )
