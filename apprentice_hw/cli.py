@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from apprentice_hw.config import Recipe
 
 DEBUG_FLAG = "--debug"
+FPGA_QUANT = "po2"  # the quantizer family FPGA builds use unless --quant says otherwise
 KERNEL_HELP = (
     "Force a kernel strategy for the quantized layers it supports (see 'apprentice-hw "
     "kernels'); other layers keep the target's choice."
@@ -206,7 +207,11 @@ def build(
 ) -> None:
     """Train, distil, export, compile and report in one go.
 
-    Example: apprentice-hw build --target arm-a72 --bits 2
+    \b
+    Examples:
+      apprentice-hw build --target arm-a72 --bits 2
+      apprentice-hw build --target jetson-orin --bits 4      # cubin for sm_87 + aarch64 host
+      apprentice-hw build --target zcu104 --bits 4 --fps 10000   # hls4ml project + estimates
     """  # fmt: skip
     from apprentice_hw.hardware import get_target
     from apprentice_hw.lowering import KERNEL_STRATEGIES
@@ -214,6 +219,13 @@ def build(
     from apprentice_hw.progress import Progress
 
     target = get_target(target_name)
+    if target.device == "fpga" and overrides.get("quant") is None:
+        # Fixed-point hardware reproduces power-of-two scales exactly, and nothing else.
+        overrides["quant"] = FPGA_QUANT
+        if not quiet:
+            note = (f"FPGA target: power-of-two quantizers (--quant {FPGA_QUANT}), so the design "
+                    "is bit-exact; pass --quant to choose another family")  # fmt: skip
+            click.echo(note, err=True)
     recipe = load_recipe_with_overrides(recipe_name, **overrides)
     out = out if out is not None else default_output_dir(recipe, target)
     if kernel is not None:

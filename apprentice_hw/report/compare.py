@@ -14,7 +14,8 @@ ROWS: tuple[tuple[str, Any], ...] = (
     ("precision", lambda r: f"W{r['model']['weight_bits']}A{r['model']['act_bits']}"),
     ("student top-1", lambda r: r["accuracy"].get("student_top1")),
     ("compiled module top-1", lambda r: r["accuracy"].get("compiled_top1")),
-    ("module constants (bytes)", lambda r: r["memory"]["weights"]["compiled_module_bytes"]),
+    # FPGA designs have no module and plan no activation memory: their cells read "-".
+    ("module constants (bytes)", lambda r: r["memory"]["weights"].get("compiled_module_bytes")),
     ("quantized weights (bytes)", lambda r: r["memory"]["weights"]["quantized_weight_bytes"]),
     ("weights as fp32 (bytes)", lambda r: r["memory"]["weights"]["fp32_bytes"]),
     *(
@@ -24,7 +25,8 @@ ROWS: tuple[tuple[str, Any], ...] = (
     ),
     *(
         (f"activations b{b}, planned (bytes)",
-         lambda r, b=b: r["memory"]["activations"][f"batch_{b}"]["activation_bytes_planned"])
+         lambda r, b=b: r["memory"]["activations"].get(f"batch_{b}", {})
+         .get("activation_bytes_planned"))
         for b in BATCHES
     ),
     ("latency b1 median (ms)", lambda r: r["latency"].get("median_ms")),
