@@ -14,6 +14,8 @@ norm coefficients rounded; one activation step off).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,18 +120,22 @@ def compile_body(
     and compile its C simulation. ``reuse``, ``part`` and the clock go into the project."""
     import hls4ml
 
-    config = hls4ml.utils.config.config_from_onnx_model(
-        split_model.body, granularity="name", backend=HLS_BACKEND,
-        default_precision=HLS_PRECISION, default_reuse_factor=reuse,
-    )  # fmt: skip
     extra = {"part": part} if part else {}
     if clock_mhz:
         extra["clock_period"] = round(1000.0 / clock_mhz, 3)
-    hls_model = hls4ml.converters.convert_from_onnx_model(
-        split_model.body, output_dir=str(output_dir), io_type=IO_TYPE, backend=HLS_BACKEND,
-        hls_config=config, **extra,
-    )  # fmt: skip
-    hls_model.compile()
+    # hls4ml narrates every layer on stdout; keep that in the project as convert.log.
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        config = hls4ml.utils.config.config_from_onnx_model(
+            split_model.body, granularity="name", backend=HLS_BACKEND,
+            default_precision=HLS_PRECISION, default_reuse_factor=reuse,
+        )  # fmt: skip
+        hls_model = hls4ml.converters.convert_from_onnx_model(
+            split_model.body, output_dir=str(output_dir), io_type=IO_TYPE, backend=HLS_BACKEND,
+            hls_config=config, **extra,
+        )  # fmt: skip
+        hls_model.compile()
+    (Path(output_dir) / "convert.log").write_text(log.getvalue())
     return hls_model
 
 
