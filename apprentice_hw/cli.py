@@ -192,6 +192,8 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
 )
 @click.option("--fps", type=float, default=None,
               help="FPGA targets: images per second to reach with fewest resources.")  # fmt: skip
+@click.option("--synthesize", is_flag=True,
+              help="FPGA targets: run Vitis HLS C synthesis (vitis_hls on PATH).")  # fmt: skip
 @click.option("--kernel", default=None, help=KERNEL_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def build(
@@ -202,6 +204,7 @@ def build(
     kernel: str | None,
     reuse: int | None,
     fps: float | None,
+    synthesize: bool,
     quiet: bool,
     **overrides,
 ) -> None:
@@ -230,12 +233,12 @@ def build(
     out = out if out is not None else default_output_dir(recipe, target)
     if kernel is not None:
         KERNEL_STRATEGIES.get(kernel)
-    if (reuse is not None or fps is not None) and target.device != "fpga":
-        raise UserError(f"--reuse and --fps apply to FPGA targets; {target.name} is a "
-                        f"{target.device} target")  # fmt: skip
+    if (reuse is not None or fps is not None or synthesize) and target.device != "fpga":
+        raise UserError(f"--reuse, --fps and --synthesize apply to FPGA targets; {target.name} "
+                        f"is a {target.device} target")  # fmt: skip
     if reuse is not None and fps is not None:
         raise UserError("give --reuse or --fps, not both: --fps picks the reuse factor")
-    options = {"reuse": reuse, "fps": fps}
+    options = {"reuse": reuse, "fps": fps, "synthesize": synthesize}
     report = run_build(recipe, target, out, force, Progress(quiet), kernel=kernel,
                        device_options=options)  # fmt: skip
     acc = report["accuracy"]
@@ -753,6 +756,12 @@ def report(
 
         read_manifest(path)  # a one-line error when PATH is not a build
         data = json.loads((path / "report.json").read_text())
+        if data.get("fpga"):  # an HLS project synthesized after the build (e.g. elsewhere)
+            from apprentice_hw.fpga.synthesis import synthesis_of
+
+            synthesized = synthesis_of(path, data["fpga"]["hls_project"])
+            if synthesized is not None:
+                data["fpga"]["synthesis"] = synthesized
         if fmt == "md":
             click.echo(render_markdown(data))
         elif fmt == "json":

@@ -465,7 +465,10 @@ def validate_recipe(recipe: Recipe) -> None:
     SCHEDULES.get(recipe.student_train.schedule)
 
 
-def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
+def validate(
+    recipe: Recipe, target: Target, out: Path, force: bool,
+    device_options: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     """Check everything that can be checked before minutes of training are spent."""
     validate_recipe(recipe)
     if target.device == "cuda":
@@ -476,7 +479,7 @@ def validate(recipe: Recipe, target: Target, out: Path, force: bool) -> None:
         from apprentice_hw.fpga.build import check_ready
         from apprentice_hw.fpga.estimate import FpgaSpec
 
-        check_ready(recipe)
+        check_ready(recipe, device_options or {})
         FpgaSpec.from_target(target)
     find_cross_compiler(target)
     if out.exists() and not force:
@@ -499,7 +502,7 @@ def run_build(
     device_options: dict[str, Any] | None = None,
 ):
     """Run every step into a staging directory, then move it to ``out``. Returns the report."""
-    validate(recipe, target, out, force)
+    validate(recipe, target, out, force, device_options)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
     workdir = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(workdir, ignore_errors=True)

@@ -127,7 +127,8 @@ def test_reuse_factor_is_chosen_to_fit_or_to_reach_a_frame_rate():
 
 
 FPGA_BAD_INPUTS = [
-    (["-t", "x86-host", "--reuse", "4"], "--reuse and --fps apply to FPGA targets"),
+    (["-t", "x86-host", "--reuse", "4"], "--reuse, --fps and --synthesize apply to FPGA"),
+    (["-t", "zcu104", "--synthesize"], "--synthesize needs vitis_hls on PATH"),
     (["-t", "zcu104", "--reuse", "4", "--fps", "100"], "give --reuse or --fps, not both"),
 ]
 
@@ -155,3 +156,43 @@ def test_non_power_of_two_scales_build_with_a_warning(tmp_path, run_cli):
     report = json.loads((tmp_path / "float" / "report.json").read_text())
     assert report["fpga"]["exactness_warning"].startswith("warning: quantizer family 'float'")
     assert report["checks"]["hls_csim_vs_onnxruntime"]["samples"] == 100
+
+
+CSYNTH = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- The layout of a Vitis HLS csynth.xml (values made up for the parser test). -->
+<profile>
+  <UserAssignments><TargetClockPeriod>5.00</TargetClockPeriod></UserAssignments>
+  <PerformanceEstimates>
+    <SummaryOfTimingAnalysis><EstimatedClockPeriod>4.20</EstimatedClockPeriod></SummaryOfTimingAnalysis>
+    <SummaryOfOverallLatency>
+      <Best-caseLatency>3800</Best-caseLatency><Worst-caseLatency>3900</Worst-caseLatency>
+      <Interval-min>1025</Interval-min><Interval-max>1030</Interval-max>
+    </SummaryOfOverallLatency>
+  </PerformanceEstimates>
+  <AreaEstimates>
+    <Resources><BRAM_18K>120</BRAM_18K><DSP>900</DSP><FF>31000</FF><LUT>45000</LUT></Resources>
+    <AvailableResources><BRAM_18K>624</BRAM_18K><DSP>1728</DSP><FF>460800</FF><LUT>230400</LUT>
+    </AvailableResources>
+  </AreaEstimates>
+</profile>
+"""
+
+
+def test_a_synthesis_report_in_the_project_joins_the_build_report(fpga_build, tmp_path, run_cli):
+    import shutil
+
+    from apprentice_hw.fpga.synthesis import REPORT
+
+    build = tmp_path / "synthesized"
+    shutil.copytree(fpga_build, build)
+    (build / "hls" / REPORT).parent.mkdir(parents=True)
+    (build / "hls" / REPORT).write_text(CSYNTH)
+    shown = run_cli("report", build, "--format", "json")
+    assert shown.code == 0, shown.err
+    synthesis = json.loads(shown.out)["fpga"]["synthesis"]
+    assert synthesis["kind"] == "synthesized"
+    assert synthesis["resources"] == {"luts": 45000, "ffs": 31000, "dsps": 900, "bram_18k": 120}
+    assert synthesis["latency_cycles_worst"] == 3900 and synthesis["interval_cycles"] == 1030
+    assert synthesis["latency_ms_worst"] == pytest.approx(3900 * 4.2e-6)
+    markdown = run_cli("report", build).out
+    assert "Vitis HLS C synthesis" in markdown and "worst-case latency 3,900 cycles" in markdown

@@ -25,8 +25,15 @@ CHECK_IMAGES = 100  # the C simulation is checked against ONNX Runtime on this m
 EXACT_QUANT = "po2"  # power-of-two scales: what fixed-point arithmetic reproduces exactly
 
 
-def check_ready(recipe) -> str | None:
-    """Fail early without hls4ml; return a warning when the model cannot be bit-exact."""
+def check_ready(recipe, options: dict[str, Any]) -> str | None:
+    """Fail early without hls4ml (or Vitis HLS when asked to synthesize); return a warning
+    when the model cannot be bit-exact."""
+    import shutil
+
+    from apprentice_hw.fpga.synthesis import VITIS_HLS, synthesize
+
+    if options.get("synthesize") and shutil.which(VITIS_HLS) is None:
+        synthesize(Path("."))  # raises the one-line error that says what is missing
     try:
         import hls4ml  # noqa: F401
     except ImportError as exc:
@@ -71,13 +78,13 @@ def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
 
 
 def step_compile(state: BuildState) -> None:
-    from apprentice_hw.fpga import hls
+    from apprentice_hw.fpga import hls, synthesis
     from apprentice_hw.fpga.estimate import FpgaSpec, choose_reuse
     from apprentice_hw.pipeline import QONNX_FILE, REPORT_BATCHES
     from apprentice_hw.report import weight_footprint
     from apprentice_hw.report.layers import activation_bytes, layer_costs
 
-    warning = check_ready(state.recipe)
+    warning = check_ready(state.recipe, state.device_options)
     if warning:
         state.progress.message(f"    {warning}")
     spec = FpgaSpec.from_target(state.target)
@@ -94,6 +101,9 @@ def step_compile(state: BuildState) -> None:
     hls_model = hls.compile_body(split, state.workdir / HLS_DIR, design.reuse_factor,
                                  spec.part, spec.clock_mhz)  # fmt: skip
     state.device_objects.update(hls_model=hls_model, split=split)
+    if options.get("synthesize"):
+        state.progress.message("    running Vitis HLS C synthesis (minutes to hours)")
+        synthesis.synthesize(state.workdir / HLS_DIR)
     estimate = design.to_dict()
     state.report["layers"] = [_layer_row(c, c.name not in split.head_layers) for c in costs]
     footprint = weight_footprint(state.student)
@@ -135,6 +145,9 @@ def step_compile(state: BuildState) -> None:
         "exactness_warning": warning,
         "estimate": estimate,
     }
+    synthesized = synthesis.synthesis_of(state.workdir, HLS_DIR)
+    if synthesized is not None:
+        state.report["fpga"]["synthesis"] = synthesized
     if not design.fits:
         state.progress.message(
             f"    warning: reuse factor {design.reuse_factor} exceeds 80% of {spec.part}'s "

@@ -263,6 +263,12 @@ def _fpga_section(fpga: dict[str, Any], checks: dict[str, Any]) -> list[str]:
         share = estimate["utilization"][key]
         shown = f"{share:.1%}" if share is not None else "-"
         lines.append(f"| {key} | {used:,} | {estimate['budget'][key]:,} | {shown} |")
+    synthesized = fpga.get("synthesis")
+    if synthesized:
+        lines += ["", f"Vitis HLS C synthesis ({synthesized['source']}): "
+                  + ", ".join(f"{k} {v:,}" for k, v in synthesized["resources"].items())
+                  + f"; worst-case latency {synthesized['latency_cycles_worst']:,.0f} cycles "
+                  f"at an estimated {synthesized['clock_ns']} ns clock."]  # fmt: skip
     lines += ["", "| layer | multipliers | DSP | LUT | FF | BRAM_18K | cycles |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     for layer in estimate["layers"]:
