@@ -6,6 +6,7 @@ exit status 2; ``--debug`` anywhere on the command line shows the traceback inst
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import time
@@ -184,6 +185,8 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
     help="Build directory. Default: build/<recipe>-<target>-w<bits>a<act-bits>.",
 )
 @click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted or failed build of --out (same options).")  # fmt: skip
 @click.option(
     "--reuse",
     type=int,
@@ -201,6 +204,7 @@ def build(
     recipe_name: str,
     out: Path | None,
     force: bool,
+    resume: bool,
     kernel: str | None,
     reuse: int | None,
     fps: float | None,
@@ -240,7 +244,7 @@ def build(
         raise UserError("give --reuse or --fps, not both: --fps picks the reuse factor")
     options = {"reuse": reuse, "fps": fps, "synthesize": synthesize}
     report = run_build(recipe, target, out, force, Progress(quiet), kernel=kernel,
-                       device_options=options)  # fmt: skip
+                       device_options=options, resume=resume)  # fmt: skip
     acc = report["accuracy"]
     teacher = "not trained" if acc["teacher_top1"] is None else f"{acc['teacher_top1']:.2%}"
     click.echo(f"build written to {out}")
@@ -887,10 +891,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or debug:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        click.echo(f"error: no space left on the device{where} ({exc.strerror}); free some space "
+                   "or choose another --out; nothing was left half-written", err=True)  # fmt: skip
+        return 2
     except (KeyboardInterrupt, click.Abort):
         if debug:
             traceback.print_exc()
-        click.echo("error: interrupted; no partial build directory was left behind", err=True)
+        click.echo("error: interrupted; no output was half-written (an interrupted build "
+                   "continues with --resume)", err=True)  # fmt: skip
         return 130
 
 

@@ -22,6 +22,13 @@ RECIPES_ENV = "APPRENTICE_HW_PIPELINES"
 DEFAULT_RECIPE = "digits"
 
 
+def _seed(value: Any, what: str) -> int:
+    """Seeds feed numpy and scikit-learn, which take integers from 0 to 2**32 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise UserError(f"{what} must be an integer from 0 to 4294967295, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """One network's training schedule (SGD with momentum, cosine learning-rate decay)."""
@@ -91,7 +98,7 @@ class Recipe:
         if data_path is not None:
             recipe = dataclasses.replace(recipe, data_path=data_path)
         if seed is not None:
-            recipe = dataclasses.replace(recipe, seed=seed)
+            recipe = dataclasses.replace(recipe, seed=_seed(seed, "--seed"))
         if weight_bits is not None:
             recipe = dataclasses.replace(recipe, weight_bits=weight_bits)
         if act_bits is not None:
@@ -204,7 +211,7 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
         data_path=Path(path) if path else None,
         augment=augment,
         train_limit=train_limit,
-        seed=int(data.get("seed", 0)),
+        seed=_seed(data.get("seed", 0), f"{where}: 'seed'"),
         threads=int(data.get("threads", 2)),
         teacher=_model_spec(teacher, f"{where} [teacher]"),
         teacher_train=_dataclass_from(TrainSpec, teacher, f"{where} [teacher]", train_keys),

@@ -1,19 +1,25 @@
 """The build pipeline: ordered steps that turn a recipe and a target into a build directory.
 
-Steps run in a private staging directory next to the requested output; only when every step
-has finished is it renamed into place, so an interrupted or failed build never leaves a
-half-written output directory (and never destroys the previous complete one). Each step's wall
-time and every artifact's hash go into ``manifest.json``.
+Steps run in a private staging directory next to the requested output (``.<name>.partial``);
+only when every step has finished is it renamed into place, so an interrupted or failed build
+never leaves a half-written output directory (and never destroys the previous complete one).
+The staging directory records the steps it has finished (``build-progress.json``); an
+interrupted build is kept there and ``--resume`` continues it: training from its last epoch
+checkpoint, or not at all when it had finished; the later steps (seconds) run again. Each
+step's wall time and every artifact's hash go into ``manifest.json``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +61,7 @@ class BuildState:
     ort_outputs: np.ndarray | None = None
     brevitas: Any = None  # verify.BrevitasOutputs on the test set
     compiled_outputs: np.ndarray | None = None  # the compiled module (or its host twin), test set
+    resume: bool = False  # continue an interrupted build's staging directory
     report: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     device_options: dict[str, Any] = field(default_factory=dict)  # e.g. FPGA --reuse / --fps
@@ -86,7 +93,7 @@ def step_train(state: BuildState) -> None:
     from apprentice_hw.training import train_models
 
     data = state.data
-    trained = train_models(state.recipe, data, state.workdir, state.progress)
+    trained = train_models(state.recipe, data, state.workdir, state.progress, resume=state.resume)
     state.student = trained.student
     state.report["accuracy"] = {
         "teacher_top1": (
@@ -94,6 +101,28 @@ def step_train(state: BuildState) -> None:
         ),
         "student_top1": evaluate(trained.student, data.test_x, data.test_y),
     }
+
+
+def restore_train(state: BuildState, saved_report: dict[str, Any]) -> None:
+    """A finished training step of an interrupted build: its student and accuracy, no epochs."""
+    import torch
+
+    from apprentice_hw.training import build_student
+
+    student = build_student(state.recipe, state.data)
+    path = state.workdir / "student.pt"
+    try:
+        student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # truncated or foreign file
+        raise UserError(
+            f"{path} is damaged ({type(exc).__name__}); rerun the build without --resume"
+        ) from exc
+    state.student = student.eval()
+    state.report["accuracy"] = saved_report["accuracy"]
+
+
+# Steps whose results an interrupted build can reload instead of recomputing.
+RESTORE: dict[str, Callable[[BuildState, dict[str, Any]], None]] = {"train": restore_train}
 
 
 def step_export(state: BuildState) -> None:
@@ -490,6 +519,72 @@ def validate(
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {parent}; choose a writable --out directory")
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise UserError(
+            f"only {free / 2**20:.0f} MiB free on the device holding {existing}; a build needs "
+            f"about {MIN_FREE_BYTES / 2**20:.0f} MiB (staging plus checkpoints); free some space "
+            "or choose another --out"
+        )
+
+
+PROGRESS_FILE = "build-progress.json"
+# Checked before training: a digits build takes ~3 MiB, ResNet-18 at 224 about 200 MiB with
+# its checkpoints and the staging copy; a disk that fills mid-build still fails cleanly.
+MIN_FREE_BYTES = 256 * 2**20
+
+
+def staging_dir(out: Path) -> Path:
+    return out.absolute().parent / f".{out.name}.partial"
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One build per output directory at a time (two would share one staging directory)."""
+    lock_path = out.absolute().parent / f".{out.name}.lock"
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise UserError(
+                f"another build is writing {out} right now; wait for it or choose another --out"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            lock_path.unlink(missing_ok=True)
+
+
+def _run_identity(recipe: Recipe, target: Target, kernel, device_options) -> dict[str, Any]:
+    """What must match for a build to be resumed: the recipe, target and options."""
+    return {"recipe": recipe.to_dict(), "target": target.name, "kernel": kernel,
+            "device_options": device_options or {}}  # fmt: skip
+
+
+def _prepare_staging(workdir: Path, identity: dict[str, Any], resume: bool, out: Path):
+    """A fresh staging directory, or the interrupted one to resume: (completed, saved report)."""
+    progress_path = workdir / PROGRESS_FILE
+    if resume and progress_path.exists():
+        saved = json.loads(progress_path.read_text())
+        saved_identity = {key: saved.get(key) for key in identity}
+        if json.loads(json.dumps(identity)) != saved_identity:
+            raise UserError(
+                f"the interrupted build of {out} used other options; rerun it with the same "
+                "ones, or without --resume to start over"
+            )
+        for leftover in workdir.rglob("*.tmp"):  # atomic writes cut short by the interruption
+            leftover.unlink()
+        return saved["completed"], saved["report"]
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir()
+    return [], {}
+
+
+def _record_progress(state: BuildState, identity: dict[str, Any], completed: list[str]) -> None:
+    write_json(state.workdir / PROGRESS_FILE, {
+        **identity, "completed": completed, "report": state.report, "timings": state.timings,
+    })  # fmt: skip
 
 
 def run_build(
@@ -500,26 +595,39 @@ def run_build(
     progress: Progress,
     kernel: str | None = None,
     device_options: dict[str, Any] | None = None,
+    resume: bool = False,
 ):
-    """Run every step into a staging directory, then move it to ``out``. Returns the report."""
-    validate(recipe, target, out, force, device_options)
+    """Run every step into a staging directory, then move it to ``out``. Returns the report.
+
+    An interrupted or failed build keeps its staging directory; ``resume`` continues it.
+    """
+    validate(recipe, target, out, force or resume, device_options)
     out.absolute().parent.mkdir(parents=True, exist_ok=True)
-    workdir = out.absolute().parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir()
-    state = BuildState(
-        recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel,
-        device_options=device_options or {},
-    )  # fmt: skip
-    steps = steps_for(target)
-    try:
+    workdir = staging_dir(out)
+    identity = _run_identity(recipe, target, kernel, device_options)
+    with _exclusive(out):
+        if resume and out.exists() and not workdir.exists():
+            raise UserError(f"{out} is complete: nothing to resume (pass --force to rebuild it)")
+        completed, saved_report = _prepare_staging(workdir, identity, resume, out)
+        state = BuildState(
+            recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel,
+            device_options=device_options or {}, resume=resume,
+        )  # fmt: skip
+        steps = steps_for(target)
+        done: list[str] = []
         for index, step in enumerate(steps, start=1):
             start = time.perf_counter()
-            with progress.step(index, len(steps), step.title):
-                step.run(state)
+            restore = RESTORE.get(step.name) if step.name in completed else None
+            title = f"{step.title} (finished before the interruption)" if restore else step.title
+            with progress.step(index, len(steps), title):
+                if restore is not None:
+                    restore(state, saved_report)
+                else:
+                    step.run(state)
             state.timings[step.name] = time.perf_counter() - start
+            done.append(step.name)
+            _record_progress(state, identity, done)
+        (workdir / PROGRESS_FILE).unlink()
         write_manifest(state)
         replace_directory(workdir, out.absolute())
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return state.report

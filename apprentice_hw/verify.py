@@ -390,6 +390,10 @@ def load_inputs(path: Path | None, shape: tuple[int, ...], samples: int, seed: i
             f"inputs in {path} have shape {array.shape}; the model wants (N, "
             f"{', '.join(str(d) for d in shape[1:])})"
         )
+    if not np.issubdtype(array.dtype, np.number):
+        raise UserError(f"inputs in {path} are {array.dtype}, not numbers; pass float pixels")
+    if not np.all(np.isfinite(array)):
+        raise UserError(f"inputs in {path} contain NaN or infinite values; pass finite pixels")
     return array[:samples].astype(np.float32)
 
 
@@ -463,6 +467,11 @@ def run_verify(
     if kernel is not None:
         KERNEL_STRATEGIES.get(kernel)
     if path.is_dir():
+        if inputs_path is not None:
+            raise UserError(
+                "--inputs goes with an .onnx file; a build directory is verified on its own "
+                "test images"
+            )
         build = read_build(path, samples)
         target = get_target(target_name or build.target_name)
         use_built = (

@@ -44,7 +44,8 @@ def _elf_machine(path: Path) -> tuple[int, int, int]:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if ".partial-" in p.name or p.name.endswith(".tmp")]
+    """Staging directories, lock files and temporary files a build may leave behind."""
+    return [p.name for p in folder.iterdir() if p.name.endswith((".partial", ".lock", ".tmp"))]
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +270,44 @@ def test_interrupt_leaves_nothing_half_written(tmp_path, run_cli, tiny_recipe, m
     monkeypatch.setattr(pipeline, "STEPS", steps)
     out = tmp_path / "out"
     result = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "-q")
-    assert result.code == 130 and "interrupted" in result.err
-    assert not out.exists() and not _leftovers(tmp_path)
+    assert result.code == 130 and "continues with --resume" in result.err
+    assert not out.exists()
+    # The staging directory keeps what finished, and says so.
+    assert _leftovers(tmp_path) == [".out.partial"]
+    progress = json.loads((tmp_path / ".out.partial" / pipeline.PROGRESS_FILE).read_text())
+    assert progress["completed"] == ["data", "train", "export"]
+    monkeypatch.undo()
+    resumed = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "--resume")
+    assert resumed.code == 0, resumed.err
+    assert "train teacher and distil the low-precision student (finished before" in resumed.err
+    assert "epoch" not in resumed.err  # nothing was trained again
+    assert not _leftovers(tmp_path) and (out / "model.so").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert pipeline.PROGRESS_FILE not in manifest["artifacts"]
+
+
+def test_resume_checks_what_it_continues(tmp_path, run_cli, tiny_recipe, monkeypatch):
+    out = tmp_path / "out"
+    fresh = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "-q", "--resume")
+    assert fresh.code == 0, fresh.err  # nothing to resume: a normal build
+    again = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "--resume")
+    assert again.code == 2 and "is complete: nothing to resume" in again.err
+
+    def interrupted(state):
+        raise KeyboardInterrupt
+
+    steps = tuple(pipeline.Step(s.name, s.title, interrupted) if s.name == "verify" else s
+                  for s in pipeline.STEPS)  # fmt: skip
+    monkeypatch.setattr(pipeline, "STEPS", steps)
+    other = tmp_path / "other"
+    assert run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "-q").code == 130
+    monkeypatch.undo()
+    changed = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "--resume",
+                      "--bits", "4")  # fmt: skip
+    assert changed.code == 2 and "used other options" in changed.err
+    (tmp_path / ".other.partial" / "student.pt").write_bytes(b"truncated")
+    damaged = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "--resume")
+    assert damaged.code == 2 and "student.pt is damaged" in damaged.err
 
 
 def test_console_script_reports_errors_without_traceback(tmp_path):

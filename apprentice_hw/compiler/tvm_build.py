@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from apprentice_hw.atomic import atomic_path
+from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.lowering import (
     LoweredLayer,
@@ -52,12 +53,20 @@ def input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
 
 def import_onnx(model: onnx.ModelProto, batch: int = 1):
     """Import ``model`` as it is (no canonicalization, no lowering): the float reference."""
+    import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     name = graph_input(model).name
-    return from_onnx(
-        model, shape_dict={name: list(input_shape(model, batch))}, keep_params_in_input=False
-    )
+    try:
+        return from_onnx(
+            model, shape_dict={name: list(input_shape(model, batch))}, keep_params_in_input=False
+        )
+    except tvm.error.OpNotImplemented as exc:
+        missing = str(exc).split(":")[-1].strip()
+        raise UserError(
+            f"the model uses operators TVM's ONNX importer does not support ({missing}); "
+            "export the model without them"
+        ) from exc
 
 
 def layer_names(model: onnx.ModelProto) -> dict[str, str]:

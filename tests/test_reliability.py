@@ -1,0 +1,103 @@
+"""Reliability: builds killed at random points resume to the same artifacts; concurrent builds.
+
+The kills are real SIGKILLs of a build running in its own process (no chance to clean up), at
+a seeded random moment; the resumed build must produce the artifacts an uninterrupted build
+produces (bit for bit where the pipeline is deterministic: everything but timings and the
+zip metadata of torch's .pt files, whose tensors are compared instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+# Files whose bytes hold timings (reports, manifest) or zip metadata (torch checkpoints).
+NOT_BYTE_STABLE = {"report.json", "report.md", "report.html", "student.pt", "teacher.pt"}
+
+
+def _build_command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "apprentice_hw", "build", "-t", "x86-host", "-r", str(TINY),
+            "-o", str(out), "-q", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "build"
+    subprocess.run(_build_command(out), check=True, capture_output=True)
+    return out
+
+
+def _same_build(built: Path, reference: Path) -> None:
+    ours = json.loads((built / "manifest.json").read_text())["artifacts"]
+    theirs = json.loads((reference / "manifest.json").read_text())["artifacts"]
+    assert set(ours) == set(theirs)
+    for name in sorted(set(theirs) - NOT_BYTE_STABLE):
+        assert ours[name]["sha256"] == theirs[name]["sha256"], name
+    for name in ("student.pt", "teacher.pt"):
+        mine, other = torch.load(built / name), torch.load(reference / name)
+        assert mine.keys() == other.keys()
+        assert all(torch.equal(mine[key], other[key]) for key in mine), name
+    mine, other = (json.loads((d / "report.json").read_text()) for d in (built, reference))
+    for section in ("accuracy", "checks", "memory", "layers"):
+        assert mine[section] == other[section], section
+
+
+@pytest.mark.parametrize(
+    "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
+def test_a_build_killed_at_a_random_point_resumes_to_the_same_artifacts(seed, reference, tmp_path):
+    out = tmp_path / "build"
+    delay = random.Random(seed).uniform(2.0, 14.0)  # from start-up to the last steps
+    process = subprocess.Popen(_build_command(out), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    # Whatever the moment, the output is absent or complete, never half-written.
+    complete = out.exists()
+    assert not complete or (out / "manifest.json").exists()
+    resumed = subprocess.run(_build_command(out, "--resume"), capture_output=True, text=True)
+    if complete:  # it had finished (maybe not exited) before the kill: nothing to resume
+        assert resumed.returncode == 2 and "nothing to resume" in resumed.stderr
+    else:
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]  # no staging, lock or tmp
+    _same_build(out, reference)
+
+
+def test_two_builds_sharing_the_cache_and_tuning_database_both_succeed(
+    tmp_path, reference, monkeypatch
+):
+    """A tune writing the database while two builds read it: all finish, the database loads."""
+    env = {**os.environ, "APPRENTICE_HW_CACHE": str(tmp_path / "cache")}
+    tune = subprocess.Popen(
+        [sys.executable, "-m", "apprentice_hw", "tune", str(reference), "--trials", "3"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    builds = [
+        subprocess.Popen(_build_command(tmp_path / f"b{i}"), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    for process in (tune, *builds):
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+    for i in range(2):
+        _same_build(tmp_path / f"b{i}", reference)
+    from apprentice_hw.compiler import tuning
+    from apprentice_hw.hardware import get_target
+
+    monkeypatch.setenv("APPRENTICE_HW_CACHE", env["APPRENTICE_HW_CACHE"])
+    target = get_target("x86-host")
+    records_file = tuning.tuning_dir(target, target.tvm_target()) / tuning.RECORD_FILE
+    records = [json.loads(line) for line in records_file.read_text().splitlines() if line]
+    assert records  # valid JSON lines, written while the builds read them
