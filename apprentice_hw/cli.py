@@ -515,9 +515,11 @@ def tune(
 @click.option("--host", default=None, help="HOST:PORT of an RPC server started without a tracker.")
 @click.option("--repeat", type=int, default=30, show_default=True, help="Timed runs.")
 @click.option("--number", type=int, default=10, show_default=True, help="Calls per timed run.")
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for a free board at the tracker.")  # fmt: skip
 def deploy(
     build_dir: Path, tracker: str | None, key: str | None, host: str | None, repeat: int,
-    number: int,
+    number: int, wait: float,
 ) -> None:  # fmt: skip
     """Run a build on a board over TVM RPC: check its outputs, time it, add both to the report.
 
@@ -540,13 +542,13 @@ def deploy(
         run_on_board,
     )
 
-    if repeat < 2 or number < 1:
-        raise UserError("--repeat must be at least 2 and --number at least 1")
+    if repeat < 2 or number < 1 or wait <= 0:
+        raise UserError("--repeat must be at least 2, --number at least 1 and --wait positive")
     endpoint = check_options(tracker, key, host)
     bundle = read_bundle(build_dir)
     board = f"'{key}' via {tracker}" if host is None else host
     click.echo(f"connecting to {board} ...", err=True)
-    session = endpoint.connect()
+    session = endpoint.connect(free_board_s=wait) if host is None else endpoint.connect()
 
     def say(message: str) -> None:
         click.echo(f"  {message}", err=True)

@@ -75,15 +75,34 @@ class RemoteDevice:
             f"{self.key}' on the board or fix --key"
         )
 
-    def connect(self, attempts: int = 3, wait_s: float = 2.0):
-        """An RPC session on a board with this key (``tvm.rpc.RPCSession``), retried."""
+    def connect(self, attempts: int = 3, wait_s: float = 2.0, free_board_s: float = 60.0):
+        """An RPC session on a board with this key (``tvm.rpc.RPCSession``), retried.
+
+        The tracker answers a request only when a board with the key is free; ``free_board_s``
+        bounds that wait (TVM's own request would wait forever while others hold the boards).
+        """
         from tvm import rpc
 
         self.check()
 
         def request():
             tracker = rpc.connect_tracker(self.host, self.port)
-            return tracker.request(self.key, session_timeout=self.session_timeout_s)
+            # Only the wait for the tracker's answer times out: the session gets its own socket.
+            tracker._sock.settimeout(free_board_s)
+            try:
+                return tracker.request(
+                    self.key, session_timeout=self.session_timeout_s, max_retry=1
+                )
+            except RuntimeError as exc:
+                if "timed out" in str(exc):
+                    raise NoFreeBoardError(
+                        f"no board with key '{self.key}' at {self.tracker} became free within "
+                        f"{free_board_s:g} s (all busy); try again later or wait longer "
+                        "(deploy --wait)"
+                    ) from exc
+                raise
+            finally:
+                tracker.close()
 
         return _with_retries(request, f"board '{self.key}' via {self.tracker}", attempts, wait_s)
 
@@ -120,11 +139,17 @@ class RpcServer:
         return _with_retries(session, f"the RPC server at {self.address}", attempts, wait_s)
 
 
+class NoFreeBoardError(UserError):
+    """Every board with the key stayed busy: retrying at once would only wait again."""
+
+
 def _with_retries(open_session, what: str, attempts: int, wait_s: float):
     """Call ``open_session`` up to ``attempts`` times, waiting longer after each failure."""
     for attempt in range(attempts):
         try:
             return open_session()
+        except NoFreeBoardError:
+            raise
         except Exception as exc:  # refused, reset, timeout, a server that died while matching
             if attempt == attempts - 1:
                 raise UserError(

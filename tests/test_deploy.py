@@ -235,3 +235,20 @@ def test_a_failure_on_the_board_mid_run_is_one_line_and_writes_nothing(
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "failed while running the verification images" in errors[0]
     assert (build / "report.json").read_bytes() == before
+
+
+def test_a_tracker_with_no_free_board_times_out_with_one_line(builds, tmp_path, run_cli):
+    build = _copy(builds["x86"], tmp_path)
+    before = (build / "report.json").read_bytes()
+    with local_rpc("busy-board") as device:
+        held = device.connect()  # someone else is using the only board
+        try:
+            result = run_cli("deploy", build, "--tracker", device.tracker, "--key", device.key,
+                             "--wait", "2")  # fmt: skip
+        finally:
+            del held
+    assert result.code == 2
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no board with key 'busy-board'" in errors[0]
+    assert "became free within 2 s" in errors[0]
+    assert (build / "report.json").read_bytes() == before
