@@ -56,10 +56,11 @@ def main() -> int:
     parser.add_argument("--builds", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="where the builds go (temporary)")
     parser.add_argument("--max-growth", type=float, default=0.10,
-                        help="allowed RSS growth, first third to last third (default 10%%)")  # fmt: skip
+                        help="allowed RSS growth, first to last third (default 10%%)")  # fmt: skip
     args = parser.parse_args()
 
     from apprentice_hw.cli import main as cli
+    from apprentice_hw.hardware import cpu_model_name
 
     root = args.out or Path(tempfile.mkdtemp(prefix="apprentice-hw-soak-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def main() -> int:
     failures = [r for r in rows if r["exit"] != 0 or r["child_processes"] or r["leftover_files"]]
     summary = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu": platform.processor() or platform.machine(),
+        "machine": {"cpu": cpu_model_name(),
                     "cores": psutil.cpu_count(), "python": platform.python_version()},
         "builds": len(rows),
         "targets": targets,

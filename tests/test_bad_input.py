@@ -253,3 +253,16 @@ def test_damaged_onnx_bytes_are_a_user_error_or_a_valid_model(cut, flips, tmp_pa
         assert "is not a valid ONNX model" in str(exc)
     else:
         onnx.checker.check_model(loaded)
+
+
+def test_a_truncated_training_checkpoint_is_one_line(tmp_path, run_cli):
+    out = tmp_path / "run"
+    assert run_cli("train", "-r", TINY, "-o", out, "-q").code == 0
+    checkpoint = out / "checkpoints" / "student.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    before = _snapshot(out)
+    result = run_cli("train", "-r", TINY, "-o", out, "--resume", "-q")
+    assert result.code == 2
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "student.ckpt is unreadable" in errors[0]
+    assert _snapshot(out) == before
