@@ -11,6 +11,7 @@ The module is called ``hardware`` rather than ``targets`` so it never shadows th
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import re
@@ -153,8 +154,15 @@ def _host_or_positive(
     value = _require(table, key, (int, float, str), where)
     if value == HOST:
         return detect()
-    if isinstance(value, str) or value <= 0:
+    if isinstance(value, str) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{where}: '{key}' must be a positive number or \"host\", got {value!r}")
+    return value
+
+
+def _positive(table: dict[str, Any], key: str, where: str) -> float:
+    value = float(_require(table, key, (int, float), where))
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{where}: '{key}' must be a positive number, got {value!r}")
     return value
 
 
@@ -230,13 +238,18 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     if not fpga:
         _require(tvm, "kind", str, f"{where} [tvm]")
     toolchain = data.get("toolchain", {})
+    if not isinstance(toolchain, dict):
+        raise UserError(f"{where}: [toolchain] must be a table, got {toolchain!r}")
+    for key in ("cross_compiler", "debian_package"):
+        if key in toolchain and not isinstance(toolchain[key], str):
+            raise UserError(f"{where}: [toolchain] '{key}' must be a string")
     peaks = (
         data.get("peak_macs_per_cycle_per_core", {})
         if fpga
         else _require(data, "peak_macs_per_cycle_per_core", dict, where)
     )
     for precision, rate in peaks.items():
-        if not isinstance(rate, int | float) or rate <= 0:
+        if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
             raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
     arch = _require(data, "arch", str, where)
     arches = ARCHES if fpga else ARCHES[:2]  # TVM builds: the CPUs apprentice-hw compiles for
@@ -267,7 +280,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         cores=cores,
         clock_ghz=float(_host_or_positive(hw, "clock_ghz", _host_clock_ghz, hw_where)),
         memory_mib=int(_host_or_positive(hw, "memory_mib", _host_memory_mib, hw_where)),
-        memory_bandwidth_gbs=float(_require(hw, "memory_bandwidth_gbs", (int, float), hw_where)),
+        memory_bandwidth_gbs=_positive(hw, "memory_bandwidth_gbs", hw_where),
         peak_macs_per_cycle_per_core={k: float(v) for k, v in peaks.items()},
         source=source,
         kernels=_kernel_preference(data, where),

@@ -6,6 +6,7 @@ existing build). Plus property-based fuzzing of recipe files, target files and O
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -59,6 +60,10 @@ def files(tmp_path: Path, build: Path) -> Path:
     np.save(tmp_path / "nan.npy", np.full((2, 1, 8, 8), np.nan, np.float32))
     np.save(tmp_path / "wrongshape.npy", np.zeros((2, 3, 5, 5), np.float32))
     (tmp_path / "empty-dataset").mkdir()
+    (tmp_path / "garbage-idx").mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+        (tmp_path / "garbage-idx" / name).write_bytes(b"not an IDX file")
     return tmp_path
 
 
@@ -88,6 +93,10 @@ BAD_INPUTS = [
      "does not exist"),
     (["build", "-t", "x86-host", "-r", "{fashion}", "--data", "{dir}/empty-dataset",
       "-o", "{out}"], "has no train-images-idx3-ubyte"),
+    (["build", "-t", "x86-host", "-r", "{fashion}", "--data", "{dir}/bad.toml", "-o", "{out}"],
+     "is a file, not a folder"),
+    (["build", "-t", "x86-host", "-r", "{fashion}", "--data", "{dir}/garbage-idx",
+      "-o", "{out}"], "train-images-idx3-ubyte is not an IDX file (bad magic number)"),
     (["build", "-t", "x86-host", "-r", "{tiny}", "-o", "{build}"],
      "already exists; pass --force to replace it"),
     (["build", "-t", "x86-host", "-r", "{tiny}", "-o", "{build}", "--resume"],
@@ -177,7 +186,9 @@ def test_running_out_of_space_mid_write_is_one_line(tmp_path, run_cli, monkeypat
 
 
 # -- fuzzing ------------------------------------------------------------------------------------
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# APPRENTICE_HW_FUZZ_EXAMPLES=2000 for a longer hunt than the default run's 60 per property.
+FUZZ = settings(max_examples=int(os.environ.get("APPRENTICE_HW_FUZZ_EXAMPLES", "60")),
+                deadline=None, suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
 TOML_VALUES = st.one_of(
     st.integers(-5, 10**12), st.floats(allow_nan=True), st.text(max_size=12), st.booleans(),
     st.lists(st.integers(-3, 9), max_size=3), st.dictionaries(st.text(max_size=5), st.integers()),

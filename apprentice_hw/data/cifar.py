@@ -43,7 +43,8 @@ def load_cifar10(path: Path | None, seed: int) -> DatasetSplits:
     if path is None:
         raise UserError("dataset 'cifar10' needs a data path: the cifar-10-batches-py folder")
     if not path.is_dir():
-        raise UserError(f"dataset folder {path} does not exist")
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UserError(f"dataset folder {path} {state}; pass the folder holding the files")
     train = [_read_batch(path / name) for name in TRAIN_BATCHES]
     test_x, test_y = _read_batch(path / TEST_BATCH)
     train_x = np.concatenate([x for x, _ in train])

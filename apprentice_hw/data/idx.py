@@ -56,7 +56,8 @@ def read_idx(path: Path) -> np.ndarray:
 def load_idx_folder(name: str, folder: Path) -> DatasetSplits:
     """Load the standard train/test files from ``folder``; images scaled to [0, 1]."""
     if not folder.is_dir():
-        raise UserError(f"dataset folder {folder} does not exist")
+        state = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"dataset folder {folder} {state}; pass the folder holding the files")
     arrays = {}
     for split, (images, labels) in SPLIT_FILES.items():
         x = read_idx(_find(folder, images))

@@ -62,11 +62,11 @@ class FpgaSpec:
                 luts=int(resources["luts"]), ffs=int(resources["ffs"]),
                 dsps=int(resources["dsps"]), bram_18k=int(resources["bram_18k"]),
             )  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise UserError(
                 f"{where}: missing or invalid field {exc}; see targets/zcu104.toml"
             ) from exc
-        if spec.clock_mhz <= 0 or min(spec.luts, spec.ffs, spec.dsps, spec.bram_18k) < 0:
+        if not 0 < spec.clock_mhz < math.inf or min(spec.budget().values()) < 0:
             raise UserError(f"{where}: clock and resources must be positive")
         return spec
 
