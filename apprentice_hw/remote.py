@@ -268,8 +268,20 @@ def local_rpc(
         yield device
 
 
+@dataclass(frozen=True)
+class LocalServer(RpcServer):
+    """A server :func:`local_server` started, with its process group (to pull the plug)."""
+
+    process_group: int = 0
+
+    def kill(self) -> None:
+        """Stop it as a board losing power would: no goodbye to its clients."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process_group, signal.SIGKILL)
+
+
 @contextmanager
-def local_server(server_python: str | None = None) -> Iterator[RpcServer]:
+def local_server(server_python: str | None = None) -> Iterator[LocalServer]:
     """One RPC server on 127.0.0.1 without a tracker (what ``deploy --host`` talks to)."""
     server = RpcServer(LOOPBACK, free_port())
     python = server_python or sys.executable
@@ -286,4 +298,4 @@ def local_server(server_python: str | None = None) -> Iterator[RpcServer]:
                     message = f"the local RPC server at {server.address} did not start"
                     raise RuntimeError(message) from exc
                 time.sleep(0.3)
-        yield server
+        yield LocalServer(server.host, server.port, process_group=processes[0].pid)

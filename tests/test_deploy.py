@@ -252,3 +252,23 @@ def test_a_tracker_with_no_free_board_times_out_with_one_line(builds, tmp_path, 
     assert len(errors) == 1 and "no board with key 'busy-board'" in errors[0]
     assert "became free within 2 s" in errors[0]
     assert (build / "report.json").read_bytes() == before
+
+
+def test_a_board_that_disappears_mid_run_is_one_line_and_writes_nothing(builds, tmp_path, run_cli):
+    import threading
+
+    build = _copy(builds["x86"], tmp_path)
+    before = (build / "report.json").read_bytes()
+    with local_server() as server:
+        # Long enough timing (minutes) that the plug is pulled while it runs.
+        unplug = threading.Timer(8.0, server.kill)
+        unplug.start()
+        try:
+            result = run_cli("deploy", build, "--host", server.address, "--repeat", "100000",
+                             "--number", "100")  # fmt: skip
+        finally:
+            unplug.cancel()
+    assert result.code == 2, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{server.address} failed while" in errors[0], result.err
+    assert (build / "report.json").read_bytes() == before
