@@ -542,18 +542,25 @@ def staging_dir(out: Path) -> Path:
 def _exclusive(out: Path) -> Iterator[None]:
     """One build per output directory at a time (two would share one staging directory)."""
     lock_path = out.absolute().parent / f".{out.name}.lock"
-    with lock_path.open("w") as lock:
+    while True:
+        lock = lock_path.open("w")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
+            lock.close()
             raise UserError(
                 f"another build is writing {out} right now; wait for it or choose another --out"
             ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-            lock_path.unlink(missing_ok=True)
+        # The holder before us unlinks the file as it finishes: a lock on that unlinked file
+        # would exclude nobody, so lock the file that is there now.
+        if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(lock.fileno()).st_ino:
+            break
+        lock.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        lock.close()  # releases the lock
 
 
 def _run_identity(recipe: Recipe, target: Target, kernel, device_options) -> dict[str, Any]:

@@ -101,3 +101,17 @@ def test_two_builds_sharing_the_cache_and_tuning_database_both_succeed(
     records_file = tuning.tuning_dir(target, target.tvm_target()) / tuning.RECORD_FILE
     records = [json.loads(line) for line in records_file.read_text().splitlines() if line]
     assert records  # valid JSON lines, written while the builds read them
+
+
+def test_a_second_build_of_the_same_output_is_refused_while_the_first_runs(tmp_path, run_cli):
+    out = tmp_path / "build"
+    first = subprocess.Popen(_build_command(out), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (tmp_path / ".build.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = run_cli("build", "-t", "x86-host", "-r", TINY, "-o", out, "--force", "-q")
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    assert second.code == 2 and "another build is writing" in second.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
