@@ -164,3 +164,16 @@ def test_gpu_targets_are_data_files_with_their_architecture():
         assert (target.arch == "aarch64") == name.startswith("jetson")
         assert target.tvm_target().host is not None
     assert shutil.which("aarch64-linux-gnu-g++")  # Jetson host code is cross-linked
+
+
+def test_packed_cuda_entries_parse_even_when_the_cubin_ends_in_zeros():
+    def string(value: bytes) -> bytes:
+        return len(value).to_bytes(8, "little") + value
+
+    cubin = b"\x7fELF" + bytes(120)  # section tables often end in zero bytes
+    fmap = (1).to_bytes(8, "little") + string(b"kernel0") + bytes(12)
+    blob = string(b"cubin") + fmap + string(cubin)
+    payload = b"prefix" + string(b"cuda") + len(blob).to_bytes(8, "little") + blob + b"suffix"
+    [entry] = cuda.find_cuda_entries(payload)
+    assert (entry.fmt, entry.fmap, entry.data) == (b"cubin", fmap, cubin)
+    assert payload[entry.end :] == b"suffix"

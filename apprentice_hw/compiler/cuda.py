@@ -147,10 +147,14 @@ def find_cuda_entries(payload: bytes) -> list[CudaEntry]:
             continue  # not a format string: the marker matched inside other data
         fmt = blob[8 : 8 + fmt_len]
         data_len = None
-        # The binary is the last field: find the uint64 that says how long the tail is.
-        for offset in range(len(blob) - 8, 8 + fmt_len - 1, -1):
-            if _U64.unpack_from(blob, offset)[0] == len(blob) - offset - 8:
-                data_len = len(blob) - offset - 8
+        # The binary is the last field: the first uint64 after the format string that equals
+        # the length of the rest (the function table holds only small counts and names, while
+        # scanning from the end would match zero padding at the end of a cubin).
+        for offset in range(8 + fmt_len, len(blob) - 7):
+            rest = len(blob) - offset - 8
+            is_length = _U64.unpack_from(blob, offset)[0] == rest and rest > 0
+            if is_length and (fmt != b"cubin" or blob[offset + 8 : offset + 12] == b"\x7fELF"):
+                data_len = rest
                 break
         if data_len is None or fmt not in (b"cuda", b"cu", b"ptx", b"cubin", b"fatbin"):
             continue
