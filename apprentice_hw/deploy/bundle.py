@@ -162,7 +162,8 @@ def board_readme(manifest: dict[str, Any]) -> str:
 2. Install the TVM runtime and numpy (Python 3.9 or newer, {target["arch"]}):
    `pip install apache-tvm=={manifest["module"]["tvm_version"]} numpy`
 3. Check the copy: `python3 run.py --verify` runs {manifest["verification"]["count"]} bundled
-   images and must print `outputs identical to the host build's`.
+   images and must find the outputs identical to the host build's (within
+   {manifest["verification"]["tolerance_steps"]:g} output steps; exit status 0).
 4. Classify: `python3 run.py images.npy --top 3 [--out logits.npy]` where `images.npy` holds
    float32 images of shape {shape} (C,H,W), one image or a stack (N,C,H,W);
    {manifest["input"]["preprocessing"]}.
