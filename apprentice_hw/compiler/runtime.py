@@ -42,6 +42,18 @@ class LatencyStats:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_times(cls, times_ms: list[float], number: int) -> LatencyStats:
+        """Summary of per-call milliseconds, one value per timed run of ``number`` calls."""
+        return cls(
+            median_ms=statistics.median(times_ms),
+            min_ms=min(times_ms),
+            max_ms=max(times_ms),
+            stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
+            repeats=len(times_ms),
+            number=number,
+        )
+
 
 def _virtual_machine(path: Path):
     import tvm
@@ -77,14 +89,7 @@ def measure_latency(path: Path, sample: np.ndarray, repeats: int = 30, number: i
     if completed.returncode != 0:
         raise RuntimeError(f"timing {path} failed: {completed.stderr.strip()[-500:]}")
     times_ms = json.loads(completed.stdout.strip().splitlines()[-1])
-    return LatencyStats(
-        median_ms=statistics.median(times_ms),
-        min_ms=min(times_ms),
-        max_ms=max(times_ms),
-        stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
-        repeats=repeats,
-        number=number,
-    )
+    return LatencyStats.from_times(times_ms, number)
 
 
 def _time_here(path: Path, sample: np.ndarray, repeats: int, number: int) -> list[float]:

@@ -9,7 +9,6 @@ has finished, so a failed deploy leaves the build as it was.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from apprentice_hw.compiler.runtime import LatencyStats
 from apprentice_hw.deploy.bundle import Bundle
 from apprentice_hw.errors import UserError
 
@@ -115,6 +115,7 @@ def run_on_board(
         with contextlib.suppress(Exception):  # the session may be gone; its folder goes with it
             session.remove(remote_name)
     step = manifest["output"]["quant_step"]
+    latency = LatencyStats.from_times(times_ms, number)
     return DeployResult(
         board=board,
         samples=len(inputs),
@@ -122,11 +123,11 @@ def run_on_board(
         max_diff_steps=float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step),
         tolerance_steps=float(manifest["verification"]["tolerance_steps"]),
         top1_agreement=float(np.mean(outputs.argmax(1) == expected.argmax(1))),
-        latency_median_ms=statistics.median(times_ms),
-        latency_min_ms=min(times_ms),
-        latency_max_ms=max(times_ms),
-        latency_stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
-        repeats=repeats,
+        latency_median_ms=latency.median_ms,
+        latency_min_ms=latency.min_ms,
+        latency_max_ms=latency.max_ms,
+        latency_stdev_ms=latency.stdev_ms,
+        repeats=latency.repeats,
         number=number,
         upload_seconds=round(upload_seconds, 3),
         module_bytes=len(data),
