@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from apprentice_hw import __version__
+from apprentice_hw.deploy import emulated_pi as pi_defaults  # light: no ONNX or TVM
 from apprentice_hw.errors import UserError
 
 if TYPE_CHECKING:
@@ -534,7 +535,7 @@ def deploy(
       apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 192.168.1.2:9190 --key pi4
       apprentice-hw deploy build/digits-arm-a72-w2a8 --host raspberrypi.local:9090
     """  # fmt: skip
-    from apprentice_hw.deploy import read_bundle
+    from apprentice_hw.deploy.bundle import read_bundle
     from apprentice_hw.deploy.remote_run import (
         DeployError,
         check_options,
@@ -579,8 +580,15 @@ def deploy(
 
 
 @cli.command("emulated-pi")
-@click.option("--port", type=int, default=9190, show_default=True, help="Tracker port (127.0.0.1).")
-@click.option("--key", default="emulated-pi", show_default=True, help="Device key to register.")
+@click.option(
+    "--port",
+    type=int,
+    default=pi_defaults.DEFAULT_PORT,
+    show_default=True,
+    help="Tracker port (127.0.0.1).",
+)
+@click.option("--key", default=pi_defaults.DEFAULT_KEY, show_default=True,
+              help="Device key to register.")  # fmt: skip
 @click.option("--setup-only", is_flag=True, help="Set it up (once, needs root) and exit.")
 @click.option(
     "--dir",
@@ -589,7 +597,7 @@ def deploy(
     default=None,
     help="Where it lives (default $APPRENTICE_HW_PI_DIR or the apprentice-hw cache).",
 )
-@click.option("--mirror", default="http://deb.debian.org/debian", show_default=True,
+@click.option("--mirror", default=pi_defaults.DEFAULT_MIRROR, show_default=True,
               help="Debian mirror for the one-time setup.")  # fmt: skip
 def emulated_pi(port: int, key: str, setup_only: bool, folder: Path | None, mirror: str) -> None:
     """Start an emulated Raspberry Pi 4 (Cortex-A72) registered with a local TVM tracker.

@@ -186,7 +186,7 @@ def step_compile(state: BuildState) -> None:
     estimate = estimate_latency(list(costs.values()), target)
     state.report["latency_estimate"] = estimate.to_dict()
     state.report["layers"] = [
-        {**layer.to_dict(), **_cost_fields(costs.get(layer.name))} for layer in layers
+        {**layer.to_dict(), **cost_fields(costs.get(layer.name))} for layer in layers
     ]
     state.report["memory"] = {
         "weights": {
@@ -240,7 +240,7 @@ def _device_code(module: Path) -> dict[str, Any]:
     }
 
 
-def _cost_fields(cost) -> dict:
+def cost_fields(cost) -> dict:
     """The shape-derived columns of a layer's report row (empty when the graph has no match)."""
     if cost is None:
         return {}
@@ -304,6 +304,12 @@ def step_verify(state: BuildState) -> None:
     state.progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
 
 
+def target_info(target: Target) -> dict[str, Any]:
+    """The target as the report and the bundle manifest describe it."""
+    return {"name": target.name, "description": target.description, "device": target.device,
+            "arch": target.arch, "tvm": target.tvm}  # fmt: skip
+
+
 def step_bundle(state: BuildState) -> None:
     from apprentice_hw.deploy.bundle import BUNDLE_DIR, VERIFY_COUNT, write_bundle
 
@@ -314,8 +320,7 @@ def step_bundle(state: BuildState) -> None:
         state.workdir / BUNDLE_DIR,
         state.workdir / MODULE_FILE,
         state.onnx_model,
-        target_info={"name": target.name, "description": target.description,
-                     "device": target.device, "arch": target.arch, "tvm": target.tvm},
+        target_info=target_info(target),
         model_info={"recipe": recipe.name, "dataset": recipe.dataset,
                     "student": recipe.student.name, "weight_bits": recipe.weight_bits,
                     "act_bits": recipe.act_bits, "classes": state.data.num_classes},
@@ -360,13 +365,7 @@ def step_report(state: BuildState) -> None:
             "act_bits": recipe.act_bits,
             "first_last": first_last,
         },
-        "target": {
-            "name": target.name,
-            "description": target.description,
-            "device": target.device,
-            "arch": target.arch,
-            "tvm": target.tvm,
-        },
+        "target": target_info(target),
         **state.report,
         "execution": EXECUTION.get(target.device, EXECUTION["cpu"]),
     }
@@ -384,31 +383,24 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def _fpga_steps() -> dict[str, Callable[[BuildState], None]]:
+def _fpga_steps() -> dict[str, Step]:
     from apprentice_hw.fpga import build
 
-    return {"compile": build.step_compile, "verify": build.step_verify,
-            "bundle": build.step_bundle}  # fmt: skip
+    return {step.name: step for step in (
+        Step("compile", "convert with hls4ml and compile the C simulation", build.step_compile),
+        Step("verify", "check the C simulation against ONNX Runtime", build.step_verify),
+        Step("bundle", "write the deploy bundle", build.step_bundle),
+    )}  # fmt: skip
 
 
 # Steps a kind of device does its own way (by step name); the others are shared.
-DEVICE_STEPS: dict[str, Callable[[], dict[str, Callable[[BuildState], None]]]] = {
-    "fpga": _fpga_steps,
-}
-
-STEP_TITLES = {"fpga": {"compile": "convert with hls4ml and compile the C simulation",
-                        "verify": "check the C simulation against ONNX Runtime",
-                        "bundle": "write the deploy bundle"}}  # fmt: skip
+DEVICE_STEPS: dict[str, Callable[[], dict[str, Step]]] = {"fpga": _fpga_steps}
 
 
 def steps_for(target: Target) -> list[Step]:
     """The pipeline for ``target``'s kind of device."""
     overrides = DEVICE_STEPS[target.device]() if target.device in DEVICE_STEPS else {}
-    titles = STEP_TITLES.get(target.device, {})
-    return [
-        Step(step.name, titles.get(step.name, step.title), overrides.get(step.name, step.run))
-        for step in STEPS
-    ]
+    return [overrides.get(step.name, step) for step in STEPS]
 
 
 def _sha256(path: Path) -> str:
@@ -508,7 +500,7 @@ def validate(
         from apprentice_hw.fpga.build import check_ready
         from apprentice_hw.fpga.estimate import FpgaSpec
 
-        check_ready(recipe, device_options or {})
+        check_ready(device_options or {})
         FpgaSpec.from_target(target)
     find_cross_compiler(target)
     if out.exists() and not force:

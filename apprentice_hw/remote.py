@@ -26,6 +26,14 @@ CONNECT_TIMEOUT_S = 5.0  # to open a TCP connection to the tracker
 REGISTER_TIMEOUT_S = 60.0  # a server that has not registered by then has failed to start
 
 
+def _host_port(text: str, option: str, example: str) -> tuple[str, int]:
+    """``HOST:PORT`` from a command-line option, or a one-line error naming the option."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{option} must be HOST:PORT (e.g. {example}), got '{text}'")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class RemoteDevice:
     """A board reached through a TVM RPC tracker."""
@@ -38,12 +46,10 @@ class RemoteDevice:
     @classmethod
     def parse(cls, tracker: str, key: str) -> RemoteDevice:
         """From the CLI's ``--tracker HOST:PORT --key KEY``, with one-line errors."""
-        host, _, port = tracker.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"--tracker must be HOST:PORT (e.g. 127.0.0.1:9190), got '{tracker}'")
+        host, port = _host_port(tracker, "--tracker", "127.0.0.1:9190")
         if not key:
             raise UserError("--key must name the device key the board registered with the tracker")
-        return cls(host, int(port), key)
+        return cls(host, port, key)
 
     @property
     def tracker(self) -> str:
@@ -118,10 +124,7 @@ class RpcServer:
     @classmethod
     def parse(cls, address: str) -> RpcServer:
         """From the CLI's ``--host HOST:PORT``, with one-line errors."""
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UserError(f"--host must be HOST:PORT (e.g. 192.168.1.5:9090), got '{address}'")
-        return cls(host, int(port))
+        return cls(*_host_port(address, "--host", "192.168.1.5:9090"))
 
     @property
     def address(self) -> str:

@@ -1,5 +1,3 @@
-"""Deploying builds to boards: the bundle a user copies, and running it over TVM RPC."""
-
-from apprentice_hw.deploy.bundle import BUNDLE_DIR, Bundle, read_bundle, write_bundle
-
-__all__ = ["BUNDLE_DIR", "Bundle", "read_bundle", "write_bundle"]
+"""Deploying builds to boards: the bundle a user copies (``bundle``), running it over TVM RPC
+(``remote_run``) and the emulated Raspberry Pi (``emulated_pi``). Nothing is imported here, so
+the command line can read the emulated Pi's defaults without loading ONNX or TVM."""

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from apprentice_hw.atomic import write_json, write_text
 from apprentice_hw.errors import UserError
+from apprentice_hw.report.layers import constant_values
 
 BUNDLE_DIR = "bundle"
 BUNDLE_MANIFEST = "manifest.json"
@@ -38,20 +38,10 @@ PREPROCESSING = (
 )
 
 
-def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """An initializer or Constant node output by name (None when computed at run time)."""
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and name in node.output:
-            return numpy_helper.to_array(node.attribute[0].t)
-    return None
-
-
 def _quantization(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any]:
-    scale = _constant(model, node.input[1])
-    zero = _constant(model, node.input[2]) if len(node.input) > 2 else None
+    constants = constant_values(model)
+    scale = constants.get(node.input[1])
+    zero = constants.get(node.input[2]) if len(node.input) > 2 else None
     return {
         "scale": float(scale.reshape(-1)[0]) if scale is not None else None,
         "zero_point": int(zero.reshape(-1)[0]) if zero is not None else 0,

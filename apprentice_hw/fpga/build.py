@@ -25,9 +25,8 @@ CHECK_IMAGES = 100  # the C simulation is checked against ONNX Runtime on this m
 EXACT_QUANT = "po2"  # power-of-two scales: what fixed-point arithmetic reproduces exactly
 
 
-def check_ready(recipe, options: dict[str, Any]) -> str | None:
-    """Fail early without hls4ml (or Vitis HLS when asked to synthesize); return a warning
-    when the model cannot be bit-exact."""
+def check_ready(options: dict[str, Any]) -> None:
+    """Fail before training without hls4ml, or without Vitis HLS when asked to synthesize."""
     import shutil
 
     from apprentice_hw.fpga.synthesis import VITIS_HLS, synthesize
@@ -41,6 +40,10 @@ def check_ready(recipe, options: dict[str, Any]) -> str | None:
             "FPGA targets need hls4ml; install it with pip install 'apprentice-hw[fpga]' "
             "(or '.[fpga]' in a checkout)"
         ) from exc
+
+
+def exactness_warning(recipe) -> str | None:
+    """Why the fixed-point design may not reproduce the model exactly, or None."""
     if recipe.quant != EXACT_QUANT:
         return (
             f"warning: quantizer family '{recipe.quant}' has non-power-of-two scales, which "
@@ -61,6 +64,8 @@ def _weight_shape(cost) -> list[int]:
 
 def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
     """A report row in the CPU/GPU layout, so the Markdown, HTML and plot read it as usual."""
+    from apprentice_hw.pipeline import cost_fields
+
     return {
         "name": cost.name,
         "kind": cost.kind,
@@ -71,10 +76,8 @@ def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
         "strategy": "hls4ml (FPGA fabric)" if on_fpga else "host (ONNX Runtime)",
         "reason": None,
         "weight_bytes": cost.weight_bytes,
-        **{key: value for key, value in cost.to_dict().items()
-           if key in ("input_shape", "output_shape", "macs", "bit_operations", "output_bits",
-                      "output_bytes_batch_1")},
-    }  # fmt: skip
+        **cost_fields(cost),
+    }
 
 
 def step_compile(state: BuildState) -> None:
@@ -84,7 +87,7 @@ def step_compile(state: BuildState) -> None:
     from apprentice_hw.report import weight_footprint
     from apprentice_hw.report.layers import activation_bytes, layer_costs
 
-    warning = check_ready(state.recipe, state.device_options)
+    warning = exactness_warning(state.recipe)
     if warning:
         state.progress.message(f"    {warning}")
     spec = FpgaSpec.from_target(state.target)

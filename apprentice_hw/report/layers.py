@@ -56,7 +56,8 @@ class LayerCost:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in data.items()}
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every initializer and Constant node output of ``model``, by tensor name."""
     values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant":
@@ -83,7 +84,7 @@ class _Graph:
     """Producers, consumers and constants of a QCDQ graph, for walking around a layer."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.constants = _constants(model)
+        self.constants = constant_values(model)
         self.producer = {out: node for node in model.graph.node for out in node.output}
         self.consumers: dict[str, list] = {}
         for node in model.graph.node:
