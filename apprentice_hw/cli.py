@@ -472,7 +472,7 @@ def tune(
     if target.device != "cpu":
         raise UserError(
             f"tuning {target.device} targets is not supported yet ({target.name} builds use "
-            "TVM's default DLight GPU schedules); tune a CPU target"
+            "the default GPU schedules); tune a CPU target"
         )
     if remote is None and not target.runs_on_this_machine:
         raise UserError(

@@ -1,6 +1,6 @@
 """CUDA targets without a GPU: real device code (cubin) inside the module, read back by TVM.
 
-The builds run the real pipeline: DLight GPU schedules, the machine's nvcc, the host part
+The builds run the real pipeline: the GPU schedules, the machine's nvcc, the host part
 linked (cross-linked for Jetson). No GPU here, so nothing executes on one; the arithmetic is
 checked on the host twin as for boards.
 """

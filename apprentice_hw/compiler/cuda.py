@@ -118,6 +118,11 @@ def _cuda_modules(module) -> list:
     return found
 
 
+def cuda_sources(module) -> list[str]:
+    """The CUDA C of every CUDA module ``module`` imports (what nvcc compiles)."""
+    return [m.inspect_source("") for m in _cuda_modules(module)]
+
+
 @dataclass(frozen=True)
 class CudaEntry:
     """Where one serialized CUDA module sits in the packed imports blob."""
@@ -197,7 +202,7 @@ def export_with_cubin(executable, tvm_target: dict, path: Path, fcompile) -> lis
     import tvm_ffi
 
     arch = target_arch(tvm_target)
-    sources = [m.inspect_source("") for m in _cuda_modules(executable.mod)]
+    sources = cuda_sources(executable.mod)
     if not sources:
         raise RuntimeError("the compiled module has no CUDA kernels")
     pack = tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")

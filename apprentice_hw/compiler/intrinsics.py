@@ -126,3 +126,51 @@ def register_avx2() -> str:
 
     TensorIntrin.register(AVX2_16X4, avx2_desc, avx2_impl)
     return AVX2_16X4
+
+
+DP4A_U8S8 = "apprentice_hw_dp4a_u8s8_local"
+
+
+@cache
+def register_dp4a() -> str:
+    """Register a uint8 x int8 -> int32 four-way dot product for CUDA (``dp4a``); its name.
+
+    TVM ships ``dp4a_u8s8s32`` with both operands in shared memory and the product added to the
+    accumulator after a ``dp4a`` with zero. In the GPU conv schedule the operands are registers:
+    each thread decodes its four weights (from int8 or packed 2/4-bit storage) and gathers its
+    four activation codes into ``local`` buffers, and the accumulator is the instruction's own
+    addend, so one ``dp4a.u32.s32`` does the whole update (TVM's CUDA header defines the mixed
+    signedness overload of ``__dp4a``).
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def dp4a_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1, align=4, scope="local"),
+        B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="local"),
+        C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vk = T.axis.remap("R", [k])
+                    C[0] = C[0] + T.cast(A[vk], "int32") * T.cast(B[vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def dp4a_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1, align=4, scope="local"),
+        B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="local"),
+        C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0], A[0:4], B[0:4])
+            T.writes(C[0])
+            C[0] = T.call_pure_extern(
+                "__dp4a", A.vload([0], "uint8x4"), B.vload([0], "int8x4"), C[0], dtype="int32"
+            )
+
+    TensorIntrin.register(DP4A_U8S8, dp4a_desc, dp4a_impl)
+    return DP4A_U8S8

@@ -80,10 +80,11 @@ def _measure(mod) -> tuple[int, int, int, int]:
     return sum(constants.values()), len(constants), totals["unplanned"], totals["planned"]
 
 
-# TVM's backend pipeline module per device kind: the passes the build itself runs.
+# The backend pipeline module per device kind: the passes the build itself runs (CUDA builds
+# add the project's conv schedule to TVM's CUDA passes).
 BACKEND_PIPELINES = {
     "cpu": "tvm.relax.backend.cpu_generic.pipeline",
-    "cuda": "tvm.relax.backend.cuda.pipeline",
+    "cuda": "apprentice_hw.compiler.gpu_schedules",
 }
 
 
@@ -131,7 +132,7 @@ def kernel_workspace_bytes(mod, target) -> int:
     with tvm_target:
         if target.device == "cpu":
             scheduled = schedule_pass(tvm_target)(fused_module(mod, tvm_target))
-        else:  # the GPU legalization fuses and schedules (DLight) in one go
+        else:  # the GPU legalization fuses and schedules (the conv rule, DLight) in one go
             backend = _backend(target)
             scheduled = tvm.transform.Sequential(
                 backend.library_dispatch_passes(tvm_target) + backend.legalize_passes(tvm_target)

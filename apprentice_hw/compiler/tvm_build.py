@@ -114,18 +114,25 @@ def prepare_module(
 
 
 def compile_module(mod, target: Target, use_tuning: bool = True):
-    """Compile a Relax module for ``target``: TVM's pipeline plus default CPU schedules.
+    """Compile a Relax module for ``target``: TVM's pipeline plus the project's schedules.
 
-    Functions the target's tuning database (``apprentice-hw tune``) has records for get their
-    tuned schedule, conv kernels the shipped tables know get their pre-tuned knobs, and the
-    rest the default schedules; ``use_tuning=False`` uses the defaults everywhere.
+    CPU targets get the default CPU schedules (``schedules.py``), CUDA targets the dp4a conv
+    schedule (``gpu_schedules.py``) with DLight for the rest, other devices TVM's defaults.
+
+    On CPUs, functions the target's tuning database (``apprentice-hw tune``) has records for
+    get their tuned schedule, conv kernels the shipped tables know get their pre-tuned knobs,
+    and the rest the default schedules; ``use_tuning=False`` uses the defaults everywhere.
     """
     import tvm
 
     from apprentice_hw.compiler import tuning
+    from apprentice_hw.compiler.gpu_schedules import cuda_pipeline
     from apprentice_hw.compiler.schedules import cpu_pipeline
 
     tvm_target = target.tvm_target()
+    if target.device == "cuda":
+        pipeline = cuda_pipeline(tvm.target.Target(tvm_target))
+        return tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
     if target.device != "cpu":
         return tvm.compile(mod, tvm_target)
     tuned, knob_table = None, None

@@ -1,0 +1,215 @@
+"""GPU schedules for the integer conv kernels: dp4a, weights unpacked in registers, one launch.
+
+TVM's CUDA pipeline schedules every function with DLight. DLight's matmul rule takes the
+blocked integer conv (``kernels.conv2d_int_blocked``) as a generic GEMM: shared-memory tiles
+and scalar ``int32`` multiply-adds, one per weight. This module adds one pass before DLight
+that schedules the conv kernels itself (DLight leaves functions marked scheduled alone):
+
+* one CUDA kernel per conv layer: the activation padding, the weight decoding and the fused
+  epilogue (requantization, residual add, ReLU, the next quantize) run inside it, so no
+  workspace is written to GPU memory between them;
+* each thread owns one output channel of a few output pixels (``ConvTile``); for every
+  (input-channel block, ky, kx) it decodes its four weights from their stored form (int8, or 2
+  or 4 bits packed per byte) straight into a register, then gathers four activation codes per
+  pixel and adds their dot product with one ``dp4a`` (uint8 x int8 -> int32, sm_61 and newer);
+* the threads of a warp take neighbouring pixel groups of one output channel, so they read
+  neighbouring activation bytes and the same weight bytes (a broadcast from the cache).
+
+No shared memory and no barriers: the layers of an edge network are small, and the caches
+serve the reuse. This is a first schedule, not a tuned one: it was compiled and checked (PTX,
+register use, and the generated CUDA C executed on the host, ``tests/test_cuda.py``) but, with
+no GPU lent to the project so far, never timed on one. Functions it does not take (dense, pooling,
+elementwise) stay with DLight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+LOG = logging.getLogger(__name__)
+LANES = 16  # output channels per block of the blocked layout (kernels.VNNI_LANES)
+PIXELS_PER_THREAD = 4  # output pixels of one row a thread accumulates (registers)
+MAX_THREADS = 256  # threads per CUDA block
+MIN_THREADS = 64  # below this, rows join the block too
+DP4A_MIN_ARCH = 61  # dp4a arrived with compute capability 6.1 (Pascal)
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """How one conv kernel's outputs are split over a CUDA grid.
+
+    A thread computes ``pixels`` adjacent outputs of one channel in one row; a block holds
+    ``columns`` x ``rows`` threads for each of the 16 channels of an output block. (Pixels
+    ``columns`` apart would make a warp's loads contiguous, but the fused epilogue's region is
+    then the span between them: TVM computes and stores every pixel in it, those of the other
+    threads included - the host run of the kernel caught that.)
+    """
+
+    pixels: int
+    columns: int
+    rows: int
+
+    @property
+    def threads(self) -> int:
+        return LANES * self.columns * self.rows
+
+
+def _divisors(value: int) -> list[int]:
+    return [d for d in range(1, value + 1) if value % d == 0]
+
+
+def conv_tile(out_rows: int, out_columns: int) -> ConvTile:
+    """The tile for an output of ``out_rows`` x ``out_columns`` pixels per channel."""
+    pixels = max(d for d in _divisors(out_columns) if d <= PIXELS_PER_THREAD)
+    groups = out_columns // pixels
+    columns = max(d for d in _divisors(groups) if LANES * d <= MAX_THREADS)
+    rows = 1
+    for candidate in _divisors(out_rows):
+        if LANES * columns * candidate > MAX_THREADS:
+            break
+        rows = candidate
+        if LANES * columns * rows >= MIN_THREADS:
+            break
+    return ConvTile(pixels, columns, rows)
+
+
+def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> ConvTile:
+    """Schedule a blocked integer conv function for CUDA in place; returns the tile used.
+
+    Without ``dp4a`` (GPUs older than sm_61: the Jetson Nano) the four products are unrolled
+    into scalar multiply-adds; the rest of the schedule is the same.
+    """
+    from apprentice_hw.compiler.intrinsics import register_dp4a
+    from apprentice_hw.compiler.schedules import _extent, _inline_around
+
+    outputs = _inline_around(sch, "pad_blocked", "conv2d_int")
+    conv = sch.get_sblock("conv_blocked")
+    n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
+    tile = tile or conv_tile(_extent(sch, i), _extent(sch, j))
+    io, im = sch.split(i, factors=[None, tile.rows])
+    jo, jm, ji = sch.split(j, factors=[None, tile.columns, tile.pixels])
+    sch.reorder(n, ob, io, jo, oi, im, jm, rc, ry, rx, ji, ri)
+    sch.bind(sch.fuse(n, ob, io, jo), "blockIdx.x")
+    thread = sch.fuse(oi, im, jm)
+    sch.bind(thread, "threadIdx.x")
+    accumulators = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(accumulators, thread)
+    # The thread's four weights for this (channel block, ky, kx), decoded into a register.
+    decode = sch.get_sblock("weight_blocked")
+    sch.compute_at(decode, rx)
+    sch.set_scope(decode, 0, "local")
+    sch.unroll(sch.get_loops(decode)[-1])
+    # Four activation codes per pixel (zero point where the window leaves the image).
+    pad = sch.get_sblock("pad_blocked")
+    sch.compute_at(pad, ji)
+    sch.set_scope(pad, 0, "local")
+    sch.unroll(sch.get_loops(pad)[-1])
+    sch.decompose_reduction(conv, rc)
+    if use_dp4a:
+        sch.tensorize(ri, register_dp4a())
+    else:
+        sch.unroll(ri)
+    sch.unroll(ji)
+    for output in outputs:
+        sch.reverse_compute_at(output, thread)
+    sch.compute_inline(accumulators)
+    return tile
+
+
+def has_dp4a(target) -> bool:
+    """Whether the CUDA target's GPU has ``dp4a`` (compute capability 6.1 and newer)."""
+    arch = str(target.attrs.get("arch", ""))
+    return arch.startswith("sm_") and int(arch[3:]) >= DP4A_MIN_ARCH
+
+
+def schedule_function(func, target):
+    """``func`` scheduled for CUDA when it is a blocked integer conv; otherwise ``None``.
+
+    ``None`` leaves the function to DLight, also when the schedule fails (logged): the
+    DLight schedule is correct, only slower.
+    """
+    from tvm import s_tir
+
+    from apprentice_hw.compiler.schedules import BLOCKED_CONV, _block_names
+
+    sch = s_tir.Schedule(func)
+    if not _block_names(sch) >= BLOCKED_CONV:
+        return None
+    try:
+        schedule_conv(sch, use_dp4a=has_dp4a(target))
+    except Exception as exc:  # any schedule error: DLight's schedule is correct
+        LOG.info("GPU conv schedule did not apply (%s); left to DLight", exc)
+        return None
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_pass(target):
+    """A module pass that schedules the blocked integer conv functions for CUDA."""
+    import tvm
+    from tvm import tirx
+
+    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCUDAConvSchedule")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc):
+                continue
+            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+                continue
+            scheduled = schedule_function(func, target)
+            if scheduled is not None:
+                updates[gvar] = scheduled
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass
+
+
+# The build's CUDA pipeline, in the four stages of a TVM backend pipeline module (memory.py
+# runs the first stages alone): TVM's CUDA passes with ``schedule_pass`` before DLight.
+
+
+def library_dispatch_passes(target) -> list:
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    return cuda.library_dispatch_passes(target)
+
+
+def legalize_passes(target) -> list:
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    passes = cuda.legalize_passes(target)
+    dlight = [p.info.name for p in passes].index("ApplyDefaultSchedule")  # fails loudly if renamed
+    return [*passes[:dlight], schedule_pass(target), *passes[dlight:]]
+
+
+def dataflow_lower_passes(target) -> list:
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    return cuda.dataflow_lower_passes(target)
+
+
+def finalize_passes(target) -> list:
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    return cuda.finalize_passes(target)
+
+
+def cuda_pipeline(target):
+    """The Relax pipeline a CUDA build compiles with (``tvm.compile(relax_pipeline=...)``)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCUDAPipeline")
+    def _pipeline(mod, _ctx):
+        with target:
+            passes = (
+                library_dispatch_passes(target)
+                + legalize_passes(target)
+                + dataflow_lower_passes(target)
+                + finalize_passes(target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
