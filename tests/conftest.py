@@ -53,3 +53,26 @@ def run_cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def runtime_only_tvm(tmp_path_factory) -> Path:
+    """A folder for PYTHONPATH holding this TVM without its compiler library.
+
+    What a board needs: ``tvm`` with ``lib/libtvm_compiler.so`` left out (TVM then imports in
+    runtime-only mode). Built from symbolic links to the installed package, not a copy.
+    """
+    import tvm
+
+    installed = Path(tvm.__file__).parent
+    root = tmp_path_factory.mktemp("runtime-only")
+    package = root / "tvm"
+    package.mkdir()
+    for entry in installed.iterdir():
+        if entry.name != "lib":
+            (package / entry.name).symlink_to(entry)
+    (package / "lib").mkdir()
+    for library in (installed / "lib").iterdir():
+        if library.name != "libtvm_compiler.so":
+            (package / "lib" / library.name).symlink_to(library)
+    return root

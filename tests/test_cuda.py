@@ -82,8 +82,9 @@ STUB_DRIVER = """/* No GPU here: every CUDA driver call answers CUDA_ERROR_NO_DE
 """
 
 
-def test_tvms_cuda_runtime_reads_the_embedded_cubin(gpu_builds, tmp_path):
-    """TVM's CUDA module loader (libtvm_runtime_cuda) finds the cubin and every kernel."""
+@pytest.fixture(scope="module")
+def cuda_driver_stub(tmp_path_factory) -> Path:
+    """A folder with a libcuda.so.1 whose every call fails (for LD_LIBRARY_PATH)."""
     import tvm
 
     runtime = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
@@ -91,12 +92,18 @@ def test_tvms_cuda_runtime_reads_the_embedded_cubin(gpu_builds, tmp_path):
                             text=True, check=True).stdout  # fmt: skip
     names = {line.split()[-1].split("@")[0] for line in listed.splitlines() if line.strip()}
     symbols = sorted(name for name in names if name.startswith("cu") and name[2:3].isupper())
-    stub = tmp_path / "stub.c"
+    folder = tmp_path_factory.mktemp("libcuda")
+    stub = folder / "stub.c"
     stub.write_text(
         STUB_DRIVER + "".join(f"int {name}(void) {{ return 100; }}\n" for name in symbols)
     )
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libcuda.so.1"), str(stub)],
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(folder / "libcuda.so.1"), str(stub)],
                    check=True)  # fmt: skip
+    return folder
+
+
+def test_tvms_cuda_runtime_reads_the_embedded_cubin(gpu_builds, cuda_driver_stub):
+    """TVM's CUDA module loader (libtvm_runtime_cuda) finds the cubin and every kernel."""
     module = gpu_builds["a100"] / "model.so"
     cubin = cuda.embedded_cubins(module)[0]
     probe = f"""
@@ -111,7 +118,7 @@ except UnicodeDecodeError as exc:  # the binary comes back through a str convers
 print(json.dumps({{"kind": device.kind, "source": device.inspect_source("cu"),
                   "bytes": len(data), "elf": data[:4].hex()}}))
 """
-    env = {"LD_LIBRARY_PATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    env = {"LD_LIBRARY_PATH": str(cuda_driver_stub), "PATH": "/usr/bin:/bin"}
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                env=env, check=False)  # fmt: skip
     if "libcudart" in completed.stderr and completed.returncode != 0:
@@ -120,6 +127,37 @@ print(json.dumps({{"kind": device.kind, "source": device.inspect_source("cu"),
     loaded = json.loads(completed.stdout.strip().splitlines()[-1])
     # Format "cubin", the binary the build embedded, no CUDA source left to compile on the board.
     assert loaded == {"kind": "cuda", "source": "", "bytes": len(cubin), "elf": "7f454c46"}
+
+
+def test_the_bundle_runner_loads_a_cuda_module_with_the_runtime_alone(
+    gpu_builds, cuda_driver_stub, runtime_only_tvm, tmp_path
+):
+    """What a GPU machine runs: run.py with a runtime-only TVM reads the CUDA module; with no
+    GPU it stops with one line."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(gpu_builds["a100"] / "bundle", bundle)
+    env = {"LD_LIBRARY_PATH": str(cuda_driver_stub), "PYTHONPATH": str(runtime_only_tvm),
+           "PATH": "/usr/bin:/bin"}  # fmt: skip
+    probe = f"""
+import sys, tvm, tvm.base
+sys.path.insert(0, {str(bundle)!r})
+import run
+run.load_cuda_runtime(tvm)
+library = tvm.runtime.load_module({str(bundle / "model.so")!r})
+kinds = [m.kind for m in library.imports] + [c.kind for m in library.imports for c in m.imports]
+print(tvm.base._RUNTIME_ONLY, "cuda" in kinds)
+"""
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=env, check=False)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split() == ["True", "True"]
+    refused = subprocess.run([sys.executable, str(bundle / "run.py"), "--verify"],
+                             capture_output=True, text=True, env=env, check=False)  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "error: this bundle runs on a cuda device and TVM sees none here; run it on the "
+        "target (a100)"
+    ]
 
 
 def test_cubin_arch_reads_both_header_layouts():

@@ -112,6 +112,24 @@ def test_runner_verifies_classifies_and_rejects_bad_input(builds, tmp_path):
     assert damaged.returncode == 2 and "does not match the manifest's sha256" in damaged.stderr
 
 
+def test_the_tvm_runtime_alone_runs_a_bundle(builds, runtime_only_tvm, tmp_path):
+    """A board needs TVM's runtime, not its 260 MB compiler library."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(runtime_only_tvm)}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import tvm, tvm.base; print(tvm.__file__, tvm.base._RUNTIME_ONLY)"],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert probe.stdout.split() == [str(runtime_only_tvm / "tvm" / "__init__.py"), "True"]
+    bundle = tmp_path / "bundle"
+    shutil.copytree(builds["x86"] / "bundle", bundle)
+    checked = subprocess.run([sys.executable, str(bundle / "run.py"), "--verify"],
+                             capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    assert "outputs identical to the host build's" in checked.stdout
+
+
 def test_deploy_through_a_tracker_gets_identical_outputs(builds, board, tmp_path, run_cli):
     build = _copy(builds["x86"], tmp_path)
     result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key,

@@ -4,6 +4,8 @@
 This file is copied into every build's ``bundle/`` folder as ``run.py``. It needs nothing but
 numpy and the TVM runtime (``pip install apache-tvm==<manifest's tvm_version>``) and the files
 beside it; it never imports apprentice-hw, so the board does not need the training stack.
+The runtime alone is enough: the wheel without ``tvm/lib/libtvm_compiler.so`` (about 19 MB
+instead of 300) runs bundles, CPU and CUDA ones.
 
     python3 run.py --verify                 # the bundled images; outputs must equal the host's
     python3 run.py images.npy               # classify float32 images, (C,H,W) or (N,C,H,W)
@@ -71,8 +73,31 @@ def load_inputs(path: Path, manifest: dict):
     return images
 
 
+def load_cuda_runtime(tvm) -> None:
+    """Make sure TVM's CUDA runtime library is loaded before a CUDA module is.
+
+    A full TVM loads it when imported; a runtime-only TVM (no compiler library) skips the
+    CUDA backend's Python registration, and with it the library that reads CUDA modules.
+    """
+    import ctypes
+
+    from tvm import base
+
+    if "tvm_runtime_cuda" in base._LOADED_LIBS:
+        return
+    runtime_dir = Path(base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    library = runtime_dir / "libtvm_runtime_cuda.so"
+    try:
+        base._LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(library), mode=ctypes.RTLD_LOCAL)
+    except OSError as exc:
+        raise BundleError(
+            f"this bundle runs on an NVIDIA GPU, and TVM's CUDA runtime did not load ({exc}); "
+            "install the CUDA driver and apache-tvm with its CUDA runtime library"
+        ) from exc
+
+
 class Model:
-    """The compiled module on this machine's CPU, called one batch at a time."""
+    """The compiled module on this machine (its CPU, or its GPU for CUDA bundles)."""
 
     def __init__(self, folder: Path, manifest: dict) -> None:
         import tvm
@@ -80,7 +105,15 @@ class Model:
         from tvm.runtime.vm import VirtualMachine
 
         self.tvm = tvm
-        self.device = tvm.device(manifest["target"].get("device", "cpu"))
+        kind = manifest["target"].get("device", "cpu")
+        if kind == "cuda":
+            load_cuda_runtime(tvm)
+        self.device = tvm.device(kind)
+        if not self.device.exist:
+            raise BundleError(
+                f"this bundle runs on a {kind} device and TVM sees none here; run it on the "
+                f"target ({manifest['target'].get('name', kind)})"
+            )
         library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
         self.vm = VirtualMachine(library, self.device)
         self.entry = manifest["module"]["entry"]
