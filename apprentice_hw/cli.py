@@ -259,6 +259,8 @@ def build(
 
 def _compiled_summary(report: dict, out: Path) -> None:
     """The rest of a CPU/GPU build's summary: memory, agreement, latency, bundle."""
+    from apprentice_hw.report.writer import format_ms
+
     weights = report["memory"]["weights"]
     planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
     click.echo(
@@ -276,7 +278,7 @@ def _compiled_summary(report: dict, out: Path) -> None:
     )
     latency = report["latency"]
     estimate = report.get("latency_estimate", {}).get("ms")
-    estimated = f"; estimated {estimate:.4f} ms (roofline lower bound)" if estimate else ""
+    estimated = f"; estimated {format_ms(estimate)} (roofline lower bound)" if estimate else ""
     if latency.get("median_ms") is not None:
         click.echo(f"  latency {latency['median_ms']:.3f} ms median (batch 1){estimated}")
     else:

@@ -15,6 +15,11 @@ def _kib(value: float) -> str:
     return f"{value / 1024:,.1f} KiB"
 
 
+def format_ms(value: float) -> str:
+    """A duration given in ms, readable also when it is microseconds (GPU estimates)."""
+    return f"{value:.3f} ms" if value >= 0.1 else f"{value * 1000:.3g} us"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
@@ -196,10 +201,10 @@ def _memory_and_rest(report: dict[str, Any]) -> list[str]:
     estimate = report.get("latency_estimate")
     if estimate and "compute_bound_layers" in estimate:
         lines += ["", f"Estimated (lower bound; {estimate['method']}): "
-                  f"**{estimate['ms']:.4f} ms** ({estimate['compute_bound_layers']} layers "
+                  f"**{format_ms(estimate['ms'])}** ({estimate['compute_bound_layers']} layers "
                   f"compute-bound, {estimate['memory_bound_layers']} memory-bound)."]  # fmt: skip
     elif estimate:
-        lines += ["", f"Estimated ({estimate['method']}): **{estimate['ms']:.4f} ms**."]
+        lines += ["", f"Estimated ({estimate['method']}): **{format_ms(estimate['ms'])}**."]
     if report.get("fpga"):
         lines += _fpga_section(report["fpga"], report["checks"])
     deploy = report.get("deploy")
