@@ -31,9 +31,19 @@ def _nvcc():
         return None
 
 
+# (zoo name, options, input size, input channels) of the models whose kernels are checked
+MODELS = {
+    "resnet20": ("resnet20", {}, 32, 3),  # 16/32/64 channels: whole blocks of 16
+    # 9x9 input, one channel (odd sizes, stride 2 to 5x5, a partial input-channel block)
+    "odd-sizes": ("resnet-small", {"width": 16, "blocks": [1, 1]}, 9, 1),
+    # 6 and 12 output channels: partial blocks of 16, which the GPU rule leaves to DLight
+    "odd-channels": ("resnet-small", {"width": 6, "blocks": [1, 1]}, 9, 1),
+}
+
+
 @functools.cache
-def _fused(label: str, target_name: str):
-    """ResNet-20 at ``label``, lowered for ``target_name`` and fused (before scheduling)."""
+def _fused(label: str, target_name: str, model_name: str = "resnet20"):
+    """A zoo model at ``label``, lowered for ``target_name`` and fused (before scheduling)."""
     import tempfile
     from pathlib import Path
 
@@ -42,8 +52,10 @@ def _fused(label: str, target_name: str):
     from apprentice_hw.compiler.tvm_build import prepare_module
     from apprentice_hw.report.sizing import export_model
 
+    zoo_name, options, size, channels = MODELS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
-        model = export_model("resnet20", label, 32, 3, 10, 8, Path(tmp) / "model.onnx")
+        model = export_model(zoo_name, label, size, channels, 10, 8, Path(tmp) / "model.onnx",
+                             options=options)  # fmt: skip
     target = get_target(target_name)
     tvm_target = tvm.target.Target(target.tvm_target())
     prepared = prepare_module(model, target)
@@ -116,16 +128,19 @@ def _cuda_source(scheduled, tvm_target) -> str:
     return built.mod.imports[0].inspect_source()
 
 
-@pytest.mark.parametrize(("label", "target_name"), [
-    ("W4A4", "a100"),  # 4-bit packed weights, 8-bit first and last layers, dp4a
-    ("W4A4", "jetson-nano"),  # sm_53 has no dp4a: the same schedule with scalar products
-    pytest.param("W2A8", "a100", marks=pytest.mark.slow),
-    pytest.param("W8A8", "jetson-orin", marks=pytest.mark.slow),
+@pytest.mark.parametrize(("label", "target_name", "model_name"), [
+    ("W4A4", "a100", "resnet20"),  # 4-bit packed weights, 8-bit first and last layers, dp4a
+    ("W4A4", "jetson-nano", "resnet20"),  # sm_53 has no dp4a: scalar products, same schedule
+    ("W2A8", "a100", "odd-sizes"),
+    pytest.param("W2A8", "a100", "resnet20", marks=pytest.mark.slow),
+    pytest.param("W8A8", "jetson-orin", "resnet20", marks=pytest.mark.slow),
 ])  # fmt: skip
-def test_cuda_conv_kernels_compute_what_the_cpu_kernels_compute(label, target_name, tmp_path):
-    mod, tvm_target = _fused(label, target_name)
+def test_cuda_conv_kernels_compute_what_the_cpu_kernels_compute(
+    label, target_name, model_name, tmp_path
+):
+    mod, tvm_target = _fused(label, target_name, model_name)
     calls = _conv_calls(mod)
-    assert len(calls) >= 5  # stem, plain 3x3 at each width, strided 3x3, 1x1 shortcuts
+    assert len(calls) >= 4  # stem, plain and strided 3x3, 1x1 shortcuts
     rng = np.random.default_rng(0)
     for func, args in calls:
         scheduled = gpu_schedules.schedule_function(func, tvm_target)
@@ -147,6 +162,26 @@ def test_cuda_conv_kernels_compute_what_the_cpu_kernels_compute(label, target_na
                 # round differently (the CPU's LLVM fuses multiply-adds, the host run does not),
                 # far below any quantization step.
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_conv_layers_with_partial_channel_blocks_are_left_to_dlight(caplog):
+    """Their fused epilogue cannot be confined to a thread's outputs (see the schedule)."""
+    mod, tvm_target = _fused("W2A8", "a100", "odd-channels")
+    calls = _conv_calls(mod)
+    assert calls
+    with caplog.at_level("INFO", logger=gpu_schedules.__name__):
+        assert all(gpu_schedules.schedule_function(f, tvm_target) is None for f, _ in calls)
+    assert "epilogue covers" in caplog.text  # the check named the over-wide epilogue
+
+
+def test_conv_tiles_cover_the_output_within_the_thread_limit():
+    sizes = (1, 2, 3, 4, 5, 7, 8, 13, 14, 16, 28, 32, 56, 112, 224)
+    for rows in sizes:
+        for columns in sizes:
+            tile = gpu_schedules.conv_tile(rows, columns)
+            assert columns % (tile.pixels * tile.columns) == 0 and rows % tile.rows == 0
+            assert 1 <= tile.pixels <= gpu_schedules.PIXELS_PER_THREAD
+            assert gpu_schedules.LANES <= tile.threads <= gpu_schedules.MAX_THREADS
 
 
 @pytest.mark.skipif(_nvcc() is None or 80 not in _nvcc().archs, reason="needs nvcc for sm_80")
@@ -177,5 +212,7 @@ def test_conv_kernels_compile_to_dp4a_without_spills(tmp_path):
     report = subprocess.run([nvcc, "-cubin", "-arch=sm_80", "-O3", "-w", "-Xptxas", "-v",
                              "-o", str(tmp_path / "k.cubin"), str(tmp_path / "k.cu")],
                             capture_output=True, text=True, check=True).stderr  # fmt: skip
-    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", report)
-    assert spills and all(s == ("0", "0") for s in spills), report[-2000:]
+    # Per kernel: no stack frame (the local arrays are registers) and no spills.
+    usage = r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill"
+    frames = re.findall(usage, report)
+    assert frames and all(f == ("0", "0", "0") for f in frames), report[-2000:]

@@ -17,9 +17,10 @@ that schedules the conv kernels itself (DLight leaves functions marked scheduled
 
 No shared memory and no barriers: the layers of an edge network are small, and the caches
 serve the reuse. This is a first schedule, not a tuned one: it was compiled and checked (PTX,
-register use, and the generated CUDA C executed on the host, ``tests/test_cuda.py``) but, with
-no GPU lent to the project so far, never timed on one. Functions it does not take (dense, pooling,
-elementwise) stay with DLight.
+register use, and the generated CUDA C executed on the host, ``tests/test_cuda_kernels.py``)
+but, with no GPU lent to the project so far, never timed on one. Functions it does not take
+(dense, pooling, elementwise, and convs whose output channels are not a multiple of 16: see
+``_check_thread_writes_its_pixels``) stay with DLight.
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> C
     into scalar multiply-adds; the rest of the schedule is the same.
     """
     from apprentice_hw.compiler.intrinsics import register_dp4a
-    from apprentice_hw.compiler.schedules import _extent, _inline_around
+    from apprentice_hw.compiler.schedules import inline_around, loop_extent
 
-    outputs = _inline_around(sch, "pad_blocked", "conv2d_int")
+    outputs = inline_around(sch, "pad_blocked", "conv2d_int")
     conv = sch.get_sblock("conv_blocked")
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
-    tile = tile or conv_tile(_extent(sch, i), _extent(sch, j))
+    tile = tile or conv_tile(loop_extent(sch, i), loop_extent(sch, j))
     io, im = sch.split(i, factors=[None, tile.rows])
     jo, jm, ji = sch.split(j, factors=[None, tile.columns, tile.pixels])
     sch.reorder(n, ob, io, jo, oi, im, jm, rc, ry, rx, ji, ri)
@@ -113,8 +114,35 @@ def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> C
     sch.unroll(ji)
     for output in outputs:
         sch.reverse_compute_at(output, thread)
+        _check_thread_writes_its_pixels(sch, output, tile)
     sch.compute_inline(accumulators)
     return tile
+
+
+class InexactEpilogueError(Exception):
+    """TVM could not confine a thread's fused epilogue to the outputs the thread computed."""
+
+
+def _check_thread_writes_its_pixels(sch, output, tile: ConvTile) -> None:
+    """Refuse the schedule unless each thread's epilogue covers exactly its own pixels.
+
+    ``reverse_compute_at`` derives the epilogue's loops from the index map between the NCHW
+    output and the blocked accumulators. Where TVM cannot invert it exactly (an output channel
+    count that is not a multiple of 16 leaves ``o // 16, o % 16`` unsolvable) it falls back to
+    the whole range: every thread would compute and store the other threads' channels from
+    accumulators it never filled. Found by the host runs of the kernels; such layers stay
+    with DLight.
+    """
+    from apprentice_hw.compiler.schedules import loop_extent
+
+    inner = sch.get_loops(output)[2:]  # below blockIdx.x and threadIdx.x
+    covered = 1
+    for loop in inner:
+        covered *= loop_extent(sch, loop) or 0
+    if covered != tile.pixels:
+        raise InexactEpilogueError(
+            f"a thread's epilogue covers {covered} outputs, not {tile.pixels}"
+        )
 
 
 def has_dp4a(target) -> bool:
@@ -131,10 +159,10 @@ def schedule_function(func, target):
     """
     from tvm import s_tir
 
-    from apprentice_hw.compiler.schedules import BLOCKED_CONV, _block_names
+    from apprentice_hw.compiler.schedules import is_blocked_conv
 
     sch = s_tir.Schedule(func)
-    if not _block_names(sch) >= BLOCKED_CONV:
+    if not is_blocked_conv(sch):
         return None
     try:
         schedule_conv(sch, use_dp4a=has_dp4a(target))
@@ -146,25 +174,11 @@ def schedule_function(func, target):
 
 def schedule_pass(target):
     """A module pass that schedules the blocked integer conv functions for CUDA."""
-    import tvm
-    from tvm import tirx
+    from apprentice_hw.compiler.schedules import scheduling_pass
 
-    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCUDAConvSchedule")
-    def _pass(mod, _ctx):
-        updates = {}
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
-            if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
-                continue
-            scheduled = schedule_function(func, target)
-            if scheduled is not None:
-                updates[gvar] = scheduled
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return mod
-
-    return _pass
+    return scheduling_pass(
+        "ApprenticeCUDAConvSchedule", lambda func: schedule_function(func, target)
+    )
 
 
 # The build's CUDA pipeline, in the four stages of a TVM backend pipeline module (memory.py

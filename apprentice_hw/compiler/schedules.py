@@ -83,7 +83,7 @@ def _is_spatial(sch, block) -> bool:
     return all(int(var.iter_type) == 0 for var in sch.get(block).iter_vars)
 
 
-def _extent(sch, loop) -> int | None:
+def loop_extent(sch, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if hasattr(extent, "value") else None
 
@@ -94,7 +94,7 @@ def _parallel_vectorize(sch, block, dtype_bytes: int = 4) -> None:
     if not loops:
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = _extent(sch, fused)
+    total = loop_extent(sch, fused)
     lanes = max(1, VECTOR_BYTES // dtype_bytes)
     if total is None or total < lanes:
         return
@@ -113,7 +113,7 @@ def _try_inline(sch, block) -> bool:
     return True
 
 
-def _inline_around(sch, first: str, last: str) -> list:
+def inline_around(sch, first: str, last: str) -> list:
     """Inline the blocks TVM fused around the kernel; returns the blocks left after ``last``.
 
     Blocks before ``first`` (an elementwise producer) go into it. Blocks after ``last`` are
@@ -140,6 +140,11 @@ def _output_dtype_bytes(sch, block) -> int:
 BLOCKED_CONV = {"pad_blocked", "weight_blocked", "conv_blocked", "conv2d_int"}
 
 
+def is_blocked_conv(sch) -> bool:
+    """Whether the function is ``kernels.conv2d_int_blocked`` (with whatever TVM fused to it)."""
+    return _block_names(sch) >= BLOCKED_CONV
+
+
 @dataclass(frozen=True)
 class ConvKnobs:
     """The free choices of the blocked conv schedule: what tuning searches over.
@@ -163,8 +168,8 @@ def conv_shape(sch) -> dict[str, int]:
     """Loop extents of ``conv_blocked``: batch, output blocks, rows, columns."""
     n, ob, i, j = sch.get_loops(sch.get_sblock("conv_blocked"))[:4]
     return {
-        "batch": _extent(sch, n), "out_blocks": _extent(sch, ob),
-        "rows": _extent(sch, i), "columns": _extent(sch, j),
+        "batch": loop_extent(sch, n), "out_blocks": loop_extent(sch, ob),
+        "rows": loop_extent(sch, i), "columns": loop_extent(sch, j),
     }  # fmt: skip
 
 
@@ -194,7 +199,7 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
     knobs = knobs or default_conv_knobs(sch)
-    outputs = _inline_around(sch, "pad_blocked", "conv2d_int")
+    outputs = inline_around(sch, "pad_blocked", "conv2d_int")
 
     pad = sch.get_sblock("pad_blocked")
     n, cb, y, x, ci = sch.get_loops(pad)
@@ -276,9 +281,7 @@ def _schedule_spatial_outer(sch, target) -> None:
 
 SCHEDULE_RULES.add(
     "blocked_conv",
-    ScheduleRule(
-        "blocked_conv", lambda sch: _block_names(sch) >= BLOCKED_CONV, schedule_blocked_conv
-    ),
+    ScheduleRule("blocked_conv", is_blocked_conv, schedule_blocked_conv),
 )
 SCHEDULE_RULES.add(
     "elementwise",
@@ -335,12 +338,15 @@ def schedule_function(func, target, knob_table: dict[str, ConvKnobs] | None = No
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def schedule_pass(target, knob_table: dict[str, ConvKnobs] | None = None):
-    """A module pass that schedules every unscheduled TIR function for a CPU ``target``."""
+def scheduling_pass(name: str, schedule: Callable[[object], object | None]):
+    """A module pass that replaces each not yet scheduled TIR function by ``schedule(func)``.
+
+    ``schedule`` returns the scheduled function, or ``None`` to leave it as it is.
+    """
     import tvm
     from tvm import tirx
 
-    @tvm.transform.module_pass(opt_level=0, name="ApprenticeCPUSchedule")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pass(mod, _ctx):
         updates = {}
         for gvar, func in mod.functions_items():
@@ -348,12 +354,21 @@ def schedule_pass(target, knob_table: dict[str, ConvKnobs] | None = None):
                 continue
             if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
                 continue
-            updates[gvar] = schedule_function(func, target, knob_table)
+            scheduled = schedule(func)
+            if scheduled is not None:
+                updates[gvar] = scheduled
         for gvar, func in updates.items():
             mod[gvar] = func
         return mod
 
     return _pass
+
+
+def schedule_pass(target, knob_table: dict[str, ConvKnobs] | None = None):
+    """A module pass that schedules every unscheduled TIR function for a CPU ``target``."""
+    return scheduling_pass(
+        "ApprenticeCPUSchedule", lambda func: schedule_function(func, target, knob_table)
+    )
 
 
 def fused_module(mod, target):

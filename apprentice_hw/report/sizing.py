@@ -29,8 +29,10 @@ def parse_precision(label: str) -> tuple[int, int] | None:
 
 
 def export_model(name: str, label: str, input_size: int, channels: int, classes: int,
-                 first_last_bits: int | None, path: Path) -> onnx.ModelProto:  # fmt: skip
-    """The untrained ``name`` at precision ``label`` as the ONNX a build would compile."""
+                 first_last_bits: int | None, path: Path,
+                 options: dict | None = None) -> onnx.ModelProto:  # fmt: skip
+    """The untrained ``name`` (zoo ``options``) at precision ``label``, exported as a build
+    would export it."""
     from apprentice_hw.export import export_qcdq
     from apprentice_hw.models import ModelSpec, build_model
     from apprentice_hw.quant import FloatLayers, QuantLayers
@@ -40,12 +42,13 @@ def export_model(name: str, label: str, input_size: int, channels: int, classes:
     images = torch.rand(CALIBRATION_IMAGES, channels, input_size, input_size)
     bits = parse_precision(label)
     if bits is None:
-        model = build_model(ModelSpec(name), FloatLayers(), channels, classes).eval()
+        model = build_model(ModelSpec(name, options or {}), FloatLayers(), channels, classes)
+        model.eval()
         torch.onnx.export(model, (images[:1],), str(path), input_names=["input"],
                           output_names=["logits"], dynamo=False)  # fmt: skip
         return onnx.load(str(path))
     layers = QuantLayers.from_bits(bits[0], bits[1], first_last_bits, "per-channel")
-    model = build_model(ModelSpec(name), layers, channels, classes)
+    model = build_model(ModelSpec(name, options or {}), layers, channels, classes)
     calibrate_untrained(model, images, batch_size=CALIBRATION_IMAGES)
     return export_qcdq(model, images[:1], path)
 
