@@ -4,7 +4,7 @@
 # TVM (the apache-tvm wheel without its 260 MB compiler library, plus apache-tvm-ffi) unpacked
 # into .device/site. About 25 MB in all. Then, on the GPU machine, from the repository root:
 #
-#   PYTHONPATH=$PWD/.device/site python3 .device/gpu/gpu_latency.py --time .device/gpu
+#   PYTHONPATH=$PWD/.device/site python3 benchmarks/gpu_latency.py --time .device/gpu
 #
 # and bring .device/gpu/gpu_latency.json back for `gpu_latency.py --report`.
 set -euo pipefail

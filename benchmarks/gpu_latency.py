@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,7 +98,6 @@ def prepare(folder: Path, target_name: str) -> None:
                           "quant_step": output_quantization(student)["scale"]})  # fmt: skip
             print(f"prepared {label} b{batch}", flush=True)
     (folder / "cases.json").write_text(json.dumps({"target": target.name, "cases": cases}))
-    shutil.copyfile(__file__, folder / "gpu_latency.py")  # phase 2 needs only this file
 
 
 def _host_outputs(mod, host, data: np.ndarray) -> np.ndarray:
@@ -113,17 +111,6 @@ def _host_outputs(mod, host, data: np.ndarray) -> np.ndarray:
 
 
 # -- phase 2: the GPU machine ---------------------------------------------------------------
-def _load_cuda_runtime(tvm) -> None:
-    """TVM's CUDA runtime library, also under a runtime-only TVM (see the bundle's run.py)."""
-    import ctypes
-
-    from tvm import base
-
-    if "tvm_runtime_cuda" not in base._LOADED_LIBS:
-        lib_dir = Path(base._LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-        base._LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(lib_dir / "libtvm_runtime_cuda.so"))
-
-
 class Runner:
     """One runtime of one case, ready to call and to time (seconds per call, per run)."""
 
@@ -144,7 +131,12 @@ class Runner:
             from tvm.runtime.vm import VirtualMachine  # tvm.relax needs the compiler library
 
             if case["device"] == "cuda":
-                _load_cuda_runtime(tvm)
+                # The bundle runner's loader; apprentice_hw/__init__ and deploy/__init__ import
+                # nothing, so this needs no training stack on the GPU machine.
+                sys.path.insert(0, str(HERE.parent))
+                from apprentice_hw.deploy.run import load_cuda_runtime
+
+                load_cuda_runtime(tvm)
             device = tvm.device(case["device"])
             vm = VirtualMachine(tvm.runtime.load_module(str(folder / case["file"])), device)
             tensor = tvm.runtime.tensor(data, device)

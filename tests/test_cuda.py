@@ -155,7 +155,7 @@ print(tvm.base._RUNTIME_ONLY, "cuda" in kinds)
                              capture_output=True, text=True, env=env, check=False)  # fmt: skip
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
-        "error: this bundle runs on a cuda device and TVM sees none here; run it on the "
+        "error: this bundle runs on an NVIDIA GPU and TVM sees none here; run it on the "
         "target (a100)"
     ]
 

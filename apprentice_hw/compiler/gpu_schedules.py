@@ -26,10 +26,12 @@ but, with no GPU lent to the project so far, never timed on one. Functions it do
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
+from apprentice_hw.lowering.kernels import VNNI_LANES as LANES  # output channels per block
+
 LOG = logging.getLogger(__name__)
-LANES = 16  # output channels per block of the blocked layout (kernels.VNNI_LANES)
 PIXELS_PER_THREAD = 4  # output pixels of one row a thread accumulates (registers)
 MAX_THREADS = 256  # threads per CUDA block
 MIN_THREADS = 64  # below this, rows join the block too
@@ -147,8 +149,8 @@ def _check_thread_writes_its_pixels(sch, output, tile: ConvTile) -> None:
 
 def has_dp4a(target) -> bool:
     """Whether the CUDA target's GPU has ``dp4a`` (compute capability 6.1 and newer)."""
-    arch = str(target.attrs.get("arch", ""))
-    return arch.startswith("sm_") and int(arch[3:]) >= DP4A_MIN_ARCH
+    match = re.match(r"sm_(\d+)", str(target.attrs.get("arch", "")))  # sm_87, sm_90a
+    return match is not None and int(match.group(1)) >= DP4A_MIN_ARCH
 
 
 def schedule_function(func, target):

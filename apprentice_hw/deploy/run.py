@@ -110,9 +110,10 @@ class Model:
             load_cuda_runtime(tvm)
         self.device = tvm.device(kind)
         if not self.device.exist:
+            what = "an NVIDIA GPU" if kind == "cuda" else f"a {kind} device"
             raise BundleError(
-                f"this bundle runs on a {kind} device and TVM sees none here; run it on the "
-                f"target ({manifest['target'].get('name', kind)})"
+                f"this bundle runs on {what} and TVM sees none here; run it on the target "
+                f"({manifest['target'].get('name', kind)})"
             )
         library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
         self.vm = VirtualMachine(library, self.device)
