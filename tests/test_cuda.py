@@ -149,6 +149,8 @@ print(tvm.base._RUNTIME_ONLY, "cuda" in kinds)
 """
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env=env, check=False)  # fmt: skip
+    if "libcudart" in loaded.stderr and loaded.returncode != 0:
+        pytest.skip("TVM's CUDA runtime needs libcudart, which this machine lacks")
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split() == ["True", "True"]
     refused = subprocess.run([sys.executable, str(bundle / "run.py"), "--verify"],
