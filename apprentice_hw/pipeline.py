@@ -224,19 +224,20 @@ def step_compile(state: BuildState) -> None:
 
 def _device_code(module: Path) -> dict[str, Any]:
     """What GPU code the linked module carries, read back from the file itself."""
-    from apprentice_hw.compiler.cuda import cubin_arch, embedded_cubins, find_nvcc
+    from apprentice_hw.compiler.cuda import cubin_arch, device_compiler, embedded_cubins
 
     cubins = embedded_cubins(module)
-    archs = sorted({f"sm_{cubin_arch(c)}" for c in cubins})
-    nvcc = find_nvcc()
+    arch_numbers = sorted({cubin_arch(c) for c in cubins})
+    archs = [f"sm_{arch}" for arch in arch_numbers]
+    compiler = ", ".join(sorted({device_compiler(arch).name for arch in arch_numbers}))
     return {
         "format": "cubin",
         "archs": archs,
         "cubins": len(cubins),
         "bytes": sum(len(c) for c in cubins),
-        "compiler": f"nvcc {nvcc.version}",
+        "compiler": compiler,
         "description": f"{len(cubins)} cubin for {', '.join(archs)} "
-        f"({sum(len(c) for c in cubins) / 1024:.0f} KiB, nvcc {nvcc.version}) inside {module.name}",
+        f"({sum(len(c) for c in cubins) / 1024:.0f} KiB, {compiler}) inside {module.name}",
     }
 
 
@@ -493,9 +494,9 @@ def validate(
     """Check everything that can be checked before minutes of training are spent."""
     validate_recipe(recipe)
     if target.device == "cuda":
-        from apprentice_hw.compiler.cuda import check_nvcc_supports
+        from apprentice_hw.compiler.cuda import check_device_compiler
 
-        check_nvcc_supports(target.tvm, target.name)
+        check_device_compiler(target.tvm, target.name)
     if target.device == "fpga":
         from apprentice_hw.fpga.build import check_ready
         from apprentice_hw.fpga.estimate import FpgaSpec

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from apprentice_hw.compiler import cuda
+from apprentice_hw.compiler import cuda, nvrtc
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import get_target
 
@@ -31,6 +31,7 @@ def _nvcc_archs() -> frozenset[int]:
 
 
 needs_nvcc = pytest.mark.skipif(not _nvcc_archs(), reason="no nvcc on this machine")
+HAS_NVRTC = nvrtc.find_nvrtc() is not None  # the cuda12 extra (CUDA 12's NVRTC), in dev
 
 
 def _elf_machine(path: Path) -> int:
@@ -46,18 +47,23 @@ def gpu_builds(tmp_path_factory) -> dict[str, Path]:
     if not _nvcc_archs():
         pytest.skip("no nvcc on this machine")
     root = tmp_path_factory.mktemp("cuda")
-    for target in ("jetson-orin", "a100"):
+    targets = ["jetson-orin", "a100"] + (["jetson-xavier"] if HAS_NVRTC else [])
+    for target in targets:
         code = main(["build", "-t", target, "--bits", "4", "-r", str(TINY),
                      "-o", str(root / target), "-q"])  # fmt: skip
         assert code == 0
-    return {"jetson-orin": root / "jetson-orin", "a100": root / "a100"}
+    return {target: root / target for target in targets}
 
 
 @needs_nvcc
-@pytest.mark.parametrize(("target", "host", "arch"), [
-    ("jetson-orin", EM_AARCH64, 87), ("a100", EM_X86_64, 80),
+@pytest.mark.parametrize(("target", "host", "arch", "compiler"), [
+    ("jetson-orin", EM_AARCH64, 87, "nvcc"),
+    ("a100", EM_X86_64, 80, "nvcc"),
+    # sm_72, which CUDA 13's nvcc dropped: CUDA 12's NVRTC from PyPI (the cuda12 extra)
+    pytest.param("jetson-xavier", EM_AARCH64, 72, "NVRTC 12",
+                 marks=pytest.mark.skipif(not HAS_NVRTC, reason="no cuda12 extra")),
 ])  # fmt: skip
-def test_module_carries_a_cubin_for_the_targets_gpu(gpu_builds, target, host, arch):
+def test_module_carries_a_cubin_for_the_targets_gpu(gpu_builds, target, host, arch, compiler):
     module = gpu_builds[target] / "model.so"
     assert _elf_machine(module) == host  # the host part is a shared object for the host CPU
     cubins = cuda.embedded_cubins(module)
@@ -67,6 +73,7 @@ def test_module_carries_a_cubin_for_the_targets_gpu(gpu_builds, target, host, ar
     report = json.loads((gpu_builds[target] / "report.json").read_text())
     assert report["device_code"]["archs"] == [f"sm_{arch}"]
     assert report["device_code"]["bytes"] == len(cubins[0])
+    assert report["device_code"]["compiler"].startswith(compiler)
     assert report["target"]["device"] == "cuda"
     assert "NVIDIA GPU" in report["latency"]["reason"]
     assert report["latency_estimate"]["ms"] > 0
@@ -174,23 +181,43 @@ def test_cubin_arch_reads_both_header_layouts():
         cuda.cubin_arch(b"\x7fELF" + bytes(60))
 
 
-def test_an_arch_this_nvcc_cannot_compile_fails_before_training(tmp_path, run_cli):
+def test_an_arch_nothing_here_compiles_fails_before_training(tmp_path, run_cli, monkeypatch):
+    """Without the cuda12 extra, CUDA 13's nvcc alone cannot build for the Nano (sm_53)."""
     if 53 in _nvcc_archs() or not _nvcc_archs():
         pytest.skip("this nvcc compiles sm_53 (or there is none)")
+    monkeypatch.setattr(cuda, "DEVICE_COMPILERS", (cuda._nvcc_compiler,))
     result = run_cli("build", "-t", "jetson-nano", "-r", TINY, "-o", tmp_path / "nano")
     assert result.code == 2
-    assert "needs device code for sm_53" in result.err and "APPRENTICE_HW_NVCC" in result.err
+    assert "needs device code for sm_53" in result.err
+    assert "apprentice-hw[cuda12]" in result.err and "APPRENTICE_HW_NVCC" in result.err
+    assert len(result.err.strip().splitlines()) == 1
     assert not (tmp_path / "nano").exists()
 
 
-def test_missing_nvcc_is_a_one_line_error(tmp_path, run_cli, monkeypatch):
+@pytest.mark.skipif(not HAS_NVRTC, reason="no cuda12 extra")
+def test_nvrtc_compiles_the_nanos_kernels(tmp_path):
+    """sm_53 (no dp4a: the scalar schedule) through CUDA 12's NVRTC; a cubin for sm_53."""
+    from apprentice_hw.compiler.tvm_build import compile_module, prepare_module
+    from apprentice_hw.report.sizing import export_model
+
+    model = export_model("resnet20", "W4A4", 32, 3, 10, 8, tmp_path / "model.onnx")
+    target = get_target("jetson-nano")
+    (source,) = cuda.cuda_sources(compile_module(prepare_module(model, target).mod, target).mod)
+    compiler = cuda.device_compiler(53)
+    assert compiler.name.startswith("NVRTC 12")
+    assert cuda.cubin_arch(compiler.compile(source, 53)) == 53
+
+
+def test_no_device_compiler_is_a_one_line_error(tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv(cuda.NVCC_ENV, str(tmp_path / "no-nvcc"))
+    monkeypatch.setattr(cuda, "DEVICE_COMPILERS", (cuda._nvcc_compiler,))  # no cuda12 extra
     cuda.find_nvcc.cache_clear()
     try:
         result = run_cli("build", "-t", "a100", "-r", TINY, "-o", tmp_path / "out")
     finally:
         cuda.find_nvcc.cache_clear()
-    assert result.code == 2 and "CUDA targets need nvcc" in result.err
+    assert result.code == 2 and "no nvcc or NVRTC found" in result.err
+    assert len(result.err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -1,11 +1,12 @@
-"""CUDA device code: compile TVM's kernels to a cubin with nvcc and embed it in the module.
+"""CUDA device code: compile TVM's kernels to a cubin (nvcc, or CUDA 12's NVRTC) and embed it.
 
 TVM's PyPI wheel compiles CUDA kernels only where its CUDA runtime loads, which needs a GPU
 driver (libcuda). On a build machine without one, ``tvm.compile`` leaves the CUDA *source* in
 the module, and a board would have to compile it at load time. A build therefore compiles the
-source itself with the machine's ``nvcc -cubin -arch=sm_XX`` and swaps the cubin into the
-module's serialized imports before linking, so the shipped ``model.so`` carries device code
-for exactly the target's GPU.
+source itself with the machine's ``nvcc -cubin -arch=sm_XX`` (or, for GPUs that CUDA 13's nvcc
+dropped, CUDA 12's NVRTC from PyPI: ``nvrtc.py``) and swaps the cubin into the module's
+serialized imports before linking, so the shipped ``model.so`` carries device code for exactly
+the target's GPU.
 
 The serialized CUDA module is what TVM's ``CUDAModuleLoadFromBytes`` reads back: the format
 string, the function table, then the binary (src/runtime/cuda/cuda_module.cc), each field a
@@ -21,9 +22,11 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from apprentice_hw.compiler import nvrtc
 from apprentice_hw.errors import UserError
 
 NVCC_ENV = "APPRENTICE_HW_NVCC"
@@ -72,23 +75,60 @@ def target_arch(tvm_target: dict) -> int:
     return int(match.group(1))
 
 
-def check_nvcc_supports(tvm_target: dict, target_name: str) -> Nvcc:
-    """Fail before training when this machine's nvcc cannot compile for the target's GPU."""
-    nvcc = find_nvcc()
-    arch = target_arch(tvm_target)
-    if arch not in nvcc.archs:
-        lowest = min(nvcc.archs, default=0)
-        raise UserError(
-            f"target '{target_name}' needs device code for sm_{arch}, which nvcc {nvcc.version} "
-            f"({nvcc.path}) cannot produce (it targets sm_{lowest} and newer); set {NVCC_ENV} "
-            "to an nvcc that can (CUDA 12 or older for sm_53 and sm_72)"
-        )
-    return nvcc
+@dataclass(frozen=True)
+class DeviceCompiler:
+    """What turns TVM's CUDA C into a cubin: a name for reports, its archs, how to call it."""
+
+    name: str  # "nvcc 13.0", "NVRTC 12.9"
+    archs: frozenset[int]
+    compile: Callable[[str, int], bytes]  # (source, arch) -> cubin
 
 
-def compile_cubin(source: str, arch: int) -> bytes:
-    """Compile TVM's CUDA source for ``sm_<arch>`` and return the cubin."""
-    nvcc = find_nvcc()
+def _nvcc_compiler() -> DeviceCompiler | None:
+    try:
+        nvcc = find_nvcc()
+    except UserError:
+        return None
+    return DeviceCompiler(f"nvcc {nvcc.version}", nvcc.archs, functools.partial(_nvcc_cubin, nvcc))
+
+
+def _nvrtc_compiler() -> DeviceCompiler | None:
+    found = nvrtc.find_nvrtc()
+    if found is None:
+        return None
+    return DeviceCompiler(f"NVRTC {found.version}", found.archs, found.compile_cubin)
+
+
+# Tried in this order for a target's arch: the machine's nvcc, then CUDA 12's NVRTC from PyPI
+# (``pip install 'apprentice-hw[cuda12]'``), which still compiles for sm_53 and sm_72 (Jetson
+# Nano, Xavier), dropped by CUDA 13.
+DEVICE_COMPILERS: tuple[Callable[[], DeviceCompiler | None], ...] = (
+    _nvcc_compiler,
+    _nvrtc_compiler,
+)
+
+
+def device_compiler(arch: int, target_name: str = "") -> DeviceCompiler:
+    """The first device compiler that produces cubins for ``sm_<arch>``; a UserError if none."""
+    found = [c for c in (finder() for finder in DEVICE_COMPILERS) if c is not None]
+    for compiler in found:
+        if arch in compiler.archs:
+            return compiler
+    what = f"target '{target_name}' needs" if target_name else "CUDA targets need"
+    have = "; ".join(f"{c.name} targets sm_{min(c.archs, default=0)} and newer" for c in found)
+    raise UserError(
+        f"{what} device code for sm_{arch}, which nothing here compiles "
+        f"({have or 'no nvcc or NVRTC found'}); install the CUDA toolkit, set {NVCC_ENV} to an "
+        "nvcc that can, or pip install 'apprentice-hw[cuda12]' (CUDA 12's NVRTC: sm_50 to sm_90)"
+    )
+
+
+def check_device_compiler(tvm_target: dict, target_name: str) -> DeviceCompiler:
+    """Fail before training when nothing here can compile for the target's GPU."""
+    return device_compiler(target_arch(tvm_target), target_name)
+
+
+def _nvcc_cubin(nvcc: Nvcc, source: str, arch: int) -> bytes:
     with tempfile.TemporaryDirectory(prefix="apprentice-hw-cuda-") as tmp:
         source_path, cubin_path = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.cubin"
         source_path.write_text(source)
@@ -98,6 +138,11 @@ def compile_cubin(source: str, arch: int) -> bytes:
         if completed.returncode != 0:
             raise RuntimeError(f"nvcc failed on the generated kernels: {completed.stderr[-800:]}")
         return cubin_path.read_bytes()
+
+
+def compile_cubin(source: str, arch: int) -> bytes:
+    """Compile TVM's CUDA source for ``sm_<arch>`` and return the cubin."""
+    return device_compiler(arch).compile(source, arch)
 
 
 def cubin_arch(data: bytes) -> int:
