@@ -35,15 +35,16 @@ BITS = (2, 4, 8)
 
 
 def _available(target: str) -> bool:
-    """GPU and FPGA builds need nvcc and hls4ml; the soak skips what this machine lacks."""
+    """GPU and FPGA builds need a device compiler and hls4ml; the soak skips what is missing."""
     from apprentice_hw.compiler import cuda
     from apprentice_hw.errors import UserError
     from apprentice_hw.hardware import get_target
 
-    device = get_target(target).device
+    spec = get_target(target)
+    device = spec.device
     try:
         if device == "cuda":
-            cuda.find_nvcc()
+            cuda.check_device_compiler(spec.tvm, spec.name)
         if device == "fpga":
             import hls4ml  # noqa: F401
     except (UserError, ImportError):

@@ -209,15 +209,26 @@ def test_nvrtc_compiles_the_nanos_kernels(tmp_path):
 
 
 def test_no_device_compiler_is_a_one_line_error(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setattr(cuda, "DEVICE_COMPILERS", ())  # neither nvcc nor the cuda12 extra
+    result = run_cli("build", "-t", "a100", "-r", TINY, "-o", tmp_path / "out")
+    assert result.code == 2 and "no nvcc or NVRTC found" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_wrong_nvcc_setting_is_a_one_line_error(tmp_path, run_cli, monkeypatch):
+    """A mistyped APPRENTICE_HW_NVCC stops the build (no silent fall back to NVRTC)."""
     monkeypatch.setenv(cuda.NVCC_ENV, str(tmp_path / "no-nvcc"))
-    monkeypatch.setattr(cuda, "DEVICE_COMPILERS", (cuda._nvcc_compiler,))  # no cuda12 extra
     cuda.find_nvcc.cache_clear()
     try:
         result = run_cli("build", "-t", "a100", "-r", TINY, "-o", tmp_path / "out")
     finally:
         cuda.find_nvcc.cache_clear()
-    assert result.code == 2 and "no nvcc or NVRTC found" in result.err
-    assert len(result.err.strip().splitlines()) == 1
+    assert result.code == 2
+    assert result.err.strip() == (
+        f"error: APPRENTICE_HW_NVCC is {tmp_path / 'no-nvcc'}, which does not exist; "
+        "point it at an nvcc or unset it"
+    )
     assert not (tmp_path / "out").exists()
 
 

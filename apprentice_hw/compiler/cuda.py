@@ -49,10 +49,18 @@ class Nvcc:
     archs: frozenset[int]  # compute capabilities as integers (87 for sm_87)
 
 
+class ConfiguredNvccMissingError(UserError):
+    """``$APPRENTICE_HW_NVCC`` names a file that does not exist."""
+
+
 @functools.cache
 def find_nvcc() -> Nvcc:
     """``$APPRENTICE_HW_NVCC``, else ``nvcc`` on PATH, else /usr/local/cuda; a UserError if none."""
     configured = os.environ.get(NVCC_ENV)
+    if configured and not Path(configured).exists():  # a wrong setting is not "no nvcc"
+        raise ConfiguredNvccMissingError(
+            f"{NVCC_ENV} is {configured}, which does not exist; point it at an nvcc or unset it"
+        )
     candidates = [configured] if configured else [shutil.which("nvcc"), *NVCC_FALLBACKS]
     path = next((Path(c) for c in candidates if c and Path(c).exists()), None)
     if path is None:
@@ -87,7 +95,9 @@ class DeviceCompiler:
 def _nvcc_compiler() -> DeviceCompiler | None:
     try:
         nvcc = find_nvcc()
-    except UserError:
+    except ConfiguredNvccMissingError:
+        raise
+    except UserError:  # no nvcc anywhere: the next compiler may do
         return None
     return DeviceCompiler(f"nvcc {nvcc.version}", nvcc.archs, functools.partial(_nvcc_cubin, nvcc))
 
