@@ -69,6 +69,18 @@ def targets(verbose: bool) -> None:
             lacking = f" (this CPU lacks {missing})" if missing else ""
             runs_here = "yes" if target.runs_on_this_machine else f"no{lacking}"
             click.echo(f"    runs here:   {runs_here}")
+            if target.device == "cuda":
+                click.echo(f"    device code: {_device_compiler_here(target)}")
+
+
+def _device_compiler_here(target) -> str:
+    """Which compiler a build of a CUDA target would use on this machine, or why none can."""
+    from apprentice_hw.compiler.cuda import check_device_compiler
+
+    try:
+        return f"{check_device_compiler(target.tvm, target.name).name} on this machine"
+    except UserError as exc:
+        return f"none on this machine: {exc}"
 
 
 @cli.command()

@@ -119,6 +119,10 @@ def test_targets_command_lists_every_target(run_cli):
     for name in target_files():
         assert name in result.out
     assert "cortex-a72" in result.out and "aarch64-linux-gnu-g++" in result.out
+    # Every CUDA target says which compiler would make its device code here (or why none).
+    assert result.out.count("    device code: ") == sum(
+        get_target(name).device == "cuda" for name in target_files()
+    )
 
 
 def test_a_generic_isa_target_runs_here_only_if_this_cpu_has_every_flag(monkeypatch):
