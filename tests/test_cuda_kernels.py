@@ -36,8 +36,8 @@ MODELS = {
     "resnet20": ("resnet20", {}, 32, 3),  # 16/32/64 channels: whole blocks of 16
     # 9x9 input, one channel (odd sizes, stride 2 to 5x5, a partial input-channel block)
     "odd-sizes": ("resnet-small", {"width": 16, "blocks": [1, 1]}, 9, 1),
-    # 6 and 12 output channels: partial blocks of 16, which the GPU rule leaves to DLight
-    "odd-channels": ("resnet-small", {"width": 6, "blocks": [1, 1]}, 9, 1),
+    # 12 and 24 output channels: partial blocks of 16 (16 channels per thread)
+    "odd-channels": ("resnet-small", {"width": 12, "blocks": [1, 1]}, 9, 1),
 }
 
 
@@ -132,6 +132,7 @@ def _cuda_source(scheduled, tvm_target) -> str:
     ("W4A4", "a100", "resnet20"),  # 4-bit packed weights, 8-bit first and last layers, dp4a
     ("W4A4", "jetson-nano", "resnet20"),  # sm_53 has no dp4a: scalar products, same schedule
     ("W2A8", "a100", "odd-sizes"),
+    ("W2A8", "a100", "odd-channels"),
     pytest.param("W2A8", "a100", "resnet20", marks=pytest.mark.slow),
     pytest.param("W8A8", "jetson-orin", "resnet20", marks=pytest.mark.slow),
 ])  # fmt: skip
@@ -164,24 +165,28 @@ def test_cuda_conv_kernels_compute_what_the_cpu_kernels_compute(
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
 
 
-def test_conv_layers_with_partial_channel_blocks_are_left_to_dlight(caplog):
-    """Their fused epilogue cannot be confined to a thread's outputs (see the schedule)."""
+def test_partial_channel_blocks_get_sixteen_channels_per_thread(caplog):
+    """One channel per thread cannot confine their fused epilogue (see the schedule)."""
     mod, tvm_target = _fused("W2A8", "a100", "odd-channels")
     calls = _conv_calls(mod)
-    assert calls
     with caplog.at_level("INFO", logger=gpu_schedules.__name__):
-        assert all(gpu_schedules.schedule_function(f, tvm_target) is None for f, _ in calls)
-    assert "epilogue covers" in caplog.text  # the check named the over-wide epilogue
+        scheduled = [gpu_schedules.schedule_function(f, tvm_target) for f, _ in calls]
+    assert all(s is not None for s in scheduled)
+    assert "trying 16 channels per thread" in caplog.text  # the check caught the first try
+    # The threads of a CUDA block are pixel groups only (outputs 9x9 and 5x5), not 16 x those.
+    one_lane = {gpu_schedules.conv_tile(size, size, lanes=1).threads for size in (9, 5)}
+    assert {launch_of(s).threads for s in scheduled} == one_lane
 
 
 def test_conv_tiles_cover_the_output_within_the_thread_limit():
     sizes = (1, 2, 3, 4, 5, 7, 8, 13, 14, 16, 28, 32, 56, 112, 224)
-    for rows in sizes:
-        for columns in sizes:
-            tile = gpu_schedules.conv_tile(rows, columns)
-            assert columns % (tile.pixels * tile.columns) == 0 and rows % tile.rows == 0
-            assert 1 <= tile.pixels <= gpu_schedules.PIXELS_PER_THREAD
-            assert gpu_schedules.LANES <= tile.threads <= gpu_schedules.MAX_THREADS
+    for lanes in (gpu_schedules.LANES, 1):
+        for rows in sizes:
+            for columns in sizes:
+                tile = gpu_schedules.conv_tile(rows, columns, lanes)
+                assert columns % (tile.pixels * tile.columns) == 0 and rows % tile.rows == 0
+                assert 1 <= tile.pixels <= gpu_schedules.PIXELS_PER_THREAD
+                assert lanes <= tile.threads <= gpu_schedules.MAX_THREADS
 
 
 @pytest.mark.skipif(_nvcc() is None or 80 not in _nvcc().archs, reason="needs nvcc for sm_80")

@@ -19,8 +19,9 @@ No shared memory and no barriers: the layers of an edge network are small, and t
 serve the reuse. This is a first schedule, not a tuned one: it was compiled and checked (PTX,
 register use, and the generated CUDA C executed on the host, ``tests/test_cuda_kernels.py``)
 but, with no GPU lent to the project so far, never timed on one. Functions it does not take
-(dense, pooling, elementwise, and convs whose output channels are not a multiple of 16: see
-``_check_thread_writes_its_pixels``) stay with DLight.
+(dense, pooling, elementwise) stay with DLight. Convs whose output channel count is not a
+multiple of 16 get one thread per pixel group for all 16 channels of a block
+(``ConvTile.lanes`` = 1; see ``_check_thread_writes_its_outputs``).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ DP4A_MIN_ARCH = 61  # dp4a arrived with compute capability 6.1 (Pascal)
 class ConvTile:
     """How one conv kernel's outputs are split over a CUDA grid.
 
-    A thread computes ``pixels`` adjacent outputs of one channel in one row; a block holds
-    ``columns`` x ``rows`` threads for each of the 16 channels of an output block. (Pixels
+    A thread computes ``pixels`` adjacent outputs in one row, of one channel (``lanes`` = 16:
+    the 16 channels of an output block go to 16 threads) or of all 16 channels of the block
+    (``lanes`` = 1); a CUDA block holds ``lanes`` x ``columns`` x ``rows`` threads. (Pixels
     ``columns`` apart would make a warp's loads contiguous, but the fused epilogue's region is
     then the span between them: TVM computes and stores every pixel in it, those of the other
     threads included - the host run of the kernel caught that.)
@@ -52,36 +54,44 @@ class ConvTile:
     pixels: int
     columns: int
     rows: int
+    lanes: int = LANES
 
     @property
     def threads(self) -> int:
-        return LANES * self.columns * self.rows
+        return self.lanes * self.columns * self.rows
+
+    @property
+    def outputs_per_thread(self) -> int:
+        return self.pixels * (LANES // self.lanes)
 
 
 def _divisors(value: int) -> list[int]:
     return [d for d in range(1, value + 1) if value % d == 0]
 
 
-def conv_tile(out_rows: int, out_columns: int) -> ConvTile:
+def conv_tile(out_rows: int, out_columns: int, lanes: int = LANES) -> ConvTile:
     """The tile for an output of ``out_rows`` x ``out_columns`` pixels per channel."""
     pixels = max(d for d in _divisors(out_columns) if d <= PIXELS_PER_THREAD)
     groups = out_columns // pixels
-    columns = max(d for d in _divisors(groups) if LANES * d <= MAX_THREADS)
+    columns = max(d for d in _divisors(groups) if lanes * d <= MAX_THREADS)
     rows = 1
     for candidate in _divisors(out_rows):
-        if LANES * columns * candidate > MAX_THREADS:
+        if lanes * columns * candidate > MAX_THREADS:
             break
         rows = candidate
-        if LANES * columns * rows >= MIN_THREADS:
+        if lanes * columns * rows >= MIN_THREADS:
             break
-    return ConvTile(pixels, columns, rows)
+    return ConvTile(pixels, columns, rows, lanes)
 
 
-def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> ConvTile:
+def schedule_conv(sch, use_dp4a: bool = True, lanes_per_thread: bool = False) -> ConvTile:
     """Schedule a blocked integer conv function for CUDA in place; returns the tile used.
 
-    Without ``dp4a`` (GPUs older than sm_61: the Jetson Nano) the four products are unrolled
-    into scalar multiply-adds; the rest of the schedule is the same.
+    ``lanes_per_thread``: each thread computes all 16 channels of its output block (for output
+    channel counts that are not a multiple of 16, where one channel per thread leaves TVM unable
+    to confine the fused epilogue: ``_check_thread_writes_its_outputs``). Without ``dp4a`` (GPUs
+    older than sm_61: the Jetson Nano) the four products are unrolled into scalar multiply-adds;
+    the rest of the schedule is the same.
     """
     from apprentice_hw.compiler.intrinsics import register_dp4a
     from apprentice_hw.compiler.schedules import inline_around, loop_extent
@@ -89,16 +99,21 @@ def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> C
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
     conv = sch.get_sblock("conv_blocked")
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
-    tile = tile or conv_tile(loop_extent(sch, i), loop_extent(sch, j))
+    lanes = 1 if lanes_per_thread else LANES
+    tile = conv_tile(loop_extent(sch, i), loop_extent(sch, j), lanes)
     io, im = sch.split(i, factors=[None, tile.rows])
     jo, jm, ji = sch.split(j, factors=[None, tile.columns, tile.pixels])
-    sch.reorder(n, ob, io, jo, oi, im, jm, rc, ry, rx, ji, ri)
+    if lanes_per_thread:
+        sch.reorder(n, ob, io, jo, im, jm, rc, ry, rx, ji, oi, ri)
+        thread = sch.fuse(im, jm)
+    else:
+        sch.reorder(n, ob, io, jo, oi, im, jm, rc, ry, rx, ji, ri)
+        thread = sch.fuse(oi, im, jm)
     sch.bind(sch.fuse(n, ob, io, jo), "blockIdx.x")
-    thread = sch.fuse(oi, im, jm)
     sch.bind(thread, "threadIdx.x")
     accumulators = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(accumulators, thread)
-    # The thread's four weights for this (channel block, ky, kx), decoded into a register.
+    # The thread's weights for this (channel block, ky, kx), decoded into registers.
     decode = sch.get_sblock("weight_blocked")
     sch.compute_at(decode, rx)
     sch.set_scope(decode, 0, "local")
@@ -114,9 +129,11 @@ def schedule_conv(sch, use_dp4a: bool = True, tile: ConvTile | None = None) -> C
     else:
         sch.unroll(ri)
     sch.unroll(ji)
+    if lanes_per_thread:
+        sch.unroll(oi)
     for output in outputs:
         sch.reverse_compute_at(output, thread)
-        _check_thread_writes_its_pixels(sch, output, tile)
+        _check_thread_writes_its_outputs(sch, output, tile)
     sch.compute_inline(accumulators)
     return tile
 
@@ -125,25 +142,26 @@ class InexactEpilogueError(Exception):
     """TVM could not confine a thread's fused epilogue to the outputs the thread computed."""
 
 
-def _check_thread_writes_its_pixels(sch, output, tile: ConvTile) -> None:
-    """Refuse the schedule unless each thread's epilogue covers exactly its own pixels.
+def _check_thread_writes_its_outputs(sch, output, tile: ConvTile) -> None:
+    """Refuse the schedule unless each thread's epilogue stays within its own outputs.
 
     ``reverse_compute_at`` derives the epilogue's loops from the index map between the NCHW
-    output and the blocked accumulators. Where TVM cannot invert it exactly (an output channel
-    count that is not a multiple of 16 leaves ``o // 16, o % 16`` unsolvable) it falls back to
-    the whole range: every thread would compute and store the other threads' channels from
-    accumulators it never filled. Found by the host runs of the kernels; such layers stay
-    with DLight.
+    output and the blocked accumulators. Where TVM cannot invert it exactly (with one channel
+    per thread and an output channel count that is not a multiple of 16, ``o // 16, o % 16``)
+    it falls back to the whole range: every thread would compute and store the other threads'
+    channels from accumulators it never filled. Found by the host runs of the kernels.
     """
     from apprentice_hw.compiler.schedules import loop_extent
 
     inner = sch.get_loops(output)[2:]  # below blockIdx.x and threadIdx.x
     covered = 1
     for loop in inner:
-        covered *= loop_extent(sch, loop) or 0
-    if covered != tile.pixels:
+        covered *= loop_extent(sch, loop) or tile.outputs_per_thread + 1
+    exact = covered == tile.outputs_per_thread
+    # A last, partial block of channels: fewer than 16 channels, never more outputs.
+    if not (exact or (tile.lanes == 1 and covered < tile.outputs_per_thread)):
         raise InexactEpilogueError(
-            f"a thread's epilogue covers {covered} outputs, not {tile.pixels}"
+            f"a thread's epilogue covers {covered} outputs, not {tile.outputs_per_thread}"
         )
 
 
@@ -163,15 +181,20 @@ def schedule_function(func, target):
 
     from apprentice_hw.compiler.schedules import is_blocked_conv
 
-    sch = s_tir.Schedule(func)
-    if not is_blocked_conv(sch):
+    if not is_blocked_conv(s_tir.Schedule(func)):
         return None
-    try:
-        schedule_conv(sch, use_dp4a=has_dp4a(target))
-    except Exception as exc:  # any schedule error: DLight's schedule is correct
-        LOG.info("GPU conv schedule did not apply (%s); left to DLight", exc)
-        return None
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    for lanes_per_thread in (False, True):  # one channel per thread where TVM allows it
+        sch = s_tir.Schedule(func)
+        try:
+            schedule_conv(sch, use_dp4a=has_dp4a(target), lanes_per_thread=lanes_per_thread)
+        except InexactEpilogueError as exc:
+            LOG.info("one channel per thread: %s; trying 16 channels per thread", exc)
+            continue
+        except Exception as exc:  # any schedule error: DLight's schedule is correct
+            LOG.info("GPU conv schedule did not apply (%s); left to DLight", exc)
+            return None
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return None
 
 
 def schedule_pass(target):
