@@ -60,10 +60,6 @@ class ConvTile:
     def threads(self) -> int:
         return self.lanes * self.columns * self.rows
 
-    @property
-    def outputs_per_thread(self) -> int:
-        return self.pixels * (LANES // self.lanes)
-
 
 def _divisors(value: int) -> list[int]:
     return [d for d in range(1, value + 1) if value % d == 0]
@@ -153,15 +149,22 @@ def _check_thread_writes_its_outputs(sch, output, tile: ConvTile) -> None:
     """
     from apprentice_hw.compiler.schedules import loop_extent
 
-    inner = sch.get_loops(output)[2:]  # below blockIdx.x and threadIdx.x
-    covered = 1
-    for loop in inner:
-        covered *= loop_extent(sch, loop) or tile.outputs_per_thread + 1
-    exact = covered == tile.outputs_per_thread
-    # A last, partial block of channels: fewer than 16 channels, never more outputs.
-    if not (exact or (tile.lanes == 1 and covered < tile.outputs_per_thread)):
+    # The loops below blockIdx.x and threadIdx.x: channels (when the thread has 16), then the
+    # row's pixels (innermost); TVM drops loops of extent 1.
+    extents = [loop_extent(sch, loop) for loop in sch.get_loops(output)[2:]]
+    if None in extents:
+        raise InexactEpilogueError("a thread's epilogue has a loop of unknown extent")
+    pixels = extents.pop() if tile.pixels > 1 and extents else 1
+    channels = 1
+    for extent in extents:
+        channels *= extent
+    own = LANES // tile.lanes  # channels per thread
+    # A last, partial block of channels has fewer than 16: fewer, never more, is right.
+    fits = channels == own or (tile.lanes == 1 and channels < own)
+    if pixels != tile.pixels or not fits:
         raise InexactEpilogueError(
-            f"a thread's epilogue covers {covered} outputs, not {tile.outputs_per_thread}"
+            f"a thread's epilogue covers {channels} channels x {pixels} pixels, "
+            f"not {own} x {tile.pixels}"
         )
 
 
