@@ -38,8 +38,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import summary  # beside this script (python puts its folder on the path)
 
 HERE = Path(__file__).resolve().parent
+
 RESULTS = HERE / "results" / "gpu_latency.json"
 MODEL, SIZE, CLASSES = "resnet20", 32, 10
 STUDENTS = ("W2A8", "W4A4")
@@ -52,8 +54,6 @@ TOLERANCE_STEPS = 1.0  # GPU vs host build, in output quantization steps
 def prepare(folder: Path, target_name: str) -> None:
     import onnx
     import torch
-
-    sys.path.insert(0, str(HERE))
     from latency import STUDENTS as LATENCY_STUDENTS
     from latency import export_float, student_onnx, with_batch
 
@@ -115,7 +115,6 @@ class Runner:
     """One runtime of one case, ready to call and to time (seconds per call, per run)."""
 
     def __init__(self, folder: Path, case: dict, data: np.ndarray) -> None:
-        self.case = case
         if case["file"].endswith(".onnx"):
             import onnxruntime as ort
 
@@ -159,8 +158,8 @@ class Runner:
 
 
 def check(folder: Path, case: dict, runner: Runner) -> None:
-    """The GPU outputs against the host build's, in output quantization steps."""
-    got = np.asarray(runner.call()[0] if case["file"].endswith(".onnx") else runner.call())
+    """A module's outputs on the GPU against the host build's, in output quantization steps."""
+    got = runner.call()
     want = np.load(folder / case["reference"])
     steps = float(np.max(np.abs(got.astype(np.float64) - want)) / case["quant_step"])
     case["max_diff_steps_vs_host_build"] = round(steps, 3)
@@ -186,10 +185,7 @@ def time_cases(folder: Path) -> Path:
                 runs[index] += runner.times(REPEATS // ROUNDS)
         base = None
         for case, case_runs in zip(cases, runs, strict=True):
-            ms = np.asarray(case_runs) * 1e3
-            q1, median, q3 = np.percentile(ms, [25, 50, 75])
-            case.update(median_ms=round(float(median), 4), iqr_ms=round(float(q3 - q1), 4),
-                        repeats=len(case_runs), calls_per_repeat=NUMBER)  # fmt: skip
+            case.update(summary(case_runs, NUMBER))
             if case["runtime"] == "onnxruntime":
                 base = case["median_ms"]
         for case in cases:

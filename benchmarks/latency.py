@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from timing import summary  # beside this script (python puts its folder on the path)
 
 from apprentice_hw.atomic import write_json
 from apprentice_hw.export import export_qcdq
@@ -157,17 +158,6 @@ def _since(start: float) -> float:
 
 
 # -- phase 2: timing in a fresh process ---------------------------------------------------
-def summary(times_s: list[float], number: int) -> dict:
-    ms = np.asarray(times_s) * 1e3
-    q1, median, q3 = np.percentile(ms, [25, 50, 75])
-    return {
-        "median_ms": round(float(median), 4),
-        "iqr_ms": round(float(q3 - q1), 4),
-        "repeats": len(times_s),
-        "calls_per_repeat": number,
-    }
-
-
 class Timer:
     """One runtime ready to call: ``run(repeats, number)`` returns seconds per call per run."""
 
