@@ -12,7 +12,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,16 +55,39 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has finished, then raise it.
+
+    For a group of writes that must land together (the files of a report and the manifest
+    that hashes them, two renames, a batch of tuning records): an interrupt in the middle
+    would leave them inconsistent. Outside the main thread signals cannot be handled here,
+    and the block simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def replace_directory(staging: Path, final: Path) -> None:
     """Move a finished staging directory to ``final``, replacing an older ``final`` if present.
 
     The old directory is first renamed aside, so at every instant ``final`` is either the old
-    complete build or the new complete build.
+    complete build or the new complete build; Ctrl-C waits for both renames.
     """
     if final.exists():
         aside = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, aside)
-        os.replace(staging, final)
+        with uninterrupted():
+            os.replace(final, aside)
+            os.replace(staging, final)
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(staging, final)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
     from apprentice_hw.config import Recipe
 
 DEBUG_FLAG = "--debug"
+# What Ctrl-C leaves behind, per command (the rest write nothing until they have finished).
+INTERRUPTED = {
+    "build": "no output was half-written (an interrupted build continues with --resume)",
+    "train": "the last finished epoch is saved (continue with 'train --resume')",
+    "tune": "the settings measured so far are kept in the tuning database",
+    "deploy": "nothing was written to the build",
+}
 FPGA_QUANT = "po2"  # the quantizer family FPGA builds use unless --quant says otherwise
 KERNEL_HELP = (
     "Force a kernel strategy for the quantized layers it supports (see 'apprentice-hw "
@@ -152,17 +160,21 @@ def train(recipe_name: str, out: Path, resume: bool, force: bool, quiet: bool, *
 
     from apprentice_hw.data import load_dataset
     from apprentice_hw.distill import distributed, evaluate
+    from apprentice_hw.outputs import check_replaceable, resolve_output
     from apprentice_hw.progress import Progress
     from apprentice_hw.training import train_models
 
     world = distributed.init_from_env()  # a no-op unless started by torchrun
     recipe = load_recipe_with_overrides(recipe_name, **overrides)
+    out = resolve_output(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a directory")
     if out.exists() and any(out.iterdir()) and not (resume or force):
         raise UserError(
             f"{out} already holds a run; pass --resume to continue or --force to restart"
         )
+    if force or resume:
+        check_replaceable(out)  # --resume writes into it too: only into a run of ours
     distributed.barrier()  # every rank has checked --out before the main rank changes it
     if force and out.exists() and world.is_main:
         shutil.rmtree(out)
@@ -374,8 +386,6 @@ def verify(
 
     from apprentice_hw.verify import run_verify
 
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, got {samples}")
     result = run_verify(path, samples, inputs_path, target_name, kernel, tolerance)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -385,6 +395,8 @@ def verify(
 
 
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+MAX_WAIT_S = 24 * 3600  # deploy --wait: a day; a larger number would overflow socket timeouts
+MAX_TUNE_BATCH = 256
 
 
 def parse_duration(text: str) -> float:
@@ -464,17 +476,23 @@ def tune(
       apprentice-hw tune student.onnx --time-budget 10m --batch 8
       apprentice-hw tune build/digits-arm-a72-w2a8 --tracker 192.168.1.5:9190 --key pi4
     """  # fmt: skip
+    from apprentice_hw.build_dir import read_manifest
     from apprentice_hw.compiler import prepare_module
     from apprentice_hw.compiler.schedules import fused_module
+    from apprentice_hw.compiler.tuning import check_database
     from apprentice_hw.compiler.tuning import tune as run_tune
     from apprentice_hw.hardware import get_target
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
     from apprentice_hw.pipeline import QCDQ_FILE
     from apprentice_hw.remote import RemoteDevice
-    from apprentice_hw.verify import load_onnx, read_manifest
+    from apprentice_hw.verify import load_onnx
 
     for name, value in (("--trials", trials), ("--top", top), ("--batch", batch)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
+    if batch > MAX_TUNE_BATCH:
+        raise UserError(f"--batch must be at most {MAX_TUNE_BATCH} (the kernels' buffers grow "
+                        f"with it), got {batch}")  # fmt: skip
     budget_s = parse_duration(time_budget) if time_budget is not None else None
     if (tracker is None) != (key is None):
         raise UserError("--tracker and --key go together: the tracker address and the board key")
@@ -493,6 +511,9 @@ def tune(
             f"target {target.name} does not run on this machine, so its kernels cannot be "
             "measured here; time them on the board with --tracker HOST:PORT --key KEY"
         )
+    if kernel is not None:
+        KERNEL_STRATEGIES.get(kernel)
+    check_database(target, writing=True)
     if remote is not None:
         remote.check()
     prepared = prepare_module(load_onnx(path), target, batch=batch, kernel=kernel)
@@ -549,30 +570,39 @@ def deploy(
       apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 192.168.1.2:9190 --key pi4
       apprentice-hw deploy build/digits-arm-a72-w2a8 --host raspberrypi.local:9090
     """  # fmt: skip
+    from apprentice_hw.build_dir import read_manifest
     from apprentice_hw.deploy.bundle import read_bundle
     from apprentice_hw.deploy.remote_run import (
         DeployError,
         check_options,
+        check_report,
         record_in_report,
         run_on_board,
     )
+    from apprentice_hw.outputs import exclusive
 
-    if repeat < 2 or number < 1 or wait <= 0:
-        raise UserError("--repeat must be at least 2, --number at least 1 and --wait positive")
+    if repeat < 2 or number < 1 or not 0 < wait <= MAX_WAIT_S:
+        raise UserError(
+            f"--repeat must be at least 2, --number at least 1 and --wait from 0 to {MAX_WAIT_S:g} "
+            "seconds"
+        )
     endpoint = check_options(tracker, key, host)
-    bundle = read_bundle(build_dir)
-    board = f"'{key}' via {tracker}" if host is None else host
-    click.echo(f"connecting to {board} ...", err=True)
-    session = endpoint.connect(free_board_s=wait) if host is None else endpoint.connect()
+    read_manifest(build_dir)  # a folder that is not a build gets no lock file beside it
+    with exclusive(build_dir, "deploy"):  # a rebuild must not replace the build under us
+        bundle = read_bundle(build_dir)
+        report = check_report(build_dir)
+        board = f"'{key}' via {tracker}" if host is None else host
+        click.echo(f"connecting to {board} ...", err=True)
+        session = endpoint.connect(free_board_s=wait) if host is None else endpoint.connect()
 
-    def say(message: str) -> None:
-        click.echo(f"  {message}", err=True)
+        def say(message: str) -> None:
+            click.echo(f"  {message}", err=True)
 
-    try:
-        result = run_on_board(bundle, session, board, repeat, number, progress=say)
-    except DeployError as exc:
-        raise UserError(str(exc)) from exc
-    record_in_report(build_dir, result)
+        try:
+            result = run_on_board(bundle, session, board, repeat, number, progress=say)
+        except DeployError as exc:
+            raise UserError(str(exc)) from exc
+        record_in_report(build_dir, report, result)
     if result.identical:
         verdict = "identical to the host build's"
     elif result.passed:
@@ -680,6 +710,9 @@ class _TuneBar:
 
 
 REPORT_FORMATS = ("md", "json", "png", "html")
+# report --model exports the network at this input size: ResNet-18 at 2048x2048 already holds
+# about 0.8 GiB of activations; 100000x100000 would ask for hundreds of GB.
+MIN_INPUT, MAX_INPUT, MAX_CLASSES = 8, 2048, 100_000
 
 
 @cli.command()
@@ -778,12 +811,11 @@ def report(
         _report_comparison([path, *compare], fmt, out)
         return
     if path is not None:
+        from apprentice_hw.build_dir import read_report
         from apprentice_hw.report.figure import build_bars
         from apprentice_hw.report.writer import FIGURE_FILE, HTML_FILE, render_markdown
-        from apprentice_hw.verify import read_manifest
 
-        read_manifest(path)  # a one-line error when PATH is not a build
-        data = json.loads((path / "report.json").read_text())
+        data = read_report(path)  # one line when PATH is not a build or its report is damaged
         if data.get("fpga"):  # an HLS project synthesized after the build (e.g. elsewhere)
             from apprentice_hw.fpga.synthesis import synthesis_of
 
@@ -857,8 +889,11 @@ def _report_model(name: str, fmt: str, out: Path | None, input_size: int, classe
             bits = (0, 0)
         if bits is not None and not all(1 < b <= 8 for b in bits):
             raise UserError(f"precision '{label}' is not fp32 or WxAy with 2 to 8 bits each")
-    if input_size < 8 or classes < 2:
-        raise UserError("--input must be at least 8 and --classes at least 2")
+    if not MIN_INPUT <= input_size <= MAX_INPUT or not 2 <= classes <= MAX_CLASSES:
+        raise UserError(
+            f"--input must be from {MIN_INPUT} to {MAX_INPUT} pixels and --classes from 2 to "
+            f"{MAX_CLASSES} (sizing exports the model at that size, in memory)"
+        )
     policies = {"8": [8], "same": [None], "both": [8, None]}[first_last]
     if fmt == "png":
         policies = [policies[0]]
@@ -894,40 +929,77 @@ def _one_line(message: str) -> str:
     return " ".join(str(message).split())
 
 
+class _Interrupts:
+    """Notices Ctrl-C (SIGINT) while a command runs.
+
+    A KeyboardInterrupt raised inside one of TVM's Python callbacks (a pass, MetaSchedule's
+    worker pool) comes back out of TVM as a RuntimeError, and a worker killed by the same
+    Ctrl-C as a failed build: after a Ctrl-C, whatever the command fails with is reported as
+    the interruption, in one line.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous = None
+
+    def _handler(self, _signum, _frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _report_interrupt(args: list[str], debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    command = next((a for a in args if not a.startswith("-")), "")
+    click.echo(f"error: interrupted; {INTERRUPTED.get(command, 'nothing was written')}", err=True)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     args = [a for a in args if a != DEBUG_FLAG]
-    try:
-        result = cli.main(args=args, prog_name="apprentice-hw", standalone_mode=False)
-        return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.UsageError as exc:
-        if debug:
-            raise
+    with _Interrupts() as interrupts:
+        try:
+            result = cli.main(args=args, prog_name="apprentice-hw", standalone_mode=False)
+            return result if isinstance(result, int) else 0
+        except click.exceptions.Exit as exc:
+            return exc.exit_code
+        except (KeyboardInterrupt, click.Abort):
+            return _report_interrupt(args, debug)
+        except Exception as exc:
+            if interrupts.seen:
+                return _report_interrupt(args, debug)
+            if debug:
+                raise
+            return _report_error(exc)
+
+
+def _report_error(exc: Exception) -> int:
+    """One ``error:`` line for a user's mistake (exit 2); anything else keeps its traceback."""
+    if isinstance(exc, click.UsageError):
         command = exc.ctx.command_path if exc.ctx else "apprentice-hw"
         click.echo(f"error: {_one_line(exc.format_message())} (see '{command} --help')", err=True)
         return 2
-    except UserError as exc:
-        if debug:
-            raise
+    if isinstance(exc, UserError):
         click.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or debug:
-            raise
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = f" writing {exc.filename}" if exc.filename else ""
         click.echo(f"error: no space left on the device{where} ({exc.strerror}); free some space "
                    "or choose another --out; nothing was left half-written", err=True)  # fmt: skip
         return 2
-    except (KeyboardInterrupt, click.Abort):
-        if debug:
-            traceback.print_exc()
-        click.echo("error: interrupted; no output was half-written (an interrupted build "
-                   "continues with --resume)", err=True)  # fmt: skip
-        return 130
+    raise exc
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ bit widths and epochs; everything else comes from the file so a build is reprodu
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +22,45 @@ from apprentice_hw.resources import data_dirs
 
 RECIPES_ENV = "APPRENTICE_HW_PIPELINES"
 DEFAULT_RECIPE = "digits"
+# A recipe name becomes a folder name (build/<name>-<target>-...): no separators, no dot first.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_THREADS = 1024
+TOP_LEVEL_KEYS = ("name", "description", "seed", "threads", "data", "teacher", "student",
+                  "distill")  # fmt: skip
+DATA_KEYS = ("dataset", "path", "augment", "train_limit")
 
 
 def _seed(value: Any, what: str) -> int:
     """Seeds feed numpy and scikit-learn, which take integers from 0 to 2**32 - 1."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise UserError(f"{what} must be an integer from 0 to 4294967295, got {value!r}")
+    return value
+
+
+def _integer(value: Any, what: str, low: int, high: int) -> int:
+    """A whole number in [low, high] (booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str, low: float, high: float, low_open: bool = False,
+            high_open: bool = False, hint: str = "") -> float:  # fmt: skip
+    """A finite number in the range (brackets say which ends are included)."""
+    ok = (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and (value < high if high_open else value <= high)
+    )  # fmt: skip
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UserError(f"{what} must be a number in {span}{hint}, got {value!r}")
+    return float(value)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be a string, got {value!r}")
     return value
 
 
@@ -40,6 +75,15 @@ class TrainSpec:
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # a name in distill.trainer.SCHEDULES
 
+    def __post_init__(self) -> None:
+        """Ranges outside which SGD cannot train (diverges to NaN, or never moves)."""
+        _integer(self.epochs, "'epochs'", 1, 100_000)
+        _integer(self.batch_size, "'batch_size'", 1, 1_000_000)
+        _number(self.lr, "'lr'", 0, 10, low_open=True, hint=" (SGD diverges above that)")
+        _number(self.momentum, "'momentum'", 0, 1, high_open=True)
+        _number(self.weight_decay, "'weight_decay'", 0, 1, high_open=True)
+        _text(self.schedule, "'schedule'")
+
 
 @dataclass(frozen=True)
 class DistillSpec:
@@ -51,6 +95,16 @@ class DistillSpec:
     beta: float = 0.5
     gamma: float = 0.5
     tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        _text(self.scheme, "'scheme'")
+        _text(self.student_init, "'student_init'")
+        for name in ("alpha", "beta", "gamma"):
+            _number(getattr(self, name), f"'{name}'", 0, 1000)
+        if self.beta == 0 and self.gamma == 0:
+            raise UserError("'beta' and 'gamma' are both 0: the student would learn nothing")
+        # softmax(z / tau) overflows to NaN as tau approaches 0; the paper uses tau = 1.
+        _number(self.tau, "'tau'", 0.01, 100, hint=" (the paper uses 1)")
 
 
 @dataclass(frozen=True)
@@ -76,6 +130,32 @@ class Recipe:
     quant: str  # quantizer family (quant.presets.QUANT_FAMILIES)
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Types and ranges of every field, however the recipe was made (file, CLI, JSON)."""
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise UserError(
+                f"recipe name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-' (not "
+                "starting with '.'): it becomes part of the build folder's name"
+            )
+        _text(self.description, "'description'")
+        _text(self.dataset, "[data] 'dataset'")
+        if self.data_path is not None and not isinstance(self.data_path, Path):
+            raise UserError(f"[data] 'path' must be a folder path, got {self.data_path!r}")
+        if not isinstance(self.augment, bool):
+            raise UserError(f"[data] 'augment' must be true or false, got {self.augment!r}")
+        _integer(self.train_limit, "[data] 'train_limit'", 0, 2**31)
+        _seed(self.seed, "'seed'")
+        _integer(self.threads, "'threads'", 1, MAX_THREADS)
+        for spec in (self.teacher, self.student):
+            if not isinstance(spec, ModelSpec):
+                raise UserError(f"a recipe's model must be a zoo model, got {spec!r}")
+        # Which widths exist is the quantizer presets' call (validate_recipe); here: integers.
+        for what, bits in (("weight_bits", self.weight_bits), ("act_bits", self.act_bits),
+                           ("first_last_bits", self.first_last_bits or 8)):  # fmt: skip
+            if isinstance(bits, bool) or not isinstance(bits, int):
+                raise UserError(f"'{what}' must be an integer, got {bits!r}")
+        _text(self.quant, "'quant'")
 
     def with_overrides(
         self,
@@ -104,8 +184,8 @@ class Recipe:
         if act_bits is not None:
             recipe = dataclasses.replace(recipe, act_bits=act_bits)
         if epochs is not None:
-            if epochs < 1:
-                raise UserError(f"--epochs must be at least 1, got {epochs}")
+            if epochs < 1 or epochs > 100_000:
+                raise UserError(f"--epochs must be at least 1 and at most 100000, got {epochs}")
             recipe = dataclasses.replace(
                 recipe,
                 teacher_train=dataclasses.replace(recipe.teacher_train, epochs=epochs),
@@ -161,10 +241,11 @@ def _dataclass_from(cls: type, table: dict[str, Any], where: str, skip: tuple[st
             value = float(value)
         if not isinstance(value, expected) or isinstance(value, bool) != isinstance(default, bool):
             raise UserError(f"{where}: '{key}' must be a {expected.__name__}, got {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise UserError(f"{where}: '{key}' must not be negative, got {value!r}")
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except UserError as exc:  # a range check of the dataclass
+        raise UserError(f"{where}: {exc}") from exc
 
 
 def _model_spec(table: dict[str, Any], where: str) -> ModelSpec:
@@ -177,10 +258,26 @@ def _model_spec(table: dict[str, Any], where: str) -> ModelSpec:
     return ModelSpec(name, dict(options))
 
 
+def _known_keys(table: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown field '{unknown[0]}'; known: {', '.join(known)}")
+
+
 def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
-    """Validate a recipe file's contents."""
+    """Validate a recipe file's contents: every field's type and range, unknown fields refused."""
     where = f"recipe {source}" if source else "recipe"
+    try:
+        return _parse_recipe(data, source, where)
+    except UserError as exc:
+        message = str(exc)
+        raise UserError(message if message.startswith(where) else f"{where}: {message}") from exc
+
+
+def _parse_recipe(data: dict[str, Any], source: Path | None, where: str) -> Recipe:
+    _known_keys(data, TOP_LEVEL_KEYS, where)
     data_table = _table(data, "data", where)
+    _known_keys(data_table, DATA_KEYS, f"{where} [data]")
     teacher = _table(data, "teacher", where)
     student = _table(data, "student", where)
     distill = _table(data, "distill", where)
@@ -189,47 +286,35 @@ def parse_recipe(data: dict[str, Any], source: Path | None) -> Recipe:
     if not isinstance(dataset, str):
         raise UserError(f"{where}: [data] needs 'dataset', e.g. dataset = \"digits\"")
     path = data_table.get("path")
-    augment = data_table.get("augment", True)
-    if not isinstance(augment, bool):
-        raise UserError(f"{where}: [data] 'augment' must be true or false")
-    train_limit = data_table.get("train_limit", 0)
-    if not isinstance(train_limit, int) or isinstance(train_limit, bool) or train_limit < 0:
-        raise UserError(f"{where}: [data] 'train_limit' must be a non-negative integer")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise UserError(f"{where}: [data] 'path' must be a folder path as a string, got {path!r}")
     quant = student.get("quant", "float")
     if not isinstance(quant, str):
         raise UserError(f"{where}: [student] 'quant' must name a quantizer family, e.g. \"float\"")
     first_last = student.get("first_last_bits", 8)
     if first_last != "same" and (not isinstance(first_last, int) or isinstance(first_last, bool)):
         raise UserError(f"{where}: 'first_last_bits' must be a bit width or \"same\"")
-    for key in ("weight_bits", "act_bits"):
-        if not isinstance(student.get(key, 2), int):
-            raise UserError(f"{where}: [student] '{key}' must be an integer")
-    recipe = Recipe(
-        name=str(data.get("name", source.stem if source else "recipe")),
-        description=str(data.get("description", "")),
+    name = data.get("name", source.stem if source else "recipe")
+    return Recipe(
+        name=name if isinstance(name, str) else repr(name),
+        description=data.get("description", ""),
         dataset=dataset,
         data_path=Path(path) if path else None,
-        augment=augment,
-        train_limit=train_limit,
-        seed=_seed(data.get("seed", 0), f"{where}: 'seed'"),
-        threads=int(data.get("threads", 2)),
+        augment=data_table.get("augment", True),
+        train_limit=data_table.get("train_limit", 0),
+        seed=data.get("seed", 0),
+        threads=data.get("threads", 2),
         teacher=_model_spec(teacher, f"{where} [teacher]"),
         teacher_train=_dataclass_from(TrainSpec, teacher, f"{where} [teacher]", train_keys),
         student=_model_spec(student, f"{where} [student]"),
         student_train=_dataclass_from(TrainSpec, student, f"{where} [student]", train_keys),
         distill=_dataclass_from(DistillSpec, distill, f"{where} [distill]"),
-        weight_bits=int(student.get("weight_bits", 2)),
-        act_bits=int(student.get("act_bits", 8)),
-        first_last_bits=None if first_last == "same" else int(first_last),
+        weight_bits=student.get("weight_bits", 2),
+        act_bits=student.get("act_bits", 8),
+        first_last_bits=None if first_last == "same" else first_last,
         quant=quant,
         source=source,
     )
-    if recipe.threads < 1:
-        raise UserError(f"{where}: 'threads' must be at least 1")
-    for spec, label in ((recipe.teacher_train, "teacher"), (recipe.student_train, "student")):
-        if spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0:
-            raise UserError(f"{where}: [{label}] needs epochs >= 1, batch_size >= 1 and lr > 0")
-    return recipe
 
 
 def recipe_files() -> dict[str, Path]:

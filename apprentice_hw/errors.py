@@ -13,3 +13,7 @@ class UserError(Exception):
     """A problem in the user's input, reported as ``error: <message>`` with exit status 2."""
 
     exit_code = 2
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN or infinite: the weights are lost, and resuming would diverge again."""

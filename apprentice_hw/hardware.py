@@ -35,6 +35,12 @@ ARCHES = ("x86_64", "aarch64", "armv7")
 
 # Placeholder values a target file may use for "whatever this machine has".
 HOST = "host"
+# The TVM target kind each device compiles with (FPGAs are built by hls4ml, not TVM).
+TVM_KINDS = {"cpu": "llvm", "cuda": "cuda"}
+# Peak MAC rates a TVM target must give: the latency estimate picks one per layer.
+PRECISIONS = ("fp32", "int8", "int4", "int2")
+# What a cross compiler's -dumpmachine starts with, per target architecture.
+TRIPLE_PREFIXES = {"x86_64": "x86_64", "aarch64": "aarch64", "armv7": "arm"}
 
 _HOST_ARCH_ALIASES = {
     "x86_64": "x86_64",
@@ -159,6 +165,16 @@ def _host_or_positive(
     return value
 
 
+def _host_or_positive_int(
+    table: dict[str, Any], key: str, detect: Callable[[], int], where: str
+) -> int:
+    """A whole number of at least 1, or ``"host"``: cores and MiB come in whole units."""
+    value = _host_or_positive(table, key, detect, where)
+    if isinstance(value, float):
+        raise UserError(f"{where}: '{key}' must be a whole number or \"host\", got {value!r}")
+    return int(value)
+
+
 def _positive(table: dict[str, Any], key: str, where: str) -> float:
     value = float(_require(table, key, (int, float), where))
     if not math.isfinite(value) or value <= 0:
@@ -228,7 +244,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         raise UserError(f"{where}: name '{name}' must match the file name '{source.stem}'")
     hw = _require(data, "hardware", dict, where)
     hw_where = f"{where} [hardware]"
-    cores = int(_host_or_positive(hw, "cores", lambda: os.cpu_count() or 1, hw_where))
+    cores = _host_or_positive_int(hw, "cores", lambda: os.cpu_count() or 1, hw_where)
     device = _require(data, "device", str, where)
     if device not in DEVICES:
         raise UserError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -236,7 +252,12 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     fpga = device == "fpga"
     tvm = data.get("tvm", {}) if fpga else _require(data, "tvm", dict, where)
     if not fpga:
-        _require(tvm, "kind", str, f"{where} [tvm]")
+        kind = _require(tvm, "kind", str, f"{where} [tvm]")
+        if kind != TVM_KINDS[device]:
+            raise UserError(
+                f'{where}: [tvm] kind must be "{TVM_KINDS[device]}" for a {device} target, '
+                f"got {kind!r}"
+            )
     toolchain = data.get("toolchain", {})
     if not isinstance(toolchain, dict):
         raise UserError(f"{where}: [toolchain] must be a table, got {toolchain!r}")
@@ -249,8 +270,19 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         else _require(data, "peak_macs_per_cycle_per_core", dict, where)
     )
     for precision, rate in peaks.items():
+        if precision not in PRECISIONS:
+            raise UserError(
+                f"{where}: unknown precision '{precision}' in "
+                f"[peak_macs_per_cycle_per_core]; known: {', '.join(PRECISIONS)}"
+            )
         if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
             raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
+    missing_peaks = [p for p in PRECISIONS if p not in peaks]
+    if missing_peaks and not fpga:
+        raise UserError(
+            f"{where}: [peak_macs_per_cycle_per_core] lacks {', '.join(missing_peaks)} (the "
+            f"latency estimate needs a rate for each of {', '.join(PRECISIONS)})"
+        )
     arch = _require(data, "arch", str, where)
     arches = ARCHES if fpga else ARCHES[:2]  # TVM builds: the CPUs apprentice-hw compiles for
     if arch not in arches:
@@ -269,25 +301,54 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         "kernels",
         "requires_isa",
     }
+    notes = data.get("notes", "")
+    if not isinstance(notes, str):
+        raise UserError(f"{where}: 'notes' must be a string")
+    resolved_tvm = _resolve_tvm_dict(tvm, cores)
+    if not fpga:
+        _check_tvm_target(resolved_tvm, f"{where} [tvm]")
     return Target(
         name=name,
         description=_require(data, "description", str, where),
         device=device,
         arch=arch,
-        tvm=_resolve_tvm_dict(tvm, cores),
+        tvm=resolved_tvm,
         cross_compiler=toolchain.get("cross_compiler"),
         cross_compiler_package=toolchain.get("debian_package"),
         cores=cores,
         clock_ghz=float(_host_or_positive(hw, "clock_ghz", _host_clock_ghz, hw_where)),
-        memory_mib=int(_host_or_positive(hw, "memory_mib", _host_memory_mib, hw_where)),
+        memory_mib=_host_or_positive_int(hw, "memory_mib", _host_memory_mib, hw_where),
         memory_bandwidth_gbs=_positive(hw, "memory_bandwidth_gbs", hw_where),
         peak_macs_per_cycle_per_core={k: float(v) for k, v in peaks.items()},
         source=source,
         kernels=_kernel_preference(data, where),
         requires_isa=_isa_flags(data, where),
-        notes=str(data.get("notes", "")),
+        notes=notes,
         extra={k: v for k, v in data.items() if k not in known},
     )
+
+
+def _check_tvm_target(tvm_dict: dict[str, Any], where: str) -> None:
+    """TVM accepts the table (option names and types) and LLVM knows its CPU name."""
+    import tvm
+    from tvm.target import codegen
+
+    try:
+        tvm.target.Target(tvm_dict)
+    except Exception as exc:  # TVM raises ValueError, TypeError or its own errors
+        first = " ".join(str(exc).split(". Target creation")[0].split())[:160]
+        raise UserError(f"{where}: TVM rejects this target ({first})") from exc
+    cpu, triple = tvm_dict.get("mcpu"), tvm_dict.get("mtriple", "")
+    if (
+        tvm_dict["kind"] == "llvm"
+        and isinstance(cpu, str)
+        and not codegen.llvm_is_valid_cpu(cpu, triple)
+    ):
+        triple = triple or "this machine"
+        raise UserError(
+            f"{where}: LLVM knows no CPU named mcpu = {cpu!r} for {triple}; use an LLVM CPU "
+            "name such as cortex-a72, neoverse-n1, znver4 or skylake-avx512"
+        )
 
 
 def load_target_file(path: Path) -> Target:
@@ -338,16 +399,36 @@ def find_cross_compiler(target: Target) -> str | None:
     if target.cross_compiler is None:
         return None
     path = shutil.which(target.cross_compiler)
+    hint = (
+        f"install it with 'apt-get install {target.cross_compiler_package}'"
+        if target.cross_compiler_package
+        else "install it and put it on PATH"
+    )
     if path is None:
-        hint = (
-            f"install it with 'apt-get install {target.cross_compiler_package}'"
-            if target.cross_compiler_package
-            else "install it and put it on PATH"
-        )
         raise UserError(
             f"target '{target.name}' needs the cross compiler '{target.cross_compiler}'; {hint}"
         )
+    machine = _compiler_machine(path)
+    if not machine.startswith(TRIPLE_PREFIXES[target.arch]):
+        said = f"says it builds for '{machine}'" if machine else "does not answer -dumpmachine"
+        raise UserError(
+            f"target '{target.name}': cross compiler '{target.cross_compiler}' ({path}) {said}, "
+            f"not {target.arch}; fix [toolchain] cross_compiler in {target.source} or {hint}"
+        )
     return path
+
+
+@functools.cache
+def _compiler_machine(path: str) -> str:
+    """What a GCC-style compiler says it builds for (``-dumpmachine``), or "" if it cannot."""
+    import subprocess
+
+    try:
+        done = subprocess.run([path, "-dumpmachine"], capture_output=True, text=True,
+                              timeout=30, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 HOST_TARGET = "x86-host" if host_arch() == "x86_64" else "aarch64-host"

@@ -11,15 +11,13 @@ step's wall time and every artifact's hash go into ``manifest.json``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,8 +30,9 @@ from apprentice_hw import __version__
 from apprentice_hw.atomic import replace_directory, write_json
 from apprentice_hw.config import Recipe
 from apprentice_hw.data import DatasetSplits, load_dataset
-from apprentice_hw.errors import UserError
+from apprentice_hw.errors import TrainingDivergedError, UserError
 from apprentice_hw.hardware import Target, find_cross_compiler, host_twin
+from apprentice_hw.outputs import check_replaceable, exclusive, resolve_output
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import weight_preset
 
@@ -105,19 +104,12 @@ def step_train(state: BuildState) -> None:
 
 def restore_train(state: BuildState, saved_report: dict[str, Any]) -> None:
     """A finished training step of an interrupted build: its student and accuracy, no epochs."""
-    import torch
-
+    from apprentice_hw.build_dir import STUDENT_FILE, load_weights
     from apprentice_hw.training import build_student
 
     student = build_student(state.recipe, state.data)
-    path = state.workdir / "student.pt"
-    try:
-        student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # truncated or foreign file
-        raise UserError(
-            f"{path} is damaged ({type(exc).__name__}); rerun the build without --resume"
-        ) from exc
-    state.student = student.eval()
+    fix = "rerun the build without --resume"
+    state.student = load_weights(student, state.workdir / STUDENT_FILE, fix).eval()
     state.report["accuracy"] = saved_report["accuracy"]
 
 
@@ -475,23 +467,36 @@ def validate_recipe(recipe: Recipe) -> None:
     """Resolve every registry name a recipe uses, so a typo fails before any training."""
     from apprentice_hw.data import DATASETS
     from apprentice_hw.distill import SCHEDULES, SCHEMES
-    from apprentice_hw.models import MODELS
+    from apprentice_hw.distill.schemes import check_student_init
+    from apprentice_hw.models import check_options
     from apprentice_hw.training import quant_layers
 
     quant_layers(recipe)
     SCHEMES.get(recipe.distill.scheme)
     DATASETS.get(recipe.dataset)
-    MODELS.get(recipe.teacher.name)
-    MODELS.get(recipe.student.name)
+    check_options(recipe.teacher)
+    check_options(recipe.student)
     SCHEDULES.get(recipe.teacher_train.schedule)
     SCHEDULES.get(recipe.student_train.schedule)
+    if recipe.distill.student_init:
+        check_student_init(recipe)
 
 
 def validate(
     recipe: Recipe, target: Target, out: Path, force: bool,
     device_options: dict[str, Any] | None = None,
-) -> None:  # fmt: skip
-    """Check everything that can be checked before minutes of training are spent."""
+) -> Path:  # fmt: skip
+    """Check everything that can be checked before minutes of training are spent.
+
+    Returns the output directory with symbolic links resolved (what the build will replace).
+    """
+    out = resolve_output(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} exists and is not a directory; choose another --out")
+    if out.exists() and not force:
+        raise UserError(f"output directory {out} already exists; pass --force to replace it")
+    if out.exists():
+        check_replaceable(out)
     validate_recipe(recipe)
     if target.device == "cuda":
         from apprentice_hw.compiler.cuda import check_device_compiler
@@ -503,12 +508,12 @@ def validate(
 
         check_ready(device_options or {})
         FpgaSpec.from_target(target)
+    else:
+        from apprentice_hw.compiler.tuning import check_database
+
+        check_database(target)
     find_cross_compiler(target)
-    if out.exists() and not force:
-        raise UserError(f"output directory {out} already exists; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a directory; choose another --out")
-    parent = out.absolute().parent
+    parent = out.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {parent}; choose a writable --out directory")
@@ -519,6 +524,7 @@ def validate(
             f"about {MIN_FREE_BYTES / 2**20:.0f} MiB (staging plus checkpoints); free some space "
             "or choose another --out"
         )
+    return out
 
 
 PROGRESS_FILE = "build-progress.json"
@@ -529,31 +535,6 @@ MIN_FREE_BYTES = 256 * 2**20
 
 def staging_dir(out: Path) -> Path:
     return out.absolute().parent / f".{out.name}.partial"
-
-
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """One build per output directory at a time (two would share one staging directory)."""
-    lock_path = out.absolute().parent / f".{out.name}.lock"
-    while True:
-        lock = lock_path.open("w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            lock.close()
-            raise UserError(
-                f"another build is writing {out} right now; wait for it or choose another --out"
-            ) from exc
-        # The holder before us unlinks the file as it finishes: a lock on that unlinked file
-        # would exclude nobody, so lock the file that is there now.
-        if lock_path.exists() and os.stat(lock_path).st_ino == os.fstat(lock.fileno()).st_ino:
-            break
-        lock.close()
-    try:
-        yield
-    finally:
-        lock_path.unlink(missing_ok=True)
-        lock.close()  # releases the lock
 
 
 def _run_identity(recipe: Recipe, target: Target, kernel, device_options) -> dict[str, Any]:
@@ -601,11 +582,11 @@ def run_build(
 
     An interrupted or failed build keeps its staging directory; ``resume`` continues it.
     """
-    validate(recipe, target, out, force or resume, device_options)
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    out = validate(recipe, target, out, force or resume, device_options)
+    out.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(out)
     identity = _run_identity(recipe, target, kernel, device_options)
-    with _exclusive(out):
+    with exclusive(out):
         if resume and out.exists() and not workdir.exists():
             raise UserError(f"{out} is complete: nothing to resume (pass --force to rebuild it)")
         completed, saved_report = _prepare_staging(workdir, identity, resume, out)
@@ -613,21 +594,34 @@ def run_build(
             recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel,
             device_options=device_options or {}, resume=resume,
         )  # fmt: skip
-        steps = steps_for(target)
-        done: list[str] = []
-        for index, step in enumerate(steps, start=1):
-            start = time.perf_counter()
-            restore = RESTORE.get(step.name) if step.name in completed else None
-            title = f"{step.title} (finished before the interruption)" if restore else step.title
-            with progress.step(index, len(steps), title):
-                if restore is not None:
-                    restore(state, saved_report)
-                else:
-                    step.run(state)
-            state.timings[step.name] = time.perf_counter() - start
-            done.append(step.name)
-            _record_progress(state, identity, done)
+        try:
+            _run_steps(state, identity, completed, saved_report)
+        except BaseException as exc:
+            # Keep the staging directory only where --resume can use it: not before the first
+            # step finished, nor after a diverged training (it would diverge the same way).
+            if isinstance(exc, TrainingDivergedError) or not (workdir / PROGRESS_FILE).exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
         (workdir / PROGRESS_FILE).unlink()
         write_manifest(state)
-        replace_directory(workdir, out.absolute())
+        replace_directory(workdir, out)
     return state.report
+
+
+def _run_steps(state: BuildState, identity: dict[str, Any], completed: list[str],
+               saved_report: dict[str, Any]) -> None:  # fmt: skip
+    """Run the target's steps in order, recording each finished one for ``--resume``."""
+    steps = steps_for(state.target)
+    done: list[str] = []
+    for index, step in enumerate(steps, start=1):
+        start = time.perf_counter()
+        restore = RESTORE.get(step.name) if step.name in completed else None
+        title = f"{step.title} (finished before the interruption)" if restore else step.title
+        with state.progress.step(index, len(steps), title):
+            if restore is not None:
+                restore(state, saved_report)
+            else:
+                step.run(state)
+        state.timings[step.name] = time.perf_counter() - start
+        done.append(step.name)
+        _record_progress(state, identity, done)

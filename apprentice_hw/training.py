@@ -21,11 +21,9 @@ from apprentice_hw.data import DatasetSplits
 from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, distributed, run_scheme
 from apprentice_hw.errors import UserError
 from apprentice_hw.models import build_model
+from apprentice_hw.outputs import CHECKPOINTS, RECIPE_RECORD
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import FloatLayers, QuantLayers
-
-CHECKPOINTS = "checkpoints"
-RECIPE_RECORD = "recipe.json"
 
 
 @dataclass

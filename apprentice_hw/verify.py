@@ -24,7 +24,6 @@ layer that diverges.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from apprentice_hw.export.onnx_export import OnnxCheck, compare_outputs, output_
 from apprentice_hw.hardware import Target
 
 DEFAULT_SAMPLES = 100
+MIN_OPSET = 10  # QuantizeLinear / DequantizeLinear exist from opset 10 on
+MAX_INPUT_BYTES = 2**30  # random verification inputs: 1 GiB (ResNet-18 at 224: ~1700 images)
 MIN_AGREEMENT = 0.99
 LABELS = {
     "compiled_vs_brevitas": "compiled vs Brevitas (exact)",
@@ -380,6 +381,13 @@ def verify_model(
 def load_inputs(path: Path | None, shape: tuple[int, ...], samples: int, seed: int) -> np.ndarray:
     """Inputs from a ``.npy`` file, or seeded uniform [0, 1) images of the model's shape."""
     if path is None:
+        image_bytes = 4 * int(np.prod(shape[1:]))
+        if samples * image_bytes > MAX_INPUT_BYTES:
+            most = max(1, MAX_INPUT_BYTES // image_bytes)
+            raise UserError(
+                f"--samples {samples} would need {samples * image_bytes / 2**30:.1f} GiB of "
+                f"random inputs for this model; use at most {most}"
+            )
         return np.random.default_rng(seed).random((samples, *shape[1:]), dtype=np.float32)
     try:
         array = np.load(path, allow_pickle=False)
@@ -394,6 +402,8 @@ def load_inputs(path: Path | None, shape: tuple[int, ...], samples: int, seed: i
         raise UserError(f"inputs in {path} are {array.dtype}, not numbers; pass float pixels")
     if not np.all(np.isfinite(array)):
         raise UserError(f"inputs in {path} contain NaN or infinite values; pass finite pixels")
+    if len(array) == 0:
+        raise UserError(f"inputs in {path} hold no images (shape {array.shape}); pass at least one")
     return array[:samples].astype(np.float32)
 
 
@@ -408,31 +418,15 @@ class BuildInputs:
     module_path: Path | None
 
 
-def read_manifest(build_dir: Path) -> dict:
-    """A build directory's manifest, or a user error when ``build_dir`` is not a build."""
-    manifest_path = build_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise UserError(f"{build_dir} is not a build directory (no manifest.json)")
-    return json.loads(manifest_path.read_text())
-
-
 def read_build(build_dir: Path, samples: int) -> BuildInputs:
     """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
-    import torch
-
-    from apprentice_hw.config import Recipe
-    from apprentice_hw.data import load_dataset
+    from apprentice_hw.build_dir import load_student, read_manifest
     from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
-    from apprentice_hw.training import RECIPE_RECORD, build_student
 
     manifest = read_manifest(build_dir)
-    recipe = Recipe.from_dict(json.loads((build_dir / RECIPE_RECORD).read_text()))
     model = load_onnx(build_dir / QCDQ_FILE)
-    data = load_dataset(recipe.dataset, recipe.data_path, recipe.seed, recipe.train_limit)
+    student, data = load_student(build_dir)
     inputs = data.test_x[:samples]
-    torch.set_num_threads(recipe.threads)
-    student = build_student(recipe, data)
-    student.load_state_dict(torch.load(build_dir / "student.pt", weights_only=True))
     module = build_dir / MODULE_FILE
     outputs = brevitas_outputs(student, inputs)
     return BuildInputs(model, inputs.numpy(), outputs, manifest["target"]["name"], module)
@@ -448,6 +442,13 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     except Exception as exc:  # protobuf and the checker raise many kinds
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a valid ONNX model ({first})") from exc
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise UserError(
+            f"{path} uses ONNX opset {opset}; apprentice-hw reads opsets {MIN_OPSET} to {newest}: "
+            "export the model again with an opset in that range (e.g. opset_version=17)"
+        )
     return model
 
 
@@ -460,10 +461,16 @@ def run_verify(
     tolerance: float = 1.0,
 ) -> VerifyResult:
     """The ``verify`` command: a build directory or an ONNX file."""
+    import math
+
     from apprentice_hw.compiler.tvm_build import input_shape
     from apprentice_hw.hardware import HOST_TARGET, get_target, host_twin
     from apprentice_hw.lowering import KERNEL_STRATEGIES, canonicalize
 
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise UserError(f"--tolerance must be a number of output steps >= 0, got {tolerance}")
     if kernel is not None:
         KERNEL_STRATEGIES.get(kernel)
     if path.is_dir():

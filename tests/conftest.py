@@ -55,6 +55,23 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def interrupt_build_at(monkeypatch):
+    """``interrupt_build_at(step)``: builds raise KeyboardInterrupt (Ctrl-C) on reaching
+    ``step``, until ``monkeypatch.undo()``; the steps before it finish normally."""
+    from apprentice_hw import pipeline
+
+    def interrupted(_state):
+        raise KeyboardInterrupt
+
+    def at(step: str) -> None:
+        steps = tuple(pipeline.Step(s.name, s.title, interrupted) if s.name == step else s
+                      for s in pipeline.STEPS)  # fmt: skip
+        monkeypatch.setattr(pipeline, "STEPS", steps)
+
+    return at
+
+
 @pytest.fixture(scope="session")
 def runtime_only_tvm(tmp_path_factory) -> Path:
     """A folder for PYTHONPATH holding this TVM without its compiler library.

@@ -259,15 +259,9 @@ def test_unwritable_output_is_refused_before_training(tmp_path, run_cli, tiny_re
     assert "[1/" not in result.err  # refused before the first step
 
 
-def test_interrupt_leaves_nothing_half_written(tmp_path, run_cli, tiny_recipe, monkeypatch):
-    def interrupted(state):
-        raise KeyboardInterrupt
-
-    steps = tuple(
-        pipeline.Step(s.name, s.title, interrupted) if s.name == "compile" else s
-        for s in pipeline.STEPS
-    )
-    monkeypatch.setattr(pipeline, "STEPS", steps)
+def test_interrupt_leaves_nothing_half_written(tmp_path, run_cli, tiny_recipe, monkeypatch,
+                                               interrupt_build_at):  # fmt: skip
+    interrupt_build_at("compile")
     out = tmp_path / "out"
     result = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "-q")
     assert result.code == 130 and "continues with --resume" in result.err
@@ -286,19 +280,15 @@ def test_interrupt_leaves_nothing_half_written(tmp_path, run_cli, tiny_recipe, m
     assert pipeline.PROGRESS_FILE not in manifest["artifacts"]
 
 
-def test_resume_checks_what_it_continues(tmp_path, run_cli, tiny_recipe, monkeypatch):
+def test_resume_checks_what_it_continues(tmp_path, run_cli, tiny_recipe, monkeypatch,
+                                        interrupt_build_at):  # fmt: skip
     out = tmp_path / "out"
     fresh = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "-q", "--resume")
     assert fresh.code == 0, fresh.err  # nothing to resume: a normal build
     again = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", out, "--resume")
     assert again.code == 2 and "is complete: nothing to resume" in again.err
 
-    def interrupted(state):
-        raise KeyboardInterrupt
-
-    steps = tuple(pipeline.Step(s.name, s.title, interrupted) if s.name == "verify" else s
-                  for s in pipeline.STEPS)  # fmt: skip
-    monkeypatch.setattr(pipeline, "STEPS", steps)
+    interrupt_build_at("verify")
     other = tmp_path / "other"
     assert run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "-q").code == 130
     monkeypatch.undo()

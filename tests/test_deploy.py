@@ -112,6 +112,43 @@ def test_runner_verifies_classifies_and_rejects_bad_input(builds, tmp_path):
     assert damaged.returncode == 2 and "does not match the manifest's sha256" in damaged.stderr
 
 
+RUNNER_BAD_INPUTS = [
+    # (build, damage to the copied bundle, arguments, message)
+    ("x86", "manifest", ("--verify",), "manifest.json is damaged"),
+    ("x86", None, ("zero-bytes.npy",), "cannot read zero-bytes.npy as a .npy array"),
+    ("x86", None, ("no-images.npy",), "no-images.npy holds no images"),
+    ("x86", None, ("archive.npz",), "is an .npz archive"),
+    ("x86", None, ("--verify", "--out", "missing/logits.npy"), "the folder missing does not exist"),
+    ("arm", None, ("--verify",), "built for aarch64 (arm-a72), this machine is x86_64"),
+    ("x86", None, ("--verify", "--threads", "5000"), "--threads must be from 1 to"),
+    ("x86", None, ("--verify", "--threads", "0"), "--threads must be from 1 to"),
+    ("x86", "outputs", ("--verify",), "verification data is damaged"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("build", "damage", "args", "message"), RUNNER_BAD_INPUTS,
+                         ids=[case[3][:30] for case in RUNNER_BAD_INPUTS])  # fmt: skip
+def test_runner_bad_input_is_one_line_exit_2(builds, tmp_path, build, damage, args, message):
+    import platform
+
+    if build == "arm" and platform.machine() != "x86_64":
+        pytest.skip("the foreign module is an aarch64 one; this machine is not x86_64")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(builds[build] / "bundle", bundle)
+    if damage == "manifest":
+        (bundle / "manifest.json").write_text('{"format": "apprentice-hw-bundle/1"}')
+    elif damage == "outputs":
+        np.save(bundle / "verify_outputs.npy", np.zeros((0, 10), np.float32))
+    (tmp_path / "zero-bytes.npy").write_bytes(b"")
+    np.save(tmp_path / "no-images.npy", np.zeros((0, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "archive.npz", images=np.zeros((1, 1, 8, 8), np.float32))
+    result = _runner(bundle, *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
 def test_the_tvm_runtime_alone_runs_a_bundle(builds, runtime_only_tvm, tmp_path):
     """A board needs TVM's runtime, not its 260 MB compiler library."""
     import os
@@ -243,10 +280,14 @@ def test_local_tracker_and_servers_leave_no_process_behind(builds, tmp_path, run
 
 
 def test_a_failure_on_the_board_mid_run_is_one_line_and_writes_nothing(
-    builds, board, tmp_path, run_cli
+    builds, board, tmp_path, run_cli, monkeypatch
 ):
+    from apprentice_hw.deploy.bundle import Bundle
+
     build = _copy(builds["x86"], tmp_path)
-    np.save(build / "bundle" / "verify_inputs.npy", np.zeros((16, 1, 9, 9), np.float32))
+    # Inputs the module cannot take reach the board (the bundle itself passed its checks).
+    wrong = np.zeros((16, 1, 9, 9), np.float32)
+    monkeypatch.setattr(Bundle, "verification", lambda self: (wrong, self.outputs))
     before = (build / "report.json").read_bytes()
     result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key)
     assert result.code == 2
@@ -290,3 +331,17 @@ def test_a_board_that_disappears_mid_run_is_one_line_and_writes_nothing(builds, 
     errors = [line for line in result.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{server.address} failed while" in errors[0], result.err
     assert (build / "report.json").read_bytes() == before
+
+
+def test_deploy_and_a_rebuild_never_write_the_same_build_at_once(builds, board, tmp_path,
+                                                                 run_cli):  # fmt: skip
+    from apprentice_hw.outputs import exclusive
+
+    build = _copy(builds["x86"], tmp_path)
+    before = {p.name: p.read_bytes() for p in build.iterdir() if p.is_file()}
+    with exclusive(build):  # a 'build --force' of it (or another deploy) is running
+        deploy = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key)
+        rebuild = run_cli("build", "-t", "x86-host", "-r", TINY, "-o", build, "--force", "-q")
+    for result in (deploy, rebuild):
+        assert result.code == 2 and "is writing" in result.err, result.err
+    assert {p.name: p.read_bytes() for p in build.iterdir() if p.is_file()} == before

@@ -43,7 +43,7 @@ def test_first_last_same_keeps_body_precision(tiny_recipe):
     [
         ('dataset = "digits"', "", "needs 'dataset'"),
         ("epochs = 1\nbatch_size = 128\nlr = 0.05\nweight_bits", "epochs = 0\nbatch_size = 128\n"
-         "lr = 0.05\nweight_bits", "needs epochs >= 1"),
+         "lr = 0.05\nweight_bits", "'epochs' must be an integer from 1 to 100000"),
         ("lr = 0.05\nweight_bits", "lr = \"fast\"\nweight_bits", "'lr' must be a float"),
         ('scheme = "B"', 'scheme = "B"\nbogus = 1', "unknown field 'bogus'"),
         ("weight_bits = 2", 'weight_bits = "two"', "'weight_bits' must be an integer"),

@@ -108,7 +108,7 @@ def test_report_model_counts_bytes_from_shapes(run_cli):
         (["--model", "resnet1000"], "unknown model 'resnet1000'"),
         (["--model", "resnet20", "--precisions", "W9A2"], "precision 'W9A2' is not"),
         (["--model", "resnet20", "--precisions", "int4"], "precision 'int4' is not"),
-        (["--model", "resnet20", "--input", "4"], "--input must be at least 8"),
+        (["--model", "resnet20", "--input", "4"], "--input must be from 8 to 2048"),
         (["--model", "resnet20", "--format", "html"], "--format html is for a build directory"),
         (["--model", "resnet20", "--act-bits", "4"], "--act-bits goes with --bits"),
         (["--model", "resnet20", "--bits", "9"], "precision 'W9A9' is not"),

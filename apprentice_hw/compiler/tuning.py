@@ -40,11 +40,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apprentice_hw.atomic import uninterrupted
 from apprentice_hw.compiler.runtime import use_all_cores
 from apprentice_hw.compiler.schedules import kernel_key
+from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import TARGETS_ENV, Target, find_cross_compiler
 from apprentice_hw.remote import RemoteDevice
-from apprentice_hw.resources import cache_root, data_dirs
+from apprentice_hw.resources import CACHE_ENV, cache_root, data_dirs
 
 LOG = logging.getLogger(__name__)
 WORKLOAD_FILE = "database_workload.json"
@@ -88,13 +90,19 @@ def shipped_knobs(target: Target, tvm_target=None) -> dict:
 
     table: dict = {}
     for path in reversed(shipped_files(target, tvm_target)):
-        data = json.loads(path.read_text())
-        if data.get("tvm") != tvm.__version__:
-            LOG.warning("%s was tuned with TVM %s, not %s: ignored", path, data.get("tvm"),
-                        tvm.__version__)  # fmt: skip
-            continue
-        for key, entry in data["kernels"].items():
-            table[key] = ConvKnobs(**entry["knobs"])
+        try:
+            data = json.loads(path.read_text())
+            if data.get("tvm") != tvm.__version__:
+                LOG.warning("%s was tuned with TVM %s, not %s: ignored", path, data.get("tvm"),
+                            tvm.__version__)  # fmt: skip
+                continue
+            for key, entry in data["kernels"].items():
+                table[key] = ConvKnobs(**entry["knobs"])
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            raise UserError(
+                f"the pre-tuned table {path} is damaged ({_one_line(exc)}); delete it or "
+                "restore it from the package"
+            ) from exc
     return table
 
 
@@ -146,6 +154,63 @@ def _database(directory: Path):
 
 def has_records(target: Target) -> bool:
     return (tuning_dir(target) / RECORD_FILE).is_file()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _damaged(directory: Path, why: str) -> UserError:
+    return UserError(
+        f"the tuning database in {directory} is damaged ({why}); delete that folder "
+        f"('rm -r {directory}') and tune again: builds meanwhile use the default schedules"
+    )
+
+
+def check_database(target: Target, writing: bool = False) -> None:
+    """Refuse, before any work, a damaged tuning database (or, to tune, an unwritable one).
+
+    A record file cut short (a full disk, a killed process) would otherwise stop every later
+    build for the target with a C++ traceback from MetaSchedule's JSON reader. Every line of
+    both files must be JSON, and every record must name a workload that exists.
+    """
+    directory = tuning_dir(target)
+    if writing:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise UserError(
+                f"cannot write the tuning database in {directory} ({exc.strerror or exc}); "
+                f"set {CACHE_ENV} to a writable folder"
+            ) from exc
+    shipped_knobs(target)
+    workloads = _json_lines(directory / WORKLOAD_FILE, directory)
+    for record in _json_lines(directory / RECORD_FILE, directory):
+        if not (isinstance(record, list) and record and isinstance(record[0], int)
+                and 0 <= record[0] < len(workloads)):  # fmt: skip
+            raise _damaged(directory, f"a record in {RECORD_FILE} names no known workload")
+
+
+def _json_lines(path: Path, directory: Path) -> list:
+    """Every line of a MetaSchedule JSON database file, parsed (missing file: empty)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _damaged(directory, f"{path.name}: {_one_line(exc)}") from exc
+    parsed = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(json.loads(line))
+        except ValueError as exc:
+            raise _damaged(directory, f"{path.name} line {number} is not JSON") from exc
+    return parsed
 
 
 def apply_records(mod, target: Target, tvm_target):
@@ -224,10 +289,32 @@ def _export(mod, target: Target) -> str:
     return str(export_module(mod, target, path))
 
 
+@contextmanager
+def _quiet_workers() -> Iterator[None]:
+    """Worker processes started in the block write their stderr to /dev/null.
+
+    MetaSchedule's builder and RPC runner workers share the terminal's stderr: on Ctrl-C each
+    prints a KeyboardInterrupt traceback over the progress bar. Their failures reach us as
+    error messages in the build and run results instead, so nothing is lost.
+    """
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class Measurer:
     """Compiles scheduled kernels and times them here or on a board (MetaSchedule workers)."""
 
     def __init__(self, target: Target, remote: RemoteDevice | None = None) -> None:
+        with _quiet_workers():
+            self._setup(target, remote)
+
+    def _setup(self, target: Target, remote: RemoteDevice | None) -> None:
         from tvm.s_tir import meta_schedule as ms
 
         use_all_cores()  # runner workers inherit the thread count
@@ -251,6 +338,10 @@ class Measurer:
 
     def measure(self, schedules: list, tvm_target) -> list[list[float] | None]:
         """Seconds per run of each schedule's kernel, or None where it failed (logged)."""
+        with _quiet_workers():
+            return self._measure(schedules, tvm_target)
+
+    def _measure(self, schedules: list, tvm_target) -> list[list[float] | None]:
         from tvm.s_tir import meta_schedule as ms
 
         built = self.builder.build([ms.builder.BuilderInput(s.mod, tvm_target) for s in schedules])
@@ -284,7 +375,7 @@ def _commit(target: Target, tvm_target, task: ConvTask, measured: list[tuple]) -
     """Append (schedule, seconds) records for ``task`` to the user's database, under the lock."""
     from tvm.s_tir import meta_schedule as ms
 
-    with locked(tuning_dir(target, tvm_target)) as directory:
+    with locked(tuning_dir(target, tvm_target)) as directory, uninterrupted():
         database = _database(directory)
         workload = database.commit_workload(task.mod)
         info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
@@ -350,8 +441,37 @@ def tune(fused, target: Target, *, trials: int | None = None, top: int | None = 
     tasks = conv_tasks(fused, tvm_target)[:top]
     for task in tasks:
         task.space = task.space[:trials]
+    try:
+        return _tune_tasks(tasks, Measurer(target, remote), target, tvm_target, start,
+                           time_budget_s, progress)  # fmt: skip
+    except BaseException:  # Ctrl-C, a board that went away: stop the workers, then report
+        _stop_worker_pools()
+        raise
+
+
+def _stop_worker_pools() -> None:
+    """Stop MetaSchedule's worker pools that an interruption left running, without waiting.
+
+    A ``PopenPoolExecutor`` left to the garbage collector is destroyed by its own last
+    thread, which then tries to join itself: "Exception ignored ... cannot join current
+    thread" after the one-line interruption message.
+    """
+    import gc
+
+    from tvm.support.popen_pool import PopenPoolExecutor
+
+    # type() rather than isinstance(): the latter asks every object for __class__, and some
+    # (torch's deprecated module attributes) warn when asked.
+    for pool in gc.get_objects():
+        if type(pool) is PopenPoolExecutor and not pool._shutdown:
+            pool.shutdown(wait=False)
+
+
+def _tune_tasks(tasks: list[ConvTask], measurer: Measurer, target: Target, tvm_target,
+                start: float, time_budget_s: float | None,
+                progress: Callable[[TuneProgress], None] | None) -> TuneResult:  # fmt: skip
+    """The measuring loop of :func:`tune`: chunk by chunk, committing every measurement."""
     total = sum(len(task.space) for task in tasks)
-    measurer = Measurer(target, remote)
     results: list[TaskResult] = []
     measured = 0
     out_of_time = False

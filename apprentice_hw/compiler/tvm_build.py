@@ -44,10 +44,16 @@ class PreparedModule:
 
 def input_shape(model: onnx.ModelProto, batch: int) -> tuple[int, ...]:
     """The model input's shape with the batch dimension set to ``batch``."""
-    dims = graph_input(model).type.tensor_type.shape.dim
+    tensor = graph_input(model)
+    dims = tensor.type.tensor_type.shape.dim
     rest = [d.dim_value for d in dims[1:]]
-    if any(d <= 0 for d in rest):
-        raise ValueError("the model input needs static dimensions apart from the batch")
+    if not rest or any(d <= 0 for d in rest):
+        shown = "x".join(d.dim_param or (str(d.dim_value) if d.dim_value else "?") for d in dims)
+        raise UserError(
+            f"the model's input '{tensor.name}' has shape {shown or 'unknown'}: apprentice-hw "
+            "compiles fixed sizes apart from the batch; export the model with a fixed input "
+            "size (e.g. 1x3x224x224)"
+        )
     return (batch, *rest)
 
 

@@ -181,40 +181,78 @@ class Bundle:
 
     folder: Path
     manifest: dict[str, Any]
+    inputs: np.ndarray  # the verification images
+    outputs: np.ndarray  # the host build's outputs for them
 
     @property
     def module_path(self) -> Path:
         return self.folder / self.manifest["module"]["file"]
 
     def verification(self) -> tuple[np.ndarray, np.ndarray]:
-        check = self.manifest["verification"]
-        return np.load(self.folder / check["inputs"]), np.load(self.folder / check["outputs"])
+        return self.inputs, self.outputs
 
 
 def read_bundle(build_dir: Path) -> Bundle:
-    """The build's bundle, or a one-line UserError saying what is missing or damaged."""
+    """The build's bundle, or a one-line UserError saying what is missing or damaged.
+
+    Everything a deploy uses is checked here, before a board is contacted: the manifest's
+    fields, the module's hash and the verification arrays' shapes and values.
+    """
+    from apprentice_hw.build_dir import read_manifest
+
+    read_manifest(build_dir)
     folder = Path(build_dir) / BUNDLE_DIR
-    if not (Path(build_dir) / "manifest.json").exists():
-        raise UserError(f"{build_dir} is not a build directory (no manifest.json)")
     path = folder / BUNDLE_MANIFEST
+    rebuild = f"rebuild {build_dir} with 'apprentice-hw build --force'"
     if not path.exists():
-        raise UserError(
-            f"{build_dir} has no deploy bundle ({path} is missing); rebuild it with "
-            "'apprentice-hw build' from this version"
-        )
+        raise UserError(f"{build_dir} has no deploy bundle ({path} is missing); {rebuild}")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); rebuild the build") from exc
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"{path} is format {manifest.get('format')!r}, not {BUNDLE_FORMAT}")
-    bundle = Bundle(folder, manifest)
-    for name in (manifest["module"]["file"], VERIFY_INPUTS, VERIFY_OUTPUTS, RUNNER_FILE):
-        if not (folder / name).exists():
-            raise UserError(f"the bundle in {build_dir} lacks {name}; rebuild it")
-    if _sha256(bundle.module_path) != manifest["module"]["sha256"]:
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path} is not valid JSON ({exc}); {rebuild}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UserError(f"{path} is format {found!r}, not {BUNDLE_FORMAT}; {rebuild}")
+    try:
+        module, check = manifest["module"], manifest["verification"]
+        names = (module["file"], check["inputs"], check["outputs"], RUNNER_FILE)
+        input_shape = [int(d) for d in manifest["input"]["shape"]]
+        output_shape = [int(d) for d in manifest["output"]["shape"]]
+        step = float(manifest["output"]["quant_step"])
+        tolerance = float(check["tolerance_steps"])
+        arch, sha256 = str(manifest["target"]["arch"]), str(module["sha256"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} is damaged (bad or missing {exc}); {rebuild}") from exc
+    if not (np.isfinite(step) and step > 0 and np.isfinite(tolerance) and tolerance >= 0 and arch):
+        raise UserError(f"{path} is damaged (output step, tolerance or arch); {rebuild}")
+    for name in names:
+        if not isinstance(name, str) or not (folder / name).is_file():
+            raise UserError(f"the bundle in {build_dir} lacks {name}; {rebuild}")
+    if _sha256(folder / module["file"]) != sha256:
         raise UserError(
-            f"{bundle.module_path} does not match its sha256 in the bundle manifest (changed "
-            "after the build); rebuild it"
+            f"{folder / module['file']} does not match its sha256 in the bundle manifest "
+            f"(changed after the build); {rebuild}"
         )
-    return bundle
+    inputs = _array(folder / check["inputs"], (None, *input_shape[1:]), rebuild)
+    outputs = _array(folder / check["outputs"], (len(inputs), *output_shape[1:]), rebuild)
+    return Bundle(folder, manifest, inputs, outputs)
+
+
+def _array(path: Path, shape: tuple[int | None, ...], rebuild: str) -> np.ndarray:
+    """A verification array: readable without pickle, of ``shape`` (None: any), finite."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable .npy array ({exc}); {rebuild}") from exc
+    fits = array.ndim == len(shape) and all(
+        want is None or got == want for got, want in zip(array.shape, shape, strict=True)
+    )
+    if not fits or len(array) == 0 or not np.issubdtype(array.dtype, np.floating):
+        raise UserError(
+            f"{path} holds {array.dtype} {array.shape}, not float "
+            f"({', '.join('N' if d is None else str(d) for d in shape)}) "
+            f"as the bundle manifest says; {rebuild}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise UserError(f"{path} holds NaN or infinite values; {rebuild}")
+    return array

@@ -9,17 +9,20 @@ has finished, so a failed deploy leaves the build as it was.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from apprentice_hw.compiler.runtime import LatencyStats
 from apprentice_hw.deploy.bundle import Bundle
 from apprentice_hw.errors import UserError
+
+T = TypeVar("T")
 
 
 class DeployError(Exception):
@@ -70,6 +73,32 @@ def _load_on_board(session, remote_name: str, target_arch: str, device):
         ) from exc
 
 
+def _interruptible(work: Callable[[], T]) -> T:
+    """Run ``work`` in a daemon thread while this thread waits, where Ctrl-C still lands.
+
+    A call blocked in TVM's RPC socket code (the board timing a module) holds a Ctrl-C until
+    the session's 60 s timeout; waiting here instead, the interruption is immediate, and the
+    thread left on the board's call ends with the process.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="deploy", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    # pop, not get: the error's frames hold ``outcome``, and a cycle through it would keep
+    # the RPC session (a local of those frames) open, and the board busy, until a GC pass.
+    if "error" in outcome:
+        raise outcome.pop("error")
+    return outcome.pop("value")
+
+
 def run_on_board(
     bundle: Bundle,
     session,
@@ -79,6 +108,11 @@ def run_on_board(
     progress: Callable[[str], None] = lambda message: None,
 ) -> DeployResult:
     """Upload ``bundle``'s module through ``session``, run its verification images, time it."""
+    return _interruptible(lambda: _run_on_board(bundle, session, board, repeats, number, progress))
+
+
+def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int,
+                  progress: Callable[[str], None]) -> DeployResult:  # fmt: skip
     import tvm
 
     manifest = bundle.manifest
@@ -135,17 +169,27 @@ def run_on_board(
     )
 
 
-def record_in_report(build_dir: Path, result: DeployResult) -> None:
-    """Add the board's results to the build's report (json, md, html) and re-hash the manifest."""
-    import json
+def check_report(build_dir: Path) -> dict[str, Any]:
+    """The build's report, checked before a board is used (a deploy adds a section to it)."""
+    from apprentice_hw.build_dir import read_report
 
+    return read_report(build_dir)
+
+
+def record_in_report(build_dir: Path, report: dict[str, Any], result: DeployResult) -> None:
+    """Add the board's results to ``report`` and write it (json, md, html), then the manifest.
+
+    The files land together: Ctrl-C waits until the report and the manifest that hashes it
+    are both written.
+    """
+    from apprentice_hw.atomic import uninterrupted
     from apprentice_hw.pipeline import refresh_manifest
     from apprentice_hw.report import write_report
 
-    report = json.loads((build_dir / "report.json").read_text())
-    report["deploy"] = result.to_dict()
-    write_report(report, build_dir)
-    refresh_manifest(build_dir)
+    report = {**report, "deploy": result.to_dict()}
+    with uninterrupted():
+        write_report(report, build_dir)
+        refresh_manifest(build_dir)
 
 
 def check_options(tracker: str | None, key: str | None, host: str | None):

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import statistics
 import sys
 from pathlib import Path
@@ -33,19 +34,49 @@ class BundleError(Exception):
     """A problem with the bundle or the inputs that the user can fix."""
 
 
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
 def read_manifest(folder: Path = HERE) -> dict:
     """The bundle's manifest; the module's hash is checked so a damaged copy fails clearly."""
     path = folder / MANIFEST
     if not path.exists():
         raise BundleError(f"{path} is missing; copy the whole bundle folder to the board")
-    manifest = json.loads(path.read_text())
-    module = folder / manifest["module"]["file"]
+    try:
+        manifest = json.loads(path.read_text())
+        module = folder / manifest["module"]["file"]
+        expected = manifest["module"]["sha256"]
+        for key in ("input", "output", "verification", "target"):
+            if not isinstance(manifest[key], dict):
+                raise TypeError(key)
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise BundleError(f"{path} is damaged ({exc}); copy the bundle folder again") from exc
     if not module.exists():
         raise BundleError(f"{module} is missing; copy the whole bundle folder to the board")
     digest = hashlib.sha256(module.read_bytes()).hexdigest()
-    if digest != manifest["module"]["sha256"]:
+    if digest != expected:
         raise BundleError(f"{module} does not match the manifest's sha256; copy it again")
     return manifest
+
+
+def check_machine(manifest: dict) -> None:
+    """A module for another CPU architecture cannot load: say so instead of a loader error."""
+    built_for = manifest["target"].get("arch", "")
+    here = platform.machine().lower()
+    here = ARCH_ALIASES.get(here, here)
+    if built_for and built_for != here:
+        name = manifest["target"].get("name", built_for)
+        raise BundleError(
+            f"this bundle's module is built for {built_for} ({name}), this machine is {here}; "
+            "run it on the target board, or build for this machine's target"
+        )
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def load_inputs(path: Path, manifest: dict):
@@ -54,8 +85,10 @@ def load_inputs(path: Path, manifest: dict):
 
     try:
         images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot read {path} as a .npy array ({exc})") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise BundleError(f"cannot read {path} as a .npy array ({exc or 'empty file'})") from exc
+    if not isinstance(images, np.ndarray):  # an .npz archive
+        raise BundleError(f"{path} is an .npz archive; pass one .npy array of images")
     shape = manifest["input"]["shape"]
     if images.ndim == len(shape) - 1:
         images = images[None]
@@ -70,6 +103,8 @@ def load_inputs(path: Path, manifest: dict):
     images = images.astype(np.float32)
     if not np.all(np.isfinite(images)):
         raise BundleError(f"{path} contains NaN or infinite values")
+    if len(images) == 0:
+        raise BundleError(f"{path} holds no images (shape {images.shape}); pass at least one")
     return images
 
 
@@ -100,9 +135,17 @@ class Model:
     """The compiled module on this machine (its CPU, or its GPU for CUDA bundles)."""
 
     def __init__(self, folder: Path, manifest: dict) -> None:
-        import tvm
-        import tvm.runtime
-        from tvm.runtime.vm import VirtualMachine
+        check_machine(manifest)
+        try:
+            import tvm
+            import tvm.runtime
+            from tvm.runtime.vm import VirtualMachine
+        except ImportError as exc:
+            version = manifest["module"].get("tvm_version", "")
+            raise BundleError(
+                f"the TVM runtime does not import here ({exc}); install it with 'pip install "
+                f"apache-tvm{'==' + version if version else ''} numpy'"
+            ) from exc
 
         self.tvm = tvm
         kind = manifest["target"].get("device", "cpu")
@@ -115,8 +158,15 @@ class Model:
                 f"this bundle runs on {what} and TVM sees none here; run it on the target "
                 f"({manifest['target'].get('name', kind)})"
             )
-        library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
-        self.vm = VirtualMachine(library, self.device)
+        try:
+            library = tvm.runtime.load_module(str(folder / manifest["module"]["file"]))
+            self.vm = VirtualMachine(library, self.device)
+        except Exception as exc:  # TVM's loader errors are long C++ messages
+            first = " ".join(str(exc).split())[:200]
+            raise BundleError(
+                f"TVM could not load {manifest['module']['file']} ({first}); check that "
+                f"apache-tvm=={manifest['module'].get('tvm_version', '?')} is installed"
+            ) from exc
         self.entry = manifest["module"]["entry"]
         self.batch = manifest["input"]["shape"][0]
 
@@ -140,30 +190,46 @@ class Model:
         return [seconds * 1e3 for seconds in timer(tensor).results]
 
 
-def verify(model: Model, folder: Path, manifest: dict) -> int:
-    """Run the bundled images; report how far the outputs are from the host build's."""
+class Verification:
+    """The bundled images and the host build's outputs for them, read before the module loads."""
+
+    def __init__(self, folder: Path, manifest: dict) -> None:
+        import numpy as np
+
+        check = manifest["verification"]
+        try:
+            self.inputs = np.load(folder / check["inputs"], allow_pickle=False)
+            self.expected = np.load(folder / check["outputs"], allow_pickle=False)
+            self.tolerance = float(check["tolerance_steps"])
+            self.step = float(manifest["output"]["quant_step"])
+            self.produced_by = check["produced_by"]
+        except (OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+            raise BundleError(
+                f"the bundle's verification data is damaged ({exc}); copy it again"
+            ) from exc
+        if len(self.inputs) == 0 or len(self.inputs) != len(self.expected):
+            raise BundleError("the bundle's verification data is damaged; copy it again")
+
+    def run(self, model: Model) -> int:
+        """Run the images; report how far the outputs are from the host build's."""
+        import numpy as np
+
+        outputs = model(self.inputs)
+        max_steps = float(np.max(np.abs(outputs.astype(np.float64) - self.expected)) / self.step)
+        identical = bool(np.array_equal(outputs, self.expected))
+        agree = float(np.mean(outputs.argmax(1) == self.expected.argmax(1)))
+        verdict = "identical" if identical else f"differ by up to {max_steps:g} output steps"
+        print(
+            f"{len(self.inputs)} verification images: outputs {verdict} to the host build's "
+            f"({self.produced_by}); top-1 agreement {agree:.0%}"
+        )
+        return 0 if max_steps <= self.tolerance else 1
+
+
+def classify(model: Model, paths: list[Path], batches: list, top: int, out: Path | None) -> None:
+    """Print the top classes of every image in ``batches`` (read from ``paths``)."""
     import numpy as np
 
-    check = manifest["verification"]
-    inputs = np.load(folder / check["inputs"])
-    expected = np.load(folder / check["outputs"])
-    outputs = model(inputs)
-    step = manifest["output"]["quant_step"]
-    max_steps = float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step)
-    identical = bool(np.array_equal(outputs, expected))
-    agree = float(np.mean(outputs.argmax(1) == expected.argmax(1)))
-    verdict = "identical" if identical else f"differ by up to {max_steps:g} output steps"
-    print(
-        f"{len(inputs)} verification images: outputs {verdict} to the host build's "
-        f"({check['produced_by']}); top-1 agreement {agree:.0%}"
-    )
-    return 0 if max_steps <= check["tolerance_steps"] else 1
-
-
-def classify(model: Model, paths: list[Path], manifest: dict, top: int, out: Path | None) -> None:
-    import numpy as np
-
-    batches = [load_inputs(path, manifest) for path in paths]
     outputs = [model(images) for images in batches]
     for path, logits in zip(paths, outputs, strict=True):
         for index, row in enumerate(logits):
@@ -172,8 +238,11 @@ def classify(model: Model, paths: list[Path], manifest: dict, top: int, out: Pat
             print(f"{path.name}[{index}]: {ranked}")
     if out is not None:
         tmp = out.with_name(f".{out.name}.tmp.npy")
-        np.save(tmp, np.concatenate(outputs))
-        os.replace(tmp, out)
+        try:
+            np.save(tmp, np.concatenate(outputs))
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise BundleError(f"cannot write {out} ({exc.strerror or exc})") from exc
         print(f"logits written to {out}")
 
 
@@ -190,19 +259,32 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give .npy inputs, --verify or --benchmark N")
     # Read when TVM's thread pool starts. TVM's own default halves the core count on some CPUs
     # (it assumes two hardware threads per core); one worker per usable core is what the
-    # build's latency measurement uses too.
+    # build's latency measurement uses too. More workers than cores only spin against each
+    # other (thousands of them never finish starting).
+    cores = usable_cores()
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        print(f"error: --threads must be from 1 to {cores} (this machine's cores)", file=sys.stderr)
+        return 2
+    if args.out is not None and not args.out.parent.is_dir():
+        print(f"error: --out {args.out}: the folder {args.out.parent} does not exist",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.threads is not None:
         os.environ["TVM_NUM_THREADS"] = str(args.threads)
     else:
-        os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+        os.environ.setdefault("TVM_NUM_THREADS", str(cores))
     try:
         manifest = read_manifest()
+        check_machine(manifest)
         if args.top < 1 or (args.benchmark is not None and args.benchmark < 1):
             raise BundleError("--top and --benchmark must be at least 1")
+        # Every input is read and checked before the module loads (seconds on a board).
+        check = Verification(HERE, manifest) if args.verify else None
+        batches = [load_inputs(path, manifest) for path in args.inputs]
         model = Model(HERE, manifest)
-        status = verify(model, HERE, manifest) if args.verify else 0
+        status = check.run(model) if check is not None else 0
         if args.inputs:
-            classify(model, args.inputs, manifest, args.top, args.out)
+            classify(model, args.inputs, batches, args.top, args.out)
         if args.benchmark:
             import numpy as np
 
@@ -218,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

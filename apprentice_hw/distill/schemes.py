@@ -95,30 +95,69 @@ def train_teacher(inputs: SchemeInputs) -> list[EpochMetrics]:
     return run_phase(phase, inputs.context)
 
 
-def load_fp32_into_student(student: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy fp32 weights into a Brevitas student by name.
+def _key_mismatch(student: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Why ``state`` cannot initialise ``student`` by name, or None when every key fits.
 
     The student may have extra keys (quantizer scales) but must not lack any fp32 key: a
     missing weight would silently stay random.
     """
-    result = student.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise UserError(
-            "the fp32 weights do not fit the student: unexpected keys "
-            + ", ".join(result.unexpected_keys[:5])
-        )
-    not_quant = [k for k in result.missing_keys if "quant" not in k]
-    if not_quant:
-        raise UserError("the fp32 weights lack student parameters: " + ", ".join(not_quant[:5]))
+    expected = set(student.state_dict())
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        return "unexpected keys " + ", ".join(unexpected[:5])
+    missing = [key for key in expected if key not in state and "quant" not in key]
+    if missing:
+        return "it lacks student parameters " + ", ".join(missing[:5])
+    return None
+
+
+def load_fp32_into_student(student: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy fp32 weights into a Brevitas student by name (shapes must match too)."""
+    why = _key_mismatch(student, state)
+    if why is None:
+        try:
+            student.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # size mismatches
+            why = " ".join(str(exc).split())[:200]
+    if why is not None:
+        raise UserError(f"the fp32 weights do not fit the student: {why}")
+
+
+def read_student_init(path: Path) -> dict[str, torch.Tensor]:
+    """A ``student_init`` checkpoint: a state dict of tensors, loaded without running code."""
+    fix = "give [distill] student_init a state dict saved with torch.save(model.state_dict())"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise UserError(f"student_init checkpoint {path} does not exist") from exc
+    except Exception as exc:  # damaged file, or a pickle weights_only refuses to run
+        first = " ".join(str(exc).split())[:160]
+        raise UserError(f"cannot read student_init checkpoint {path} ({first}); {fix}") from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise UserError(f"student_init checkpoint {path} is not a state dict of tensors; {fix}")
+    return state
+
+
+def check_student_init(recipe) -> None:
+    """Before any training: the recipe's ``student_init`` loads and its names fit the student.
+
+    Shapes depend on the data (input channels, classes); scheme C checks them when it starts,
+    before the teacher trains.
+    """
+    from apprentice_hw.models import build_model
+    from apprentice_hw.training import quant_layers
+
+    state = read_student_init(Path(recipe.distill.student_init))
+    student = build_model(recipe.student, quant_layers(recipe), in_channels=3, num_classes=10)
+    why = _key_mismatch(student, state)
+    if why is not None:
+        raise UserError(f"student_init {recipe.distill.student_init} does not fit the student "
+                        f"{recipe.student.name}: {why}")  # fmt: skip
 
 
 def _fp32_student_weights(inputs: SchemeInputs) -> dict[str, torch.Tensor]:
-    if inputs.distill.student_init:
-        path = Path(inputs.distill.student_init)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as exc:
-            raise UserError(f"cannot read student_init checkpoint {path}: {exc}") from exc
     if inputs.same_architecture:
         return inputs.teacher.state_dict()
     twin = inputs.build_fp32_student()
@@ -161,8 +200,12 @@ def scheme_b(inputs: SchemeInputs) -> SchemeResult:
 @SCHEMES.register("C")
 def scheme_c(inputs: SchemeInputs) -> SchemeResult:
     """Scheme C: student initialized from trained fp32 weights, fine-tuned with distillation."""
-    history = train_teacher(inputs)
-    load_fp32_into_student(inputs.student, _fp32_student_weights(inputs))
+    if inputs.distill.student_init:  # loaded first: a checkpoint that does not fit fails now
+        load_fp32_into_student(inputs.student, read_student_init(Path(inputs.distill.student_init)))
+        history = train_teacher(inputs)
+    else:
+        history = train_teacher(inputs)
+        load_fp32_into_student(inputs.student, _fp32_student_weights(inputs))
     history += run_phase(distill_phase(inputs.teacher, inputs.student, inputs), inputs.context)
     return SchemeResult(history, teacher_trained=True)
 

@@ -21,6 +21,7 @@ from apprentice_hw.atomic import atomic_path
 from apprentice_hw.config import TrainSpec
 from apprentice_hw.data.augment import AUGMENTATIONS
 from apprentice_hw.distill import distributed
+from apprentice_hw.errors import TrainingDivergedError, UserError
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant.calibration import calibrate_activations, has_runtime_stats
 from apprentice_hw.registry import Registry
@@ -146,19 +147,56 @@ def _save_checkpoint(path: Path, phase: Phase, optimizer, generator, epoch, hist
 
 
 def _load_checkpoint(path: Path, phase: Phase, optimizer, generator) -> tuple[int, list]:
-    from apprentice_hw.errors import UserError
+    """Restore a phase from its checkpoint: tensors and plain values only.
 
+    ``weights_only=True`` refuses any pickled object that is not a tensor, a number, a string
+    or a container of them, so a checkpoint someone else handed over cannot run code here.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         for name in phase.trainable:
             phase.networks[name].load_state_dict(state["networks"][name])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:
+        epoch, history = int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]]
+    except Exception as exc:  # damaged zip, refused pickle, other configuration, wrong types
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise UserError(
-            f"checkpoint {path} is unreadable or from another configuration: {exc}"
+            f"checkpoint {path} is unreadable or from another configuration ({first}); start "
+            "over without --resume"
         ) from exc
-    return int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]]
+    return epoch, history
+
+
+def _diverged(what: str, phase: Phase) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"training diverged: {what}; the learning rate of the {phase.name} phase (lr = "
+        f"{phase.spec.lr:g}) is likely too high for this model and batch size: lower lr in the "
+        "recipe (or check the loss weights and tau in [distill])"
+    )
+
+
+def _check_loss(loss_value: float, parameters: list, phase: Phase, epoch: int, batch: int,
+                world) -> None:  # fmt: skip
+    """Stop at the first batch whose loss is not finite, on every rank at once.
+
+    Under torchrun a rank whose loss is NaN has NaN gradients, and the gradient sum carries
+    them to every rank: each sees them at the same batch, with no extra all-reduce per step.
+    """
+    bad = not math.isfinite(loss_value)
+    if world.size > 1 and parameters and parameters[0].grad is not None:
+        bad = bad or not bool(torch.isfinite(parameters[0].grad).all())
+    if bad:
+        where = "" if not math.isfinite(loss_value) else " (on another process)"
+        raise _diverged(f"the {phase.name} loss became NaN or infinite{where} in epoch {epoch}, "
+                        f"batch {batch}", phase)  # fmt: skip
+
+
+def _check_outputs(logits: dict[str, torch.Tensor], phase: Phase, epoch: int) -> None:
+    """Stop when a network's test outputs are not finite (its weights were ruined)."""
+    for name, values in logits.items():
+        if not bool(torch.isfinite(values).all()):
+            raise _diverged(f"the {name}'s outputs became NaN or infinite in epoch {epoch}", phase)
 
 
 def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
@@ -198,20 +236,23 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             desc=f"{phase.name} epoch {epoch + 1}/{spec.epochs}",
             total=steps_per_epoch,
         )
-        for xb, yb in bar:
+        for batch, (xb, yb) in enumerate(bar, 1):
             # Augment the whole global batch, then take this rank's share of it: every rank
             # (and a single process) draws the same random numbers in the same order.
             xb, global_count = augment(xb, generator), len(xb)
             xb, yb = distributed.shard(xb, yb, world)
             optimizer.zero_grad(set_to_none=True)
+            loss_value = 0.0
             if len(xb):
                 loss, terms = phase.loss_fn(xb, yb)
                 (loss * (len(xb) / global_count)).backward()
-                total += loss.detach().item() * len(xb)
+                loss_value = loss.detach().item()
+                total += loss_value * len(xb)
                 for key, value in terms.items():
                     term_sums[key] = term_sums.get(key, 0.0) + value * len(xb)
             count += len(xb)
             distributed.sum_gradients(parameters, world)
+            _check_loss(loss_value, parameters, phase, epoch + 1, batch, world)
             optimizer.step()
         keys = sorted(term_sums)
         total, count, *sums = distributed.sum_over_ranks(
@@ -219,6 +260,7 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
         )
         term_sums = dict(zip(keys, sums, strict=True))
         logits = {name: predict(net, context.test[0]) for name, net in phase.networks.items()}
+        _check_outputs(logits, phase, epoch + 1)
         metrics = EpochMetrics(
             phase=phase.name,
             epoch=epoch + 1,

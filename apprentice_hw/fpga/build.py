@@ -26,10 +26,17 @@ EXACT_QUANT = "po2"  # power-of-two scales: what fixed-point arithmetic reproduc
 
 
 def check_ready(options: dict[str, Any]) -> None:
-    """Fail before training without hls4ml, or without Vitis HLS when asked to synthesize."""
+    """Fail before training: bad --reuse / --fps, no hls4ml, no Vitis HLS for --synthesize."""
+    import math
     import shutil
 
     from apprentice_hw.fpga.synthesis import VITIS_HLS, synthesize
+
+    reuse, fps = options.get("reuse"), options.get("fps")
+    if reuse is not None and reuse < 1:
+        raise UserError(f"--reuse must be at least 1, got {reuse}")
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise UserError(f"--fps must be a positive number of images per second, got {fps:g}")
 
     if options.get("synthesize") and shutil.which(VITIS_HLS) is None:
         synthesize(Path("."))  # raises the one-line error that says what is missing

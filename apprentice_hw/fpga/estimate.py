@@ -180,9 +180,7 @@ def choose_reuse(
 ) -> DesignEstimate:
     """The design to build: ``reuse`` if given; else the slowest one that reaches ``fps``; else
     the fastest one that fits the part (UserError when none does, or ``fps`` cannot be met)."""
-    if reuse is not None:
-        if reuse < 1:
-            raise UserError(f"--reuse must be at least 1, got {reuse}")
+    if reuse is not None:  # --reuse and --fps were range-checked before training
         return estimate_design(costs, spec, reuse)
     designs = [estimate_design(costs, spec, r) for r in REUSE_CHOICES]
     fitting = [d for d in designs if d.fits]
@@ -193,8 +191,6 @@ def choose_reuse(
         )
     if fps is None:
         return fitting[0]
-    if fps <= 0:
-        raise UserError(f"--fps must be positive, got {fps:g}")
     cycles_per_image = spec.clock_mhz * 1e6 / fps
     fast_enough = [d for d in fitting if d.interval_cycles <= cycles_per_image]
     if not fast_enough:

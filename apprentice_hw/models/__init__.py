@@ -2,6 +2,6 @@
 
 from apprentice_hw.models import resnet_imagenet as _resnet_imagenet  # noqa: F401 (registers)
 from apprentice_hw.models import resnet_small as _resnet_small  # noqa: F401  (registers models)
-from apprentice_hw.models.base import MODELS, ModelSpec, build_model
+from apprentice_hw.models.base import MODELS, ModelSpec, build_model, check_options
 
-__all__ = ["MODELS", "ModelSpec", "build_model"]
+__all__ = ["MODELS", "ModelSpec", "build_model", "check_options"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,9 @@ ROWS: tuple[tuple[str, Any], ...] = (
 
 def load_reports(directories: list[Path]) -> list[tuple[str, dict]]:
     """(build name, report) for each build directory, with one-line errors for non-builds."""
-    from apprentice_hw.verify import read_manifest
+    from apprentice_hw.build_dir import read_report
 
-    reports = []
-    for directory in directories:
-        read_manifest(directory)
-        reports.append((directory.name, json.loads((directory / "report.json").read_text())))
-    return reports
+    return [(directory.name, read_report(directory)) for directory in directories]
 
 
 def comparison(reports: list[tuple[str, dict]]) -> dict[str, Any]:
