@@ -1,33 +1,34 @@
-"""Latency: apprentice-hw integer builds against ONNX Runtime and TVM on this CPU, in one run.
+"""Latency: apprentice-hw against the runtimes a user already has, each in its own process.
 
-For ResNet-20 (32x32, 10 classes) and ResNet-18 (224x224, 1000 classes), batch 1 and 8:
+For ResNet-20 (32x32, 10 classes) and ResNet-18 (224x224, 1000 classes), batch 1 and 8, all on
+the same fp32 network from the zoo (untrained; latency does not depend on weight values):
 
-* ONNX Runtime on the fp32 model (default session options: all graph optimizations, one
-  intra-op thread per core),
-* ONNX Runtime on each student's QCDQ export (the same file apprentice-hw compiles; ORT fuses
-  the QDQ pairs into its int8 kernels),
-* TVM on the fp32 model with its default CPU pipeline (what ``tvm.compile`` gives untuned),
-* apprentice-hw builds of the W2A8, W4A4 and W2A2 (ternary weights, 2-bit activations)
-  students, untuned (default schedules) and pre-tuned (the knob table shipped in
-  ``targets/tuned/x86-host/<cpu>.json`` by ``pretune.py``, where this CPU model has one; the
-  user's own tuning cache is not read).
+* ONNX Runtime on the fp32 model (all graph optimizations, one intra-op thread per core);
+* ONNX Runtime on its **own** int8 model: ``onnxruntime.quantization.quantize_static`` (QDQ,
+  per-channel int8 weights, uint8 activations) calibrated on the images the students are
+  calibrated on: what a user who wants a fast quantized CNN on x86 runs first;
+* OpenVINO (``pip install 'apprentice-hw[bench]'``) on the fp32 file and on that int8 QDQ file
+  (latency hint, one thread per core);
+* TVM's own fp32 pipeline, untuned (context: what ``tvm.compile`` gives);
+* apprentice-hw W8A8, W4A4, W2A8 and W2A2 students (calibrated, untrained), untuned (default
+  schedules) and pre-tuned (the knob table shipped in ``targets/tuned/x86-host/<cpu>.json``
+  where this CPU model has one; the user's own tuning cache is not read).
 
-Two phases. This process exports and compiles everything to shared libraries; a fresh Python
-process then loads them and times them. Timing right after compiling in the same process was
-measured 0.61 ms where the same ``.so`` loaded fresh ran 0.46 ms (ResNet-20 W4A4,
-2026-11-25): what a long compile leaves behind (heap, threads) distorts small kernels. In the
-timing process every runtime of one model and batch is timed in ``ROUNDS`` interleaved rounds
-of ``REPEATS // ROUNDS`` runs, so a slow spell of the machine hits all of them alike. Each
-number is the median of ``REPEATS`` (30) timed runs after warm-up, each run averaging
-``NUMBER`` calls; the spread is the interquartile range. TVM's untuned fp32 baseline, over 100x
-slower, gets 5 single-call runs where one call takes more than 0.2 s (ResNet-18).
+**Each runtime in its own process.** ONNX Runtime's and OpenVINO's worker threads keep spinning
+after a call returns, and TVM's pool does too: whatever runs next in the same process loses the
+cores (a TVM module timed between ORT calls looked 2.5x slower than alone, design notes §7).
+So phase 1 (this process) exports, quantizes and compiles everything to files, and phase 2
+starts a **fresh process per runtime per round**: it loads one model, warms up, times
+``RUNS`` runs of ``NUMBER`` calls and exits. The rounds alternate between the runtimes of one
+model and batch (``ROUNDS`` of them), so a slow spell of the machine hits all alike. Each
+number is the median over every round's runs (``ROUNDS x RUNS`` = 30); the spread is the
+interquartile range. TVM's untuned fp32, over 50x slower, gets one round of 3 single calls.
 
-Students are untrained but calibrated (BatchNorm statistics and activation scales from random
-images): latency does not depend on the weight values. Results:
-``benchmarks/results/latency.json`` and a Markdown table with ratios to ONNX Runtime fp32
-(below 1 = faster than ORT fp32).
+Results: ``benchmarks/results/latency.json`` and a Markdown table with each time's ratio to
+the best int8 peer (the faster of ONNX Runtime int8 and OpenVINO int8; below 1 = faster) and to
+ONNX Runtime fp32.
 
-    python benchmarks/latency.py                       # everything (about 15 minutes here)
+    python benchmarks/latency.py                       # everything (about 25 minutes here)
     python benchmarks/latency.py --models resnet20 --batches 1 --profile
 """
 
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -58,31 +60,38 @@ from apprentice_hw.quant.calibration import calibrate_untrained
 
 RESULTS = Path(__file__).parent / "results" / "latency.json"
 MODELS = {"resnet20": (32, 10), "resnet18": (224, 1000)}  # input size, classes
-STUDENTS = {"W2A8": (2, 8), "W4A4": (4, 4), "W2A2": (2, 2)}
-REPEATS = 30
-ROUNDS = 3  # interleaved rounds of REPEATS // ROUNDS timed runs each
+STUDENTS = {"W8A8": (8, 8), "W4A4": (4, 4), "W2A8": (2, 8), "W2A2": (2, 2)}
+CALIBRATION_IMAGES = 32
+ROUNDS = 5  # fresh processes per runtime, alternating between the runtimes of one group
+RUNS = 6  # timed runs per round
 NUMBER = {1: 10, 8: 3}  # calls averaged per timed run, by batch
-WARMUP = 3
-SLOW_CALL_S = 0.2  # a runtime slower than this per call (TVM's naive fp32) gets SLOW_REPEATS
-BUILDS = (("apprentice-hw-untuned", False), ("apprentice-hw-pretuned", True))  # use_tuning
-SLOW_REPEATS = 5  # single calls: 30 x 10 calls of a 1.5 s ResNet-18 would take over an hour
+WARMUP_S = 0.5  # calls before timing, at least this long (and at least 3 calls)
+SLOW_CALL_S = 0.2  # slower per call than this (TVM's naive fp32): one round of 3 single calls
+BUILDS = (("untuned", False), ("pretuned", True))  # apprentice-hw variant, use_tuning
+PEERS_INT8 = ("onnxruntime int8", "openvino int8")
 
 
-# -- phase 1: export and compile ------------------------------------------------------------
+# -- phase 1: export, quantize and compile ------------------------------------------------
+def calibration_images(name: str) -> torch.Tensor:
+    """The images every quantized model of ``name`` is calibrated on (seeded)."""
+    size, _ = MODELS[name]
+    torch.manual_seed(0)
+    return torch.rand(64, 3, size, size)[:CALIBRATION_IMAGES]
+
+
 def student_onnx(name: str, label: str, tmp: Path) -> onnx.ModelProto:
     """The calibrated, untrained ``label`` student of ``name`` as QCDQ ONNX (also pretune.py)."""
-    size, classes = MODELS[name]
-    torch.manual_seed(0)
-    images = torch.rand(64, 3, size, size)
+    _, classes = MODELS[name]
+    images = calibration_images(name)
     weight_bits, act_bits = STUDENTS[label]
     layers = QuantLayers.from_bits(weight_bits, act_bits, 8, "per-channel")
     student = build_model(ModelSpec(name), layers, 3, classes)
-    calibrate_untrained(student, images[:32], batch_size=16)
+    calibrate_untrained(student, images, batch_size=16)
     return export_qcdq(student, images[:1], tmp / f"{name}_{label}.onnx")
 
 
 def with_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """``model`` with its input and output batch dimension fixed to ``batch`` (for ORT too)."""
+    """``model`` with its input and output batch dimension fixed to ``batch``."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     for value in [*fixed.graph.input, *fixed.graph.output]:
@@ -102,6 +111,33 @@ def export_float(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> on
     return onnx.load(str(path))
 
 
+def quantize_with_onnxruntime(fp32_path: Path, images: torch.Tensor, out: Path) -> onnx.ModelProto:
+    """ONNX Runtime's own int8 model of the fp32 network: what its documentation recommends for
+    CPUs (QDQ, per-channel int8 weights, uint8 activations), calibrated on ``images``."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Images(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": image[None].numpy()} for image in images])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = out.with_name(out.stem + "_pre.onnx")
+    quant_pre_process(str(fp32_path), str(prepared))
+    quantize_static(
+        str(prepared), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    return onnx.load(str(out))
+
+
 def compile_default_tvm(model: onnx.ModelProto, batch: int):
     """The fp32 model through TVM's own ONNX import and default pipeline, untuned."""
     import tvm
@@ -114,7 +150,7 @@ def compile_default_tvm(model: onnx.ModelProto, batch: int):
 
 
 def build_cases(name: str, batches: list[int], tmp: Path) -> list[dict]:
-    """Every runtime of ``name`` as a file to time: ONNX models for ORT, ``.so`` for TVM."""
+    """Every runtime of ``name`` as a file to time: ONNX models, ``.so`` modules."""
     from apprentice_hw.compiler import compile_module, prepare_module
     from apprentice_hw.hardware import get_target
 
@@ -122,7 +158,10 @@ def build_cases(name: str, batches: list[int], tmp: Path) -> list[dict]:
     torch.manual_seed(0)
     target = get_target("x86-host")
     fp32 = build_model(ModelSpec(name), FloatLayers(), 3, classes).eval()
-    fp32_onnx = export_float(fp32, torch.rand(1, 3, size, size), tmp / f"{name}_fp32.onnx")
+    fp32_path = tmp / f"{name}_fp32.onnx"
+    fp32_onnx = export_float(fp32, torch.rand(1, 3, size, size), fp32_path)
+    int8_onnx = quantize_with_onnxruntime(fp32_path, calibration_images(name),
+                                          tmp / f"{name}_ort_int8.onnx")  # fmt: skip
     students = {label: student_onnx(name, label, tmp) for label in STUDENTS}
     cases = []
 
@@ -132,24 +171,24 @@ def build_cases(name: str, batches: list[int], tmp: Path) -> list[dict]:
         print(f"built {name} b{batch} {runtime} {precision}", flush=True)
 
     for batch in batches:
-        path = tmp / f"{name}_fp32_b{batch}.onnx"
-        onnx.save(with_batch(fp32_onnx, batch), str(path))
-        add(batch, "onnxruntime", "fp32", path)
+        for label, model in (("fp32", fp32_onnx), ("int8", int8_onnx)):
+            path = tmp / f"{name}_{label}_b{batch}.onnx"
+            onnx.save(with_batch(model, batch), str(path))
+            add(batch, "onnxruntime", label, path)
+            add(batch, "openvino", label, path)
         start = time.perf_counter()
         library = tmp / f"{name}_fp32_b{batch}_tvm.so"
         compile_default_tvm(fp32_onnx, batch).export_library(str(library))
         add(batch, "tvm-default", "fp32", library, compile_s=_since(start))
         for label, exported in students.items():
-            path = tmp / f"{name}_{label}_b{batch}.onnx"
-            onnx.save(with_batch(exported, batch), str(path))
-            add(batch, "onnxruntime-qdq", label, path)
-            for runtime, tuned in BUILDS:
+            for variant, tuned in BUILDS:
                 start = time.perf_counter()
                 prepared = prepare_module(exported, target, batch=batch)
-                library = tmp / f"{name}_{label}_b{batch}_{runtime}.so"
+                library = tmp / f"{name}_{label}_b{batch}_{variant}.so"
                 compile_module(prepared.mod, target, use_tuning=tuned).export_library(str(library))
                 strategies = sorted({layer.strategy for layer in prepared.layers})
-                add(batch, runtime, label, library, compile_s=_since(start), strategies=strategies)
+                add(batch, f"apprentice-hw {variant}", label, library, compile_s=_since(start),
+                    strategies=strategies)  # fmt: skip
     return cases
 
 
@@ -157,47 +196,75 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-# -- phase 2: timing in a fresh process ---------------------------------------------------
-class Timer:
-    """One runtime ready to call: ``run(repeats, number)`` returns seconds per call per run."""
+# -- phase 2: one fresh process per runtime and round ---------------------------------------
+def _onnxruntime(path: str, batch_input: np.ndarray):
+    import onnxruntime as ort
 
-    def __init__(self, case: dict, batch_input: np.ndarray) -> None:
-        if case["path"].endswith(".onnx"):
-            import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: batch_input})
 
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = os.cpu_count() or 1
-            providers = ["CPUExecutionProvider"]
-            session = ort.InferenceSession(case["path"], options, providers=providers)
-            name = session.get_inputs()[0].name
-            self.call = lambda: session.run(None, {name: batch_input})
-            self.vm = None
-        else:
-            import tvm
-            from tvm import relax
 
-            self.vm = relax.VirtualMachine(tvm.runtime.load_module(case["path"]), tvm.cpu())
-            self.data = tvm.runtime.tensor(batch_input)
-            self.call = lambda: self.vm["main"](self.data)
+def _openvino(path: str, batch_input: np.ndarray):
+    import openvino as ov
 
-    def run(self, repeats: int, number: int) -> list[float]:
-        if self.vm is not None:
-            import tvm
+    config = {"PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0))}  # fmt: skip
+    request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
+    return lambda: request.infer({0: batch_input})
 
-            timer = self.vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeats,
-                                           min_repeat_ms=0)  # fmt: skip
-            return list(timer(self.data).results)
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(number):
-                self.call()
-            runs.append((time.perf_counter() - start) / number)
-        return runs
+
+def _tvm(path: str, batch_input: np.ndarray):
+    import tvm
+    from tvm import relax
+
+    import apprentice_hw.compiler.runtime  # noqa: F401 - TVM_NUM_THREADS = the usable cores
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    data = tvm.runtime.tensor(batch_input)
+    return lambda: vm["main"](data)
+
+
+def _loader(runtime: str):
+    if runtime == "onnxruntime":
+        return _onnxruntime
+    if runtime == "openvino":
+        return _openvino
+    return _tvm  # "tvm-default" and the apprentice-hw builds
+
+
+def time_case(case: dict, runs: int, number: int) -> list[float]:
+    """Seconds per call of ``runs`` timed runs of ``number`` calls, after a warm-up."""
+    size, batch = case["input"], case["batch"]
+    batch_input = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    call = _loader(case["runtime"])(case["path"], batch_input)
+    start, calls = time.perf_counter(), 0
+    while calls < 3 or time.perf_counter() - start < WARMUP_S:
+        call()
+        calls += 1
+    times = []
+    for _ in range(runs):
+        begin = time.perf_counter()
+        for _ in range(number):
+            call()
+        times.append((time.perf_counter() - begin) / number)
+    return times
+
+
+def _in_fresh_process(case: dict, runs: int, number: int) -> list[float]:
+    command = [sys.executable, __file__, "--time-case", json.dumps(case), "--runs", str(runs),
+               "--number", str(number)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing {case['runtime']} {case['precision']} failed: "
+                           f"{done.stderr.strip()[-2000:]}")  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def profile_tvm(path: str, batch_input: np.ndarray, top: int = 8) -> list[dict]:
-    """The ``top`` slowest functions of one module: where its time goes."""
+    """The ``top`` slowest functions of one module: where its time goes (own process)."""
     import tvm
     from tvm import relax
 
@@ -212,70 +279,68 @@ def profile_tvm(path: str, batch_input: np.ndarray, top: int = 8) -> list[dict]:
     ]  # fmt: skip
 
 
-def time_group(cases: list[dict], profile: bool) -> None:
-    """Time the cases of one model and batch, interleaved; adds the results to each case."""
-    import apprentice_hw.compiler.runtime  # noqa: F401 - sets TVM_NUM_THREADS to the cores
-
-    size, batch = cases[0]["input"], cases[0]["batch"]
-    batch_input = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    timers, slow, runs = [], [], [[] for _ in cases]
-    for case in cases:
-        timer = Timer(case, batch_input)
-        start = time.perf_counter()
-        for _ in range(WARMUP):
-            timer.call()
-        timers.append(timer)
-        slow.append((time.perf_counter() - start) / WARMUP > SLOW_CALL_S)
+def time_group(cases: list[dict]) -> None:
+    """Time the cases of one model and batch in alternating rounds of fresh processes."""
+    batch = cases[0]["batch"]
+    runs: list[list[float]] = [[] for _ in cases]
+    numbers = [NUMBER[batch]] * len(cases)
+    slow = [False] * len(cases)
     for round_index in range(ROUNDS):
-        for index, timer in enumerate(timers):
-            if not slow[index]:
-                runs[index] += timer.run(REPEATS // ROUNDS, NUMBER[batch])
-            elif round_index == 0:  # TVM's naive fp32: a few single calls, once
-                runs[index] += timer.run(SLOW_REPEATS, 1)
-    numbers = [1 if is_slow else NUMBER[batch] for is_slow in slow]
+        for index, case in enumerate(cases):
+            if slow[index]:
+                continue
+            runs[index] += _in_fresh_process(case, RUNS, numbers[index])
+            if round_index == 0 and np.median(runs[index]) > SLOW_CALL_S:
+                slow[index], numbers[index] = True, 1  # TVM's naive fp32: 3 single calls
+                runs[index] = _in_fresh_process(case, 3, 1)
     for case, case_runs, number in zip(cases, runs, numbers, strict=True):
         case.update(summary(case_runs, number))
-        if profile and case["runtime"].startswith("apprentice-hw"):
-            case["profile"] = profile_tvm(case["path"], batch_input)
         print(f"{case['model']} b{batch} {case['runtime']:<24} {case['precision']:<6} "
-              f"{case['median_ms']:9.3f} ms", flush=True)  # fmt: skip
+              f"{case['median_ms']:9.3f} ms (IQR {case['iqr_ms']:.3f})", flush=True)  # fmt: skip
 
 
-def time_all(cases_file: Path, profile: bool) -> None:
-    cases = json.loads(cases_file.read_text())
-    groups: dict[tuple, list[dict]] = {}
-    for case in cases:
-        groups.setdefault((case["model"], case["batch"]), []).append(case)
-    for group in groups.values():
-        time_group(group, profile)
-    cases_file.write_text(json.dumps(cases))
+# -- results ---------------------------------------------------------------------------------
+def _label(row: dict) -> str:
+    return f"{row['runtime']} {row['precision']}"
 
 
-# -- results --------------------------------------------------------------------------------
 def with_ratios(rows: list[dict]) -> list[dict]:
-    base = {
-        (r["model"], r["batch"]): r["median_ms"]
-        for r in rows
-        if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"
-    }
+    """Each row's time over ORT fp32's and over the best int8 peer's (same model and batch)."""
+    groups: dict[tuple, dict[str, float]] = {}
     for row in rows:
+        groups.setdefault((row["model"], row["batch"]), {})[_label(row)] = row["median_ms"]
+    for row in rows:
+        times = groups[(row["model"], row["batch"])]
+        best_int8 = min(times[peer] for peer in PEERS_INT8)
         row.pop("path", None)
-        row["vs_onnxruntime_fp32"] = round(row["median_ms"] / base[(row["model"], row["batch"])], 3)
+        row["vs_onnxruntime_fp32"] = round(row["median_ms"] / times["onnxruntime fp32"], 3)
+        row["vs_best_int8_peer"] = round(row["median_ms"] / best_int8, 3)
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | batch | runtime | precision | median ms | IQR ms | runs | vs ORT fp32 |",
+        "| model | batch | runtime | precision | median ms | IQR ms | vs best int8 peer | "
+        "vs ORT fp32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} {r['input']}x{r['input']} | {r['batch']} | {r['runtime']} "
-            f"| {r['precision']} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} | {r['repeats']} "
-            f"| {r['vs_onnxruntime_fp32']:.2f} |"
+            f"| {r['precision']} | {r['median_ms']:.3f} | {r['iqr_ms']:.3f} "
+            f"| {r['vs_best_int8_peer']:.2f} | {r['vs_onnxruntime_fp32']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("onnxruntime", "openvino", "apache-tvm", "torch", "brevitas"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def main() -> None:
@@ -286,11 +351,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="Record each build's slowest functions too."
     )
-    parser.add_argument("--time-cases", type=Path, help=argparse.SUPPRESS)  # phase 2 (internal)
+    parser.add_argument("--time-case", help=argparse.SUPPRESS)  # phase 2 (internal)
+    parser.add_argument("--runs", type=int, default=RUNS, help=argparse.SUPPRESS)
+    parser.add_argument("--number", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.time_cases is not None:
-        time_all(args.time_cases, args.profile)
+    if args.time_case is not None:
+        print(json.dumps(time_case(json.loads(args.time_case), args.runs, args.number)))
         return
+
+    import openvino  # noqa: F401 - fail now, not after the builds: pip install '.[bench]'
 
     from apprentice_hw.compiler import tuning
     from apprentice_hw.hardware import get_target
@@ -299,14 +368,19 @@ def main() -> None:
     configure_torch()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["APPRENTICE_HW_CACHE"] = str(Path(tmp) / "cache")  # shipped knobs only
-        cases = []
+        rows = []
         for name in args.models:
-            cases += build_cases(name, args.batches, Path(tmp))
-        cases_file = Path(tmp) / "cases.json"
-        cases_file.write_text(json.dumps(cases))
-        command = [sys.executable, __file__, "--time-cases", str(cases_file)]
-        subprocess.run(command + (["--profile"] if args.profile else []), check=True)
-        rows = with_ratios(json.loads(cases_file.read_text()))
+            cases = build_cases(name, args.batches, Path(tmp))
+            for batch in args.batches:
+                group = [case for case in cases if case["batch"] == batch]
+                time_group(group)
+                if args.profile:
+                    size = group[0]["input"]
+                    sample = np.random.default_rng(0).random((batch, 3, size, size), np.float32)
+                    for case in group:
+                        if case["runtime"].startswith("apprentice-hw"):
+                            case["profile"] = profile_tvm(case["path"], sample)
+            rows += with_ratios(cases)
     target = get_target("x86-host")
     shipped = [str(p.relative_to(p.parents[3])) for p in tuning.shipped_files(target)]
     result = {
@@ -315,12 +389,14 @@ def main() -> None:
         "machine": {
             "cpu": cpu_model_name(),
             "llvm_cpu": tuning.cpu_key(target.tvm_target()),
-            "cores": os.cpu_count(),
+            "cores": len(os.sched_getaffinity(0)),
             "platform": platform.platform(),
         },
+        "versions": _versions(),
+        "method": "one fresh process per runtime per round; rounds alternate between runtimes",
         "pretuned_knobs": shipped,
-        "repeats": REPEATS,
         "rounds": ROUNDS,
+        "runs_per_round": RUNS,
         "rows": rows,
     }
     write_json(args.out, result)

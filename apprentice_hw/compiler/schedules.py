@@ -195,6 +195,41 @@ def conv_knob_space(sch) -> list[ConvKnobs]:
     return space
 
 
+def _storage(sch) -> str:
+    """``int8`` or ``packed``: the dtype of what the weight stage reads (int8 or bytes)."""
+    decode = sch.get(sch.get_sblock("weight_blocked"))
+    return "int8" if str(decode.reads[0].source.dtype) == "int8" else "packed"
+
+
+def _unpack_in_registers(sch, decode, loop, blocks: int, pairs: bool) -> None:
+    """Unpack the tile's packed weight blocks right before the dot products that use them.
+
+    The stage is computed under ``loop`` (one input block, one kernel position) into a local
+    buffer of ``blocks`` x 64 int8; a block's bytes hold its 64 weights in fields of
+    ``width`` bits (``packing.pack_blocked``), so each field is one contiguous vector shift and
+    mask. The unpacked block is used by every pixel of the tile: no per-call workspace.
+    """
+    sch.compute_at(decode, loop)
+    loops = sch.get_loops(decode)
+    ob, oi, ci = loops[-3], loops[-2], loops[-1]
+    if pairs:  # storage and the local block in AVX2's pair order
+        sch.transform_layout(
+            decode, ("write", 0),
+            lambda ob_, cb_, ky_, kx_, oi_, ci_: (ob_, cb_, ky_, kx_, ci_ // 2, oi_, ci_ % 2),
+        )  # fmt: skip
+        cp, cr = sch.split(ci, factors=[2, 2])
+        sch.reorder(cp, oi, cr)
+        element = sch.fuse(cp, oi, cr)
+    else:
+        element = sch.fuse(oi, ci)
+    length = int(sch.get(decode).reads[0].source.shape[-1])  # bytes per packed block
+    fields, lanes = sch.split(element, factors=[None, length])
+    sch.vectorize(lanes)
+    sch.unroll(fields)
+    if blocks > 1:
+        sch.unroll(ob)
+
+
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
@@ -209,23 +244,13 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
         sch.parallel(rows)
 
     decode = sch.get_sblock("weight_blocked")
-    ob, cb, _ky, _kx, oi, ci = sch.get_loops(decode)
-    blocks = sch.fuse(ob, cb)
-    sch.vectorize(sch.fuse(oi, ci))
-    if knobs.parallel_prologue:
-        sch.parallel(blocks)
-
+    storage = _storage(sch)
     conv = sch.get_sblock("conv_blocked")
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
     obo, obi = sch.split(ob, factors=[None, knobs.blocks])
     jo, ji = sch.split(j, factors=[None, knobs.pixels])
     dot = _dot_product(target)
     if dot == "avx2":
-        # Pair order for vpmaddwd: weight_blocked[..., oi, ci] -> [..., ci // 2, oi, ci % 2].
-        sch.transform_layout(
-            decode, ("write", 0),
-            lambda ob_, cb_, ky_, kx_, oi_, ci_: (ob_, cb_, ky_, kx_, ci_ // 2, oi_, ci_ % 2),
-        )  # fmt: skip
         rp, rr = sch.split(ri, factors=[2, 2])
         sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, rp, oi, rr)
     elif dot == "vnni":
@@ -233,6 +258,12 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     else:
         sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, ri, oi)
     sch.parallel(sch.fuse(n, obo, i))
+    # Weights are stored in blocks already: int8 ones are read in place, packed ones are
+    # unpacked per (input block, kernel position) into registers for all the tile's pixels.
+    if storage == "int8":
+        sch.compute_inline(decode)
+    else:
+        _unpack_in_registers(sch, decode, rx, knobs.blocks, pairs=dot == "avx2")
     # The tile's accumulators (pixels x blocks x 16 lanes) live in a local buffer that LLVM
     # keeps in registers across the whole reduction.
     local = sch.cache_write(conv, 0, "local")

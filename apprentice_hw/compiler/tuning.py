@@ -452,9 +452,11 @@ def tune(fused, target: Target, *, trials: int | None = None, top: int | None = 
 def _stop_worker_pools() -> None:
     """Stop MetaSchedule's worker pools that an interruption left running, without waiting.
 
-    A ``PopenPoolExecutor`` left to the garbage collector is destroyed by its own last
-    thread, which then tries to join itself: "Exception ignored ... cannot join current
-    thread" after the one-line interruption message.
+    Left to the garbage collector, a ``PopenPoolExecutor`` is destroyed by its own last thread
+    (which then fails to join itself: "Exception ignored ... cannot join current thread"), or
+    at exit by ``shutdown()``, which deadlocks when the interrupt arrived while the main thread
+    held the pool's lock. So: kill the workers without the lock and mark the pool shut down
+    (TVM 0.27's ``PopenPoolExecutor`` internals; the version is pinned).
     """
     import gc
 
@@ -464,7 +466,10 @@ def _stop_worker_pools() -> None:
     # (torch's deprecated module attributes) warn when asked.
     for pool in gc.get_objects():
         if type(pool) is PopenPoolExecutor and not pool._shutdown:
-            pool.shutdown(wait=False)
+            pool._shutdown = True
+            for worker in list(pool._worker_map.values()):
+                worker.kill()
+            pool._threadpool.shutdown(wait=False)
 
 
 def _tune_tasks(tasks: list[ConvTask], measurer: Measurer, target: Target, tvm_target,

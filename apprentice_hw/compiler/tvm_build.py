@@ -104,6 +104,15 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
     return names
 
 
+def dot_order(target: Target) -> str:
+    """The order of conv weight blocks ``target``'s kernels read: AVX2's int16 pairs or 16x4."""
+    if target.device != "cpu":
+        return "16x4"
+    from apprentice_hw.compiler.schedules import _dot_product
+
+    return "pairs" if _dot_product(target.tvm_target()) == "avx2" else "16x4"
+
+
 def prepare_module(
     model: onnx.ModelProto, target: Target, batch: int = 1, kernel: str | None = None
 ) -> PreparedModule:
@@ -111,8 +120,9 @@ def prepare_module(
     canonical = canonicalize(model)
     mod = import_onnx(canonical, batch)
     options = LoweringOptions(
-        preference=target.kernels, forced=kernel, layer_names=layer_names(canonical)
-    )
+        preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
+        dot_order=dot_order(target),
+    )  # fmt: skip
     lowered, layers = lower_to_integer(mod, options)
     return PreparedModule(
         lowered, layers, graph_input(canonical).name, input_shape(canonical, batch)

@@ -77,8 +77,40 @@ VNNI_LANES = 16  # output channels per block: one 512-bit register of int32 accu
 VNNI_DEPTH = 4  # input channels per block: the four uint8 x int8 products one lane sums
 
 
+def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
+    """(ob, cb, ky, kx, oi, ci) -> int8 weight, from conv weights stored in blocks.
+
+    ``int8`` storage is (O/16, C/4, KH, KW, 16, 4), or (..., 2, 16, 2) in AVX2's pair order;
+    ``packed`` storage is (O/16, C/4, KH, KW, L) bytes holding each block's 64 elements in
+    ``width``-bit fields (``packing.pack_blocked``).
+    """
+    from tvm import tirx
+
+    from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, container_bits
+
+    if storage == "int8":
+        if order == "pairs":
+            return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, ci // 2, oi, ci % 2]
+        return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, oi, ci]
+    width = container_bits(bits)
+    length = BLOCK_OUT * BLOCK_IN * width // 8
+    mask, offset = (1 << width) - 1, 1 << (width - 1)
+
+    def read(ob, cb, y, x, oi, ci):
+        if order == "pairs":
+            element = (ci // 2) * 2 * BLOCK_OUT + oi * 2 + ci % 2
+        else:
+            element = oi * BLOCK_IN + ci
+        # In bytes throughout: one vector register per field for the kernel to unpack.
+        byte = weights[ob, cb, y, x, tirx.indexmod(element, length)]
+        field = (byte >> (tirx.indexdiv(element, length) * width).astype("uint8")) & mask
+        return field.astype("int8") - tirx.const(offset, "int8")
+
+    return read
+
+
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
-                       bits: int, weight_sums=None):  # fmt: skip
+                       bits: int, weight_sums=None, order: str = "16x4"):  # fmt: skip
     """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx).
 
     Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
@@ -86,12 +118,16 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
 
     * ``pad_blocked``: activation codes as unsigned bytes, (N, C/4, H+pad, W+pad, 4), padded
       with the zero point (int8 codes are shifted by 128 first, zero point with them);
-    * ``weight_blocked``: weights decoded from their storage (int8 or packed) into int8
-      (O/16, C/4, KH, KW, 16, 4), zero for padded channels: a per-call workspace of one layer,
-      so the module keeps only the trained-precision bytes;
+    * ``weight_blocked``: one block of weights (16 output x 4 input channels) as int8, read
+      from storage already laid out in blocks (``packing.blocked_conv_weights``; padded
+      channels hold zero weights): for ``int8`` storage a plain read the schedules inline, for
+      ``packed`` a shift and a mask that they compute in registers next to the dot products;
     * ``conv_blocked``: the uint8 x int8 -> int32 sum over (c/4, ky, kx, 4) for 16 output
       channels at once, then ``conv2d_int`` subtracts zero point x sum(weights) per channel
       (the padding was filled with the zero point, so this is exact everywhere).
+
+    ``order`` is the order of each block's 64 weights in storage (``packing.DOT_ORDERS``):
+    VNNI's ``16x4`` or AVX2's ``pairs``.
     """
     from tvm import te, tirx
 
@@ -114,17 +150,10 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
         (batch, blocks_in, height + top + bottom, width + left + right, VNNI_DEPTH), pad,
         name="pad_blocked",
     )  # fmt: skip
-    read = _weight_reader(weights, storage, bits, geometry)
-
-    def decode(ob, cb, y, x, oi, ci):
-        o, c = ob * VNNI_LANES + oi, cb * VNNI_DEPTH + ci
-        inside = tirx.all(o < geometry.out_channels, c < channels)
-        value = read(tirx.min(o, geometry.out_channels - 1), tirx.min(c, channels - 1), y, x)
-        return tirx.if_then_else(inside, value, 0).astype("int8")
-
     decoded = te.compute(
-        (blocks_out, blocks_in, kh, kw, VNNI_LANES, VNNI_DEPTH), decode, name="weight_blocked"
-    )
+        (blocks_out, blocks_in, kh, kw, VNNI_LANES, VNNI_DEPTH),
+        _blocked_weight_reader(weights, storage, bits, order), name="weight_blocked",
+    )  # fmt: skip
     rc = te.reduce_axis((0, blocks_in), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")

@@ -101,3 +101,76 @@ def pack_channel_bits(masks: np.ndarray) -> np.ndarray:
     grouped = padded.reshape(out_ch, words, 8, kh, kw).astype(np.uint16)
     shifts = np.arange(8, dtype=np.uint16)[None, None, :, None, None]
     return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
+
+
+# -- conv weights in the blocked order of the int8 dot-product kernels ------------------------
+BLOCK_OUT = 16  # output channels per block: one 512-bit register of int32 accumulators
+BLOCK_IN = 4  # input channels per block: the four uint8 x int8 products one lane sums
+BLOCK = BLOCK_OUT * BLOCK_IN  # weights per (output block, input block, ky, kx)
+DOT_ORDERS = ("16x4", "pairs")
+
+
+def block_element(oi: int, ci: int, order: str) -> int:
+    """Where weight (output channel ``oi``, input channel ``ci``) of a block sits among its 64.
+
+    ``16x4`` is VNNI's order (each output channel's four inputs together); ``pairs`` is the
+    order of AVX2's ``vpmaddwd`` on int16 pairs: [input pair][output channel][channel in pair].
+    """
+    if order == "pairs":
+        return (ci // 2) * 2 * BLOCK_OUT + oi * 2 + ci % 2
+    return oi * BLOCK_IN + ci
+
+
+def blocked_conv_weights(values: np.ndarray, order: str = "16x4") -> np.ndarray:
+    """(O, C, KH, KW) signed weights as int8 blocks: (O/16, C/4, KH, KW, 64) in ``order``.
+
+    Channel counts that are not whole blocks are padded with zero weights: the module stores
+    the padding, which keeps every block one aligned vector load.
+    """
+    values = np.asarray(values)
+    out_ch, in_ch, kh, kw = values.shape
+    blocks_out, blocks_in = -(-out_ch // BLOCK_OUT), -(-in_ch // BLOCK_IN)
+    padded = np.zeros((blocks_out * BLOCK_OUT, blocks_in * BLOCK_IN, kh, kw), dtype=np.int64)
+    padded[:out_ch, :in_ch] = values
+    # (ob, oi, cb, ci, ky, kx) -> (ob, cb, ky, kx, oi, ci)
+    grouped = padded.reshape(blocks_out, BLOCK_OUT, blocks_in, BLOCK_IN, kh, kw)
+    grouped = grouped.transpose(0, 2, 4, 5, 1, 3)
+    blocked = np.zeros((blocks_out, blocks_in, kh, kw, BLOCK), dtype=np.int8)
+    for oi in range(BLOCK_OUT):
+        for ci in range(BLOCK_IN):
+            blocked[..., block_element(oi, ci, order)] = grouped[..., oi, ci]
+    return blocked
+
+
+def packed_block_bytes(bits: int) -> int:
+    """Bytes of one 64-weight block packed at ``bits`` (its container width)."""
+    return BLOCK * container_bits(bits) // 8
+
+
+def pack_blocked(blocked: np.ndarray, bits: int) -> np.ndarray:
+    """Pack int8 blocks (..., 64) at ``bits`` per weight: (..., 64 x width / 8) uint8.
+
+    Byte ``l`` of a block holds elements ``l``, ``l + L``, ``l + 2L``, ... (L = bytes per
+    block) in successive ``width``-bit fields, lowest first, as offset codes ``v + 2**(w-1)``:
+    unpacking is then one shift, one mask and one subtraction on a contiguous vector of L
+    bytes per field, which the kernel does in registers.
+    """
+    width = container_bits(bits)
+    offset = 1 << (width - 1)
+    if blocked.size and (blocked.min() < -offset or blocked.max() > offset - 1):
+        raise ValueError(f"values outside the signed {width}-bit range cannot be packed")
+    per_byte, length = 8 // width, packed_block_bytes(bits)
+    codes = (blocked.astype(np.int64) + offset).astype(np.uint16)
+    fields = codes.reshape(*blocked.shape[:-1], per_byte, length)
+    shifts = (np.arange(per_byte, dtype=np.uint16) * width)[:, None]
+    return np.bitwise_or.reduce(fields << shifts, axis=-2).astype(np.uint8)
+
+
+def unpack_blocked(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_blocked`: the int8 blocks (..., 64)."""
+    width = container_bits(bits)
+    offset = 1 << (width - 1)
+    per_byte = 8 // width
+    shifts = (np.arange(per_byte, dtype=np.uint16) * width)[:, None]
+    fields = (packed.astype(np.uint16)[..., None, :] >> shifts) & ((1 << width) - 1)
+    return (fields.reshape(*packed.shape[:-1], BLOCK).astype(np.int16) - offset).astype(np.int8)

@@ -59,6 +59,7 @@ class LoweringOptions:
     preference: tuple[str, ...]
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
+    dot_order: str = "16x4"  # conv weight block order the target's kernels read
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -135,6 +136,8 @@ def _make_pass():
                 return None
             low, high = INTEGER_RANGES[dtype]
             call = self._bound(codes)
+            while isinstance(call, relax.Call) and call.op == max_pool2d:  # keeps the range
+                call = self._bound(call.args[0])
             while (clip := self._integer_clip(call)) is not None:
                 kind, bound, call = clip
                 if kind == "maximum":
@@ -163,20 +166,19 @@ def _make_pass():
                 return None
             return kind, int(bound.reshape(-1)[0]), operands[0]
 
-        def _pooled_codes(self, expr):
-            """dequantize(max_pool(codes)) for max_pool(dequantize(codes)), or None.
+        def _pool_codes(self, call):
+            """``max_pool(dequantize(codes))`` as ``dequantize(max_pool(codes))``, or None.
 
-            Max pooling commutes with dequantization (a positive scale keeps the order), so
-            the pool can run on the integer codes and the conv after it stays integer; this
-            is the ImageNet ResNets' stem (conv, ReLU quantizer, max pool, conv).
+            Max pooling commutes with dequantization (a positive scale keeps the order; the
+            integer pool pads with the smallest code, which never wins a window that holds a
+            real value), so the pool runs once on the integer codes: the conv after it stays
+            integer, and a residual branch that dequantizes it reads a quarter of the values.
+            This is the ImageNet ResNets' stem (conv, ReLU quantizer, max pool).
             """
-            call = self._bound(expr)
-            if not (isinstance(call, relax.Call) and call.op == max_pool2d):
-                return None
             found = self._dequantized(call.args[0])
             if found is None or found[1].size != 1 or float(found[1].reshape(-1)[0]) <= 0:
                 return None
-            codes, scale, zero, axis = found
+            codes = found[0]
             a = call.attrs
             pooled = self.builder_.emit(
                 relax.op.nn.max_pool2d(
@@ -187,22 +189,20 @@ def _make_pass():
                     out_layout=str(a.out_layout),
                 )
             )  # fmt: skip
-            return pooled, scale, zero, axis, codes
+            source = self._bound(call.args[0])
+            return relax.op.dequantize(
+                pooled, source.args[1], source.args[2], axis=int(source.attrs.axis),
+                out_dtype=str(source.attrs.out_dtype),
+            )  # fmt: skip
 
         def _activation(self, expr):
             found = self._dequantized(expr)
-            pooled = None if found is not None else self._pooled_codes(expr)
-            if pooled is not None:
-                pooled_codes, scale, zero, axis, codes = pooled
-                found = (pooled_codes, scale, zero, axis)
-                code_range = self._code_range(codes)
             if found is None:
                 return None, "its input is not a dequantized integer tensor"
             codes, scale, zero, _ = found
             if scale.size != 1 or zero.size != 1:
                 return None, "per-channel activation scales are not supported"
-            if pooled is None:
-                code_range = self._code_range(codes)
+            code_range = self._code_range(codes)
             if code_range is None:
                 return None, f"activation codes are {codes.ty.dtype}, not uint8/int8"
             return (codes, float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0]), code_range), None
@@ -323,6 +323,9 @@ def _make_pass():
             if call.op == batch_norm:
                 folded = self._fold_batch_norm(call)
                 return call if folded is None else folded
+            if call.op == max_pool2d:
+                pooled = self._pool_codes(call)
+                return call if pooled is None else pooled
             return call
 
         def _visit_conv2d(self, call):
@@ -357,7 +360,7 @@ def _make_pass():
             layer = QuantLayer(
                 name=self._name(kind, integers), kind=kind, weights=integers,
                 weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
-                act_range=code_range, geometry=geometry,
+                act_range=code_range, geometry=geometry, dot_order=self.options.dot_order,
             )  # fmt: skip
             rank = 4 if kind == "conv2d" else 2
             return self._lower(codes, layer, act_scale, weight_scales, rank=rank)

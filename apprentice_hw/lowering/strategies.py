@@ -16,10 +16,13 @@ import numpy as np
 
 from apprentice_hw.lowering import kernels
 from apprentice_hw.lowering.packing import (
+    BLOCK_IN,
+    BLOCK_OUT,
+    blocked_conv_weights,
     container_bits,
+    pack_blocked,
     pack_channel_bits,
     pack_rows,
-    packed_row_bytes,
     weight_planes,
 )
 from apprentice_hw.registry import Registry
@@ -39,6 +42,7 @@ class QuantLayer:
     act_zero_point: int
     act_range: tuple[int, int]  # smallest and largest code the activation can take
     geometry: kernels.ConvGeometry | None = None  # conv2d only
+    dot_order: str = "16x4"  # order of a conv weight block in storage (packing.DOT_ORDERS)
 
     @property
     def out_channels(self) -> int:
@@ -79,10 +83,28 @@ def _const(value: np.ndarray):
     return relax.const(np.ascontiguousarray(value))
 
 
-def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str, weights: np.ndarray):
+def stored_weights(layer: QuantLayer, storage: str) -> np.ndarray:
+    """The weight constant the module holds for ``layer`` in ``storage`` (int8 or packed).
+
+    Conv weights are laid out in the blocks the dot-product kernels read (16 output x 4 input
+    channels, zero-padded to whole blocks); dense weights are (O, K) rows.
+    """
+    if layer.kind == "conv2d":
+        blocked = blocked_conv_weights(layer.weights, layer.dot_order)
+        if storage == "packed":
+            return pack_blocked(blocked, layer.weight_bits)
+        if layer.dot_order == "pairs":
+            return blocked.reshape(*blocked.shape[:-1], 2, BLOCK_OUT, 2)
+        return blocked.reshape(*blocked.shape[:-1], BLOCK_OUT, BLOCK_IN)
+    rows = layer.weights.reshape(layer.out_channels, -1)
+    return pack_rows(rows, layer.weight_bits) if storage == "packed" else rows.astype(np.int8)
+
+
+def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str):
     # emit_te passes only tensors and plain numbers through, so the static layer parameters
     # travel in a closure.
     zero_point, bits = layer.act_zero_point, layer.weight_bits
+    weights = stored_weights(layer, storage)
     if layer.kind == "conv2d":
         # The blocked kernel pads with the zero point and subtracts zero point x sum(weights)
         # per output channel afterwards (int8 codes are shifted to uint8, zero point with them);
@@ -94,7 +116,7 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str, weights: np.n
 
         def conv(x, w, *sums):
             return kernels.conv2d_int_blocked(
-                x, w, layer.geometry, zero_point, storage, bits, *sums
+                x, w, layer.geometry, zero_point, storage, bits, *sums, order=layer.dot_order
             )
 
         return bb.emit_te(conv, *inputs, primfunc_name_hint=f"conv2d_int_{storage}")
@@ -114,7 +136,7 @@ def _int8_unsupported(layer: QuantLayer) -> str | None:
 
 
 def _emit_int8(bb, data, layer: QuantLayer):
-    return _emit_dense_or_conv(bb, data, layer, "int8", layer.weights.astype(np.int8))
+    return _emit_dense_or_conv(bb, data, layer, "int8")
 
 
 def _packed_unsupported(layer: QuantLayer) -> str | None:
@@ -123,12 +145,8 @@ def _packed_unsupported(layer: QuantLayer) -> str | None:
     return None
 
 
-def _packed_weights(layer: QuantLayer) -> np.ndarray:
-    return pack_rows(layer.weights.reshape(layer.out_channels, -1), layer.weight_bits)
-
-
 def _emit_packed(bb, data, layer: QuantLayer):
-    return _emit_dense_or_conv(bb, data, layer, "packed", _packed_weights(layer))
+    return _emit_dense_or_conv(bb, data, layer, "packed")
 
 
 def _bitserial_unsupported(layer: QuantLayer) -> str | None:
@@ -164,7 +182,7 @@ KERNEL_STRATEGIES.add(
         name="int8",
         description="int8 weights x 8-bit activation codes, int32 accumulation",
         unsupported=_int8_unsupported,
-        weight_bytes=lambda layer: layer.weights.size,
+        weight_bytes=lambda layer: stored_weights(layer, "int8").nbytes,
         emit=_emit_int8,
     ),
 )
@@ -173,13 +191,11 @@ KERNEL_STRATEGIES.add(
     KernelStrategy(
         name="packed",
         description=(
-            "2 or 4 weights per byte at trained precision; conv: decoded per call into the int8 "
-            "dot-product layout, dense: unpacked in the reduction"
+            "2 or 4 weights per byte at trained precision, in the dot-product kernels' block "
+            "order; unpacked in registers next to the dot products"
         ),
         unsupported=_packed_unsupported,
-        weight_bytes=lambda layer: (
-            layer.out_channels * packed_row_bytes(layer.reduction, layer.weight_bits)
-        ),
+        weight_bytes=lambda layer: stored_weights(layer, "packed").nbytes,
         emit=_emit_packed,
     ),
 )
