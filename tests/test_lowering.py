@@ -388,3 +388,31 @@ def test_profile_names_the_kernels_where_the_time_goes():
     assert len(conv) == 1 and conv[0].calls_per_inference == 1
     expected = run_module_outputs(executable, sample.numpy())[0]
     np.testing.assert_array_equal(vm["main"](sample).numpy(), expected)  # hook removed cleanly
+
+
+def test_fma_division_rounds_exactly_as_a_division():
+    """``divide_exactly`` (multiply + two FMAs) gives the division's float64 bits, vectorized."""
+    import tvm
+    from tvm import te
+
+    from apprentice_hw.lowering.precision import divide_exactly
+
+    rng = np.random.default_rng(0)
+    count = 1 << 16
+    x = np.concatenate([
+        rng.normal(0, 1e3, count // 2),
+        rng.integers(-(2**31), 2**31, count // 2).astype(np.float64),  # int32 accumulators
+        [0.0, -0.0, np.inf, -np.inf, 1e300, 5e-324],
+    ])  # fmt: skip
+    data = te.placeholder((x.size,), "float64", name="x")
+    divisor = te.placeholder((1,), "float64", name="d")
+    reciprocal = te.placeholder((1,), "float64", name="r")
+    out = divide_exactly(data, divisor, reciprocal)
+    func = te.create_prim_func([data, divisor, reciprocal, out])
+    built = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    for scale in [*np.exp(rng.uniform(-18, 4, 40)), 1 / 3, 0.1, 2.0**-7]:
+        result = tvm.runtime.empty((x.size,), "float64")
+        built(tvm.runtime.tensor(x), tvm.runtime.tensor(np.array([scale])),
+              tvm.runtime.tensor(np.array([1.0 / scale])), result)  # fmt: skip
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(result.numpy(), x / scale)

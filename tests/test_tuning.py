@@ -8,8 +8,10 @@ import torch
 
 from apprentice_hw.compiler import compile_module, prepare_module, tuning
 from apprentice_hw.compiler.schedules import (
-    ConvKnobs,
+    DEFAULT_ACCUMULATORS,
+    MAX_ACCUMULATORS,
     conv_knob_space,
+    default_conv_knobs,
     fused_module,
     kernel_key,
 )
@@ -67,8 +69,10 @@ def test_knob_space_starts_with_the_default_and_fits_the_registers(student):
     for task in tasks:
         space = conv_knob_space(s_tir.Schedule(task.mod))
         assert space == task.space and len(set(space)) == len(space) > 1
-        assert space[0] == ConvKnobs(pixels=space[0].pixels)  # the untuned default
-        assert all(k.pixels * k.blocks <= 24 for k in space[1:])
+        sch = s_tir.Schedule(task.mod)
+        assert space[0] == default_conv_knobs(sch)  # the untuned default first
+        assert space[0].pixels * space[0].blocks <= DEFAULT_ACCUMULATORS
+        assert all(k.pixels * k.blocks <= MAX_ACCUMULATORS for k in space[1:])
 
 
 def test_tuned_build_applies_records_and_stays_identical(student, tmp_path):

@@ -104,6 +104,13 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
     return names
 
 
+def fma_division(target: Target) -> bool:
+    """Whether requantization divides by multiply + FMA (``precision.divide_exactly``)."""
+    from apprentice_hw.compiler.schedules import has_fused_multiply_add
+
+    return target.device == "cpu" and has_fused_multiply_add(target.tvm_target())
+
+
 def dot_order(target: Target) -> str:
     """The order of conv weight blocks ``target``'s kernels read: AVX2's int16 pairs or 16x4."""
     if target.device != "cpu":
@@ -121,7 +128,7 @@ def prepare_module(
     mod = import_onnx(canonical, batch)
     options = LoweringOptions(
         preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
-        dot_order=dot_order(target),
+        dot_order=dot_order(target), fma_division=fma_division(target),
     )  # fmt: skip
     lowered, layers = lower_to_integer(mod, options)
     return PreparedModule(

@@ -59,9 +59,10 @@ def _make_pass():
 
     @mutator
     class Float64Promotion(PyExprMutator):
-        def __init__(self, mod, exact: dict):
+        def __init__(self, mod, exact: dict, fma_division: bool):
             super().__init__(mod)
             self.exact = exact  # float32 constant -> its exact float64 value
+            self.fma_division = fma_division
 
         def _constant(self, expr):
             """A float32 constant as float64 (its exact value when the lowering kept one)."""
@@ -98,9 +99,14 @@ def _make_pass():
             scale, zero = self._qparams(call, len(data.ty.shape))
             out_dtype = str(call.attrs.out_dtype)
             info = np.iinfo(out_dtype)
-            rounded = self.builder_.emit(
-                relax.op.round(self.builder_.emit(relax.op.divide(data, f64_const(scale))))
-            )
+            if self.fma_division:
+                quotient = self.builder_.emit_te(
+                    divide_exactly, data, f64_const(scale), f64_const(1.0 / scale),
+                    primfunc_name_hint="divide_exactly",
+                )  # fmt: skip
+            else:
+                quotient = self.builder_.emit(relax.op.divide(data, f64_const(scale)))
+            rounded = self.builder_.emit(relax.op.round(quotient))
             shifted = self.builder_.emit(relax.op.add(rounded, f64_const(zero)))
             low = self.builder_.emit(relax.op.maximum(shifted, f64_const(float(info.min))))
             clipped = self.builder_.emit(relax.op.minimum(low, f64_const(float(info.max))))
@@ -145,6 +151,44 @@ def _make_pass():
     return Float64Promotion
 
 
+def divide_exactly(data, divisor, reciprocal):
+    """``data / divisor`` rounded exactly as a division rounds it, with three FMA-class ops.
+
+    A float64 division costs about ten cycles per vector where a multiply costs one, and every
+    requantization divides (``round(x / scale)``, two or three per output of a residual block).
+    ``reciprocal`` is ``1 / divisor`` correctly rounded; then ``q = x * reciprocal`` is within an
+    ulp of the quotient, ``r = x - divisor * q`` is exact in one fused multiply-add, and
+    ``q + r * reciprocal`` (fused) is the correctly rounded quotient (Markstein's theorem,
+    Handbook of Floating-Point Arithmetic, section 4.9): bit for bit what the division gives,
+    so the integer codes after ``round`` cannot move. The FMAs are LLVM's ``llvm.fma``, fused
+    by definition (TVM's ``tirx.fma`` becomes ``llvm.fmuladd``, which LLVM may split into a
+    multiply and an add where the CPU lacks FMA: measured off by an ulp). Where the CPU lacks
+    FMA, ``llvm.fma`` is a libm call, so ``fma_division`` is for CPUs that have it.
+    """
+    from tvm import te, tirx
+
+    def fma(a, b, c):
+        return tirx.call_llvm_pure_intrin("float64", "llvm.fma", a, b, c)
+
+    def at(tensor, index):
+        """``tensor`` (broadcast NumPy-style against the output) at the output ``index``."""
+        rank = len(tensor.shape)
+        if rank == 0:
+            return tensor()
+        trailing = index[len(index) - rank :]
+        return tensor[tuple(0 if int(tensor.shape[k]) == 1 else i for k, i in enumerate(trailing))]
+
+    def quotient(*index):
+        x, b, y = data(*index), at(divisor, index), at(reciprocal, index)
+        guess = x * y
+        remainder = fma(-b, guess, x)
+        exact = fma(remainder, y, guess)
+        # an infinite input makes the remainder NaN; the division would give the infinity
+        return tirx.Select(tirx.isnan(remainder), guess, exact)
+
+    return te.compute(data.shape, quotient, name="divide_exactly")
+
+
 def _cast_outputs(function, dtype: str):
     """``function`` with its float64 outputs cast to ``dtype`` (the module's interface)."""
     from tvm import relax
@@ -175,11 +219,16 @@ def _cast_outputs(function, dtype: str):
     return bb.get()["main"]
 
 
-def promote_to_float64(mod, exact: dict):
-    """``mod`` with its float requantization ops in float64 (see the module docstring)."""
+def promote_to_float64(mod, exact: dict, fma_division: bool = True):
+    """``mod`` with its float requantization ops in float64 (see the module docstring).
+
+    ``fma_division``: quantize divides with ``divide_exactly`` (CPUs) instead of a division
+    (GPUs: their float64 division is a library sequence already, and TVM's CUDA kernels keep
+    the fused epilogue in registers only with the plain division).
+    """
     from tvm import relax
 
-    promotion = _make_pass()(mod, exact)
+    promotion = _make_pass()(mod, exact, fma_division)
     function = promotion.visit_expr(mod["main"])
     new_mod = promotion.builder_.get()
     new_mod["main"] = relax.analysis.remove_all_unused(_cast_outputs(function, "float32"))

@@ -60,6 +60,8 @@ class LoweringOptions:
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
+    # requantization divides by multiply + FMA (exact, ~10x cheaper on CPUs); GPUs divide
+    fma_division: bool = True
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -390,7 +392,7 @@ def lower_to_integer(mod, options: LoweringOptions):
     function = relax.analysis.remove_all_unused(function)
     new_mod = lowering.builder_.get()
     new_mod["main"] = function
-    new_mod = promote_to_float64(new_mod, lowering.exact_constants)
+    new_mod = promote_to_float64(new_mod, lowering.exact_constants, options.fma_division)
     # A folded BatchNorm leaves Tuple(y, mean, var)[0]: resolve it, or operator fusion stops at
     # the tuple and the ReLU / next quantize after each conv become a separate loop.
     return relax.transform.CanonicalizeBindings()(new_mod), lowering.layers
