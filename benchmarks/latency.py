@@ -18,8 +18,9 @@ the same fp32 network from the zoo (untrained; latency does not depend on weight
 after a call returns, and TVM's pool does too: whatever runs next in the same process loses the
 cores (a TVM module timed between ORT calls looked 2.5x slower than alone, design notes §7).
 So phase 1 (this process) exports, quantizes and compiles everything to files, and phase 2
-starts a **fresh process per runtime per round**: it loads one model, warms up, times
-``RUNS`` runs of ``NUMBER`` calls and exits. The rounds alternate between the runtimes of one
+starts a **fresh process per runtime per round** (``timing.py``, which imports numpy and the
+one runtime it times, no torch or compiler): it loads one model, warms up, times ``RUNS`` runs
+of ``NUMBER`` calls and exits. The rounds alternate between the runtimes of one
 model and batch (``ROUNDS`` of them), so a slow spell of the machine hits all alike. Each
 number is the median over every round's runs (``ROUNDS x RUNS`` = 30); the spread is the
 interquartile range. TVM's untuned fp32, over 50x slower, gets one round of 3 single calls.
@@ -28,7 +29,7 @@ Results: ``benchmarks/results/latency.json`` and a Markdown table with each time
 the best int8 peer (the faster of ONNX Runtime int8 and OpenVINO int8; below 1 = faster) and to
 ONNX Runtime fp32.
 
-    python benchmarks/latency.py                       # everything (about 25 minutes here)
+    python benchmarks/latency.py                       # everything (about 35 minutes here)
     python benchmarks/latency.py --models resnet20 --batches 1 --profile
 """
 
@@ -65,7 +66,6 @@ CALIBRATION_IMAGES = 32
 ROUNDS = 5  # fresh processes per runtime, alternating between the runtimes of one group
 RUNS = 6  # timed runs per round
 NUMBER = {1: 10, 8: 3}  # calls averaged per timed run, by batch
-WARMUP_S = 0.5  # calls before timing, at least this long (and at least 3 calls)
 SLOW_CALL_S = 0.2  # slower per call than this (TVM's naive fp32): one round of 3 single calls
 BUILDS = (("untuned", False), ("pretuned", True))  # apprentice-hw variant, use_tuning
 PEERS_INT8 = ("onnxruntime int8", "openvino int8")
@@ -196,66 +196,10 @@ def _since(start: float) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-# -- phase 2: one fresh process per runtime and round ---------------------------------------
-def _onnxruntime(path: str, batch_input: np.ndarray):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: batch_input})
-
-
-def _openvino(path: str, batch_input: np.ndarray):
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": len(os.sched_getaffinity(0))}  # fmt: skip
-    request = ov.Core().compile_model(path, "CPU", config).create_infer_request()
-    return lambda: request.infer({0: batch_input})
-
-
-def _tvm(path: str, batch_input: np.ndarray):
-    import tvm
-    from tvm import relax
-
-    import apprentice_hw.compiler.runtime  # noqa: F401 - TVM_NUM_THREADS = the usable cores
-
-    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
-    data = tvm.runtime.tensor(batch_input)
-    return lambda: vm["main"](data)
-
-
-def _loader(runtime: str):
-    if runtime == "onnxruntime":
-        return _onnxruntime
-    if runtime == "openvino":
-        return _openvino
-    return _tvm  # "tvm-default" and the apprentice-hw builds
-
-
-def time_case(case: dict, runs: int, number: int) -> list[float]:
-    """Seconds per call of ``runs`` timed runs of ``number`` calls, after a warm-up."""
-    size, batch = case["input"], case["batch"]
-    batch_input = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
-    call = _loader(case["runtime"])(case["path"], batch_input)
-    start, calls = time.perf_counter(), 0
-    while calls < 3 or time.perf_counter() - start < WARMUP_S:
-        call()
-        calls += 1
-    times = []
-    for _ in range(runs):
-        begin = time.perf_counter()
-        for _ in range(number):
-            call()
-        times.append((time.perf_counter() - begin) / number)
-    return times
-
-
+# -- phase 2: one fresh process per runtime and round (timing.py, which imports only it) --
 def _in_fresh_process(case: dict, runs: int, number: int) -> list[float]:
-    command = [sys.executable, __file__, "--time-case", json.dumps(case), "--runs", str(runs),
-               "--number", str(number)]  # fmt: skip
+    command = [sys.executable, str(Path(__file__).with_name("timing.py")), json.dumps(case),
+               str(runs), str(number)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"timing {case['runtime']} {case['precision']} failed: "
@@ -351,13 +295,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="Record each build's slowest functions too."
     )
-    parser.add_argument("--time-case", help=argparse.SUPPRESS)  # phase 2 (internal)
-    parser.add_argument("--runs", type=int, default=RUNS, help=argparse.SUPPRESS)
-    parser.add_argument("--number", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.time_case is not None:
-        print(json.dumps(time_case(json.loads(args.time_case), args.runs, args.number)))
-        return
 
     import openvino  # noqa: F401 - fail now, not after the builds: pip install '.[bench]'
 

@@ -1,7 +1,7 @@
 """Pre-tune the zoo students on this machine and write the knob table apprentice-hw ships.
 
 Tunes the conv kernels of the ResNet-20 (32x32) and ResNet-18 (224x224) students that
-``latency.py`` measures (W2A8, W4A4, W2A2) at batch 1 and 8 for ``x86-host``, and writes the
+``latency.py`` measures (W8A8, W2A8, W4A4, W2A2) at batch 1 and 8 for ``x86-host``, and writes the
 best knob settings to ``targets/tuned/x86-host/<cpu>.json`` (``<cpu>`` is LLVM's name for this
 CPU, e.g. ``znver4``; only kernels where a setting measured faster than the default). Builds on
 a machine with that CPU model apply them with no tuning; other CPU models ignore them (the
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=["resnet20", "resnet18"])
-    parser.add_argument("--students", nargs="*", default=["W2A8", "W4A4", "W2A2"])
+    parser.add_argument("--students", nargs="*", default=["W8A8", "W2A8", "W4A4", "W2A2"])
     parser.add_argument("--batches", nargs="*", type=int, default=[1, 8])
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per student and batch")
     args = parser.parse_args()

@@ -161,8 +161,8 @@ class ConvKnobs:
 
     ``pixels`` output pixels of one row times ``blocks`` blocks of 16 output channels form the
     register tile (``pixels x blocks`` vector accumulators); ``parallel_prologue`` spreads the
-    activation padding and the weight decoding over threads (it pays for big layers only: a
-    thread-pool launch costs microseconds).
+    activation padding over threads (it pays for big layers only: a thread-pool launch costs
+    microseconds).
     """
 
     pixels: int

@@ -158,8 +158,8 @@ def divide_exactly(data, divisor, reciprocal):
     requantization divides (``round(x / scale)``, two or three per output of a residual block).
     ``reciprocal`` is ``1 / divisor`` correctly rounded; then ``q = x * reciprocal`` is within an
     ulp of the quotient, ``r = x - divisor * q`` is exact in one fused multiply-add, and
-    ``q + r * reciprocal`` (fused) is the correctly rounded quotient (Markstein's theorem,
-    Handbook of Floating-Point Arithmetic, section 4.9): bit for bit what the division gives,
+    ``q + r * reciprocal`` (fused) is the correctly rounded quotient (Markstein's theorem; see
+    Muller et al., Handbook of Floating-Point Arithmetic): bit for bit what the division gives,
     so the integer codes after ``round`` cannot move. The FMAs are LLVM's ``llvm.fma``, fused
     by definition (TVM's ``tirx.fma`` becomes ``llvm.fmuladd``, which LLVM may split into a
     multiply and an add where the CPU lacks FMA: measured off by an ulp). Where the CPU lacks

@@ -60,7 +60,7 @@ class LoweringOptions:
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
-    # requantization divides by multiply + FMA (exact, ~10x cheaper on CPUs); GPUs divide
+    # requantization divides by a multiply and two FMAs (exact, cheaper on CPUs); GPUs divide
     fma_division: bool = True
 
 
