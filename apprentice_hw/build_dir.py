@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from apprentice_hw.errors import UserError
+from apprentice_hw.errors import UserError, summarize
 from apprentice_hw.outputs import BUILD_MANIFEST, RECIPE_RECORD
 
 REPORT_FILE = "report.json"
@@ -26,17 +26,12 @@ def _json_object(path: Path, build_dir: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError, unreadable
         raise UserError(
-            f"{path} is damaged ({_first_line(exc)}); rebuild {build_dir} with 'apprentice-hw "
+            f"{path} is damaged ({summarize(exc, 120)}); rebuild {build_dir} with 'apprentice-hw "
             f"build --force'"
         ) from exc
     if not isinstance(data, dict):
         raise UserError(f"{path} is not {what}; rebuild {build_dir} with 'apprentice-hw build'")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def read_manifest(build_dir: Path) -> dict[str, Any]:
@@ -72,7 +67,7 @@ def read_report(build_dir: Path) -> dict[str, Any]:
         if not missing:
             render_markdown(report)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        missing = [_first_line(exc)]
+        missing = [summarize(exc, 120)]
     if missing:
         raise UserError(
             f"{path} is damaged or from another version (bad or missing: {', '.join(missing)}); "
@@ -103,14 +98,14 @@ def load_weights(model, path: Path, fix: str):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, a pickle weights_only refuses, a foreign file
         raise UserError(
-            f"{path} is damaged or not a weights file ({_first_line(exc)}); {fix}"
+            f"{path} is damaged or not a weights file ({summarize(exc, 120)}); {fix}"
         ) from exc
     if not isinstance(state, dict):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; {fix}")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, KeyError) as exc:
-        raise UserError(f"{path} does not fit the model ({_first_line(exc)}); {fix}") from exc
+        raise UserError(f"{path} does not fit the model ({summarize(exc, 120)}); {fix}") from exc
     return model
 
 

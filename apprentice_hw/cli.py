@@ -570,12 +570,11 @@ def deploy(
       apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 192.168.1.2:9190 --key pi4
       apprentice-hw deploy build/digits-arm-a72-w2a8 --host raspberrypi.local:9090
     """  # fmt: skip
-    from apprentice_hw.build_dir import read_manifest
+    from apprentice_hw.build_dir import read_manifest, read_report
     from apprentice_hw.deploy.bundle import read_bundle
     from apprentice_hw.deploy.remote_run import (
         DeployError,
         check_options,
-        check_report,
         record_in_report,
         run_on_board,
     )
@@ -590,7 +589,7 @@ def deploy(
     read_manifest(build_dir)  # a folder that is not a build gets no lock file beside it
     with exclusive(build_dir, "deploy"):  # a rebuild must not replace the build under us
         bundle = read_bundle(build_dir)
-        report = check_report(build_dir)
+        report = read_report(build_dir)  # checked before the board: deploy adds a section
         board = f"'{key}' via {tracker}" if host is None else host
         click.echo(f"connecting to {board} ...", err=True)
         session = endpoint.connect(free_board_s=wait) if host is None else endpoint.connect()

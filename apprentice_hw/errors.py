@@ -15,5 +15,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+def summarize(exc: BaseException, limit: int = 160) -> str:
+    """``exc``'s message on one line of at most ``limit`` characters (its type when empty).
+
+    For the parenthesis in a one-line error that wraps a library's exception (torch, TVM, RPC):
+    their messages span lines and can be pages long.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite: the weights are lost, and resuming would diverge again."""

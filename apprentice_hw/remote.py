@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from apprentice_hw.errors import UserError
+from apprentice_hw.errors import UserError, summarize
 
 LOOPBACK = "127.0.0.1"
 CONNECT_TIMEOUT_S = 5.0  # to open a TCP connection to the tracker
@@ -157,15 +157,10 @@ def _with_retries(open_session, what: str, attempts: int, wait_s: float):
             if attempt == attempts - 1:
                 raise UserError(
                     f"cannot open an RPC session on {what} after {attempts} attempts "
-                    f"({_one_line(exc)}); check that the server is running and reachable"
+                    f"({summarize(exc)}); check that the server is running and reachable"
                 ) from exc
             time.sleep(wait_s * (attempt + 1))
     raise AssertionError("unreachable")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def free_port() -> int:

@@ -65,7 +65,7 @@ def test_bundle_holds_the_module_runner_contract_and_verification_data(builds):
     report = json.loads((builds["x86"] / "report.json").read_text())
     assert manifest["output"]["quant_step"] == report["checks"]["output_step"]
     assert manifest["output"]["shape"] == [1, 10]
-    inputs, outputs = bundle.verification()
+    inputs, outputs = bundle.inputs, bundle.outputs
     assert inputs.shape == (16, 1, 8, 8) and outputs.shape == (16, 10)
     # The verification outputs are the built module's own outputs on those images.
     from apprentice_hw.compiler.runtime import run_module
@@ -282,12 +282,19 @@ def test_local_tracker_and_servers_leave_no_process_behind(builds, tmp_path, run
 def test_a_failure_on_the_board_mid_run_is_one_line_and_writes_nothing(
     builds, board, tmp_path, run_cli, monkeypatch
 ):
-    from apprentice_hw.deploy.bundle import Bundle
+    import dataclasses
+
+    from apprentice_hw.deploy import bundle as bundle_module
 
     build = _copy(builds["x86"], tmp_path)
     # Inputs the module cannot take reach the board (the bundle itself passed its checks).
     wrong = np.zeros((16, 1, 9, 9), np.float32)
-    monkeypatch.setattr(Bundle, "verification", lambda self: (wrong, self.outputs))
+    read_bundle = bundle_module.read_bundle
+
+    def with_wrong_inputs(path):
+        return dataclasses.replace(read_bundle(path), inputs=wrong)
+
+    monkeypatch.setattr(bundle_module, "read_bundle", with_wrong_inputs)
     before = (build / "report.json").read_bytes()
     result = run_cli("deploy", build, "--tracker", board.tracker, "--key", board.key)
     assert result.code == 2

@@ -24,6 +24,7 @@ A function whose rule fails to apply is compiled as it is (correct, slow) and lo
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -196,10 +197,8 @@ def default_conv_knobs(sch) -> ConvKnobs:
     shape = conv_shape(sch)
     pixels = max(_divisors(shape["columns"], DEFAULT_ACCUMULATORS))
     blocks = max(_divisors(shape["out_blocks"], max(1, DEFAULT_ACCUMULATORS // pixels)))
-    pad = sch.get(sch.get_sblock("pad_blocked")).writes[0].source
-    padded_bytes = 1
-    for extent in pad.shape:
-        padded_bytes *= int(extent)
+    pad = sch.get(sch.get_sblock("pad_blocked")).writes[0].source  # uint8: one byte each
+    padded_bytes = math.prod(int(extent) for extent in pad.shape)
     return ConvKnobs(pixels, blocks, parallel_prologue=padded_bytes >= PARALLEL_PAD_BYTES)
 
 

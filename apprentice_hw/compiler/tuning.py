@@ -43,7 +43,7 @@ from pathlib import Path
 from apprentice_hw.atomic import uninterrupted
 from apprentice_hw.compiler.runtime import use_all_cores
 from apprentice_hw.compiler.schedules import kernel_key
-from apprentice_hw.errors import UserError
+from apprentice_hw.errors import UserError, summarize
 from apprentice_hw.hardware import TARGETS_ENV, Target, find_cross_compiler
 from apprentice_hw.remote import RemoteDevice
 from apprentice_hw.resources import CACHE_ENV, cache_root, data_dirs
@@ -100,7 +100,7 @@ def shipped_knobs(target: Target, tvm_target=None) -> dict:
                 table[key] = ConvKnobs(**entry["knobs"])
         except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
             raise UserError(
-                f"the pre-tuned table {path} is damaged ({_one_line(exc)}); delete it or "
+                f"the pre-tuned table {path} is damaged ({summarize(exc, 120)}); delete it or "
                 "restore it from the package"
             ) from exc
     return table
@@ -156,11 +156,6 @@ def has_records(target: Target) -> bool:
     return (tuning_dir(target) / RECORD_FILE).is_file()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 def _damaged(directory: Path, why: str) -> UserError:
     return UserError(
         f"the tuning database in {directory} is damaged ({why}); delete that folder "
@@ -201,7 +196,7 @@ def _json_lines(path: Path, directory: Path) -> list:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise _damaged(directory, f"{path.name}: {_one_line(exc)}") from exc
+        raise _damaged(directory, f"{path.name}: {summarize(exc, 120)}") from exc
     parsed = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

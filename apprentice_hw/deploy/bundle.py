@@ -188,9 +188,6 @@ class Bundle:
     def module_path(self) -> Path:
         return self.folder / self.manifest["module"]["file"]
 
-    def verification(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.inputs, self.outputs
-
 
 def read_bundle(build_dir: Path) -> Bundle:
     """The build's bundle, or a one-line UserError saying what is missing or damaged.

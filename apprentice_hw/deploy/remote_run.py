@@ -128,7 +128,7 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
         device = session.device(manifest["target"].get("device", "cpu"), 0)
         vm = _load_on_board(session, remote_name, manifest["target"]["arch"], device)
         doing = "running the verification images"
-        inputs, expected = bundle.verification()
+        inputs, expected = bundle.inputs, bundle.outputs
         batch = manifest["input"]["shape"][0]
         outputs = np.concatenate([
             vm["main"](tvm.runtime.tensor(inputs[i : i + batch], device)).numpy()
@@ -167,13 +167,6 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
         module_bytes=len(data),
         when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-
-
-def check_report(build_dir: Path) -> dict[str, Any]:
-    """The build's report, checked before a board is used (a deploy adds a section to it)."""
-    from apprentice_hw.build_dir import read_report
-
-    return read_report(build_dir)
 
 
 def record_in_report(build_dir: Path, report: dict[str, Any], result: DeployResult) -> None:

@@ -30,7 +30,7 @@ from apprentice_hw.distill.trainer import (
     cross_entropy_phase,
     run_phase,
 )
-from apprentice_hw.errors import UserError
+from apprentice_hw.errors import UserError, summarize
 from apprentice_hw.registry import Registry
 
 
@@ -118,7 +118,7 @@ def load_fp32_into_student(student: nn.Module, state: dict[str, torch.Tensor]) -
         try:
             student.load_state_dict(state, strict=False)
         except RuntimeError as exc:  # size mismatches
-            why = " ".join(str(exc).split())[:200]
+            why = summarize(exc, 200)
     if why is not None:
         raise UserError(f"the fp32 weights do not fit the student: {why}")
 
@@ -131,7 +131,7 @@ def read_student_init(path: Path) -> dict[str, torch.Tensor]:
     except FileNotFoundError as exc:
         raise UserError(f"student_init checkpoint {path} does not exist") from exc
     except Exception as exc:  # damaged file, or a pickle weights_only refuses to run
-        first = " ".join(str(exc).split())[:160]
+        first = summarize(exc)
         raise UserError(f"cannot read student_init checkpoint {path} ({first}); {fix}") from exc
     if not isinstance(state, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()

@@ -21,7 +21,7 @@ from apprentice_hw.atomic import atomic_path
 from apprentice_hw.config import TrainSpec
 from apprentice_hw.data.augment import AUGMENTATIONS
 from apprentice_hw.distill import distributed
-from apprentice_hw.errors import TrainingDivergedError, UserError
+from apprentice_hw.errors import TrainingDivergedError, UserError, summarize
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant.calibration import calibrate_activations, has_runtime_stats
 from apprentice_hw.registry import Registry
@@ -160,7 +160,7 @@ def _load_checkpoint(path: Path, phase: Phase, optimizer, generator) -> tuple[in
         generator.set_state(state["generator"])
         epoch, history = int(state["epoch"]), [EpochMetrics(**m) for m in state["history"]]
     except Exception as exc:  # damaged zip, refused pickle, other configuration, wrong types
-        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        first = summarize(exc, 200)
         raise UserError(
             f"checkpoint {path} is unreadable or from another configuration ({first}); start "
             "over without --resume"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, block_element, container_bits
+
 
 @dataclass(frozen=True)
 class ConvGeometry:
@@ -50,31 +52,24 @@ def _padded(data, geometry: ConvGeometry, zero_point: int, extra_channels: int =
     )
 
 
-def _weight_reader(weights, storage: str, bits: int, geometry: ConvGeometry):
-    """A function (o, c, ky, kx) -> int32 weight value reading ``weights`` in its storage form."""
+def _dense_weight_reader(weights, storage: str, bits: int):
+    """A function (o, k) -> int32 weight reading (O, K) rows: int8, or packed by ``pack_rows``."""
     from tvm import tirx
 
-    kh, kw = geometry.kernel
     if storage == "int8":
-        if len(weights.shape) == 4:
-            return lambda o, c, y, x: weights[o, c, y, x].astype("int32")
-        return lambda o, c, y, x: weights[o, c].astype("int32")
-    from apprentice_hw.lowering.packing import container_bits
-
+        return lambda o, k: weights[o, k].astype("int32")
     width = container_bits(bits)
     per_byte, mask, offset = 8 // width, (1 << width) - 1, 1 << (width - 1)
 
-    def read(o, c, y, x):
-        index = (c * kh + y) * kw + x
-        byte = weights[o, tirx.indexdiv(index, per_byte)].astype("int32")
-        shift = tirx.indexmod(index, per_byte) * width
-        return ((byte >> shift) & mask) - offset
+    def read(o, k):
+        byte = weights[o, tirx.indexdiv(k, per_byte)].astype("int32")
+        return ((byte >> (tirx.indexmod(k, per_byte) * width)) & mask) - offset
 
     return read
 
 
-VNNI_LANES = 16  # output channels per block: one 512-bit register of int32 accumulators
-VNNI_DEPTH = 4  # input channels per block: the four uint8 x int8 products one lane sums
+VNNI_LANES = BLOCK_OUT  # output channels per block: one 512-bit register of int32 accumulators
+VNNI_DEPTH = BLOCK_IN  # input channels per block: the four uint8 x int8 products one lane sums
 
 
 def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
@@ -86,8 +81,6 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
     """
     from tvm import tirx
 
-    from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, container_bits
-
     if storage == "int8":
         if order == "pairs":
             return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, ci // 2, oi, ci % 2]
@@ -97,10 +90,7 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
     mask, offset = (1 << width) - 1, 1 << (width - 1)
 
     def read(ob, cb, y, x, oi, ci):
-        if order == "pairs":
-            element = (ci // 2) * 2 * BLOCK_OUT + oi * 2 + ci % 2
-        else:
-            element = oi * BLOCK_IN + ci
+        element = block_element(oi, ci, order)
         # In bytes throughout: one vector register per field for the kernel to unpack.
         byte = weights[ob, cb, y, x, tirx.indexmod(element, length)]
         field = (byte >> (tirx.indexdiv(element, length) * width).astype("uint8")) & mask
@@ -183,15 +173,12 @@ def dense_int(data, weights, out_features: int, in_features: int, zero_point: in
     """Integer dense: out[n, o] = sum_k (data[n, k] - zero_point) * W[o, k], in int32."""
     from tvm import te
 
-    geometry = ConvGeometry(out_features, in_features, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
-    weight = _weight_reader(weights, storage, bits, geometry)
+    weight = _dense_weight_reader(weights, storage, bits)
     rk = te.reduce_axis((0, in_features), name="rk")
     batch = int(data.shape[0])
     return te.compute(
         (batch, out_features),
-        lambda n, o: te.sum(
-            (data[n, rk].astype("int32") - zero_point) * weight(o, rk, 0, 0), axis=rk
-        ),
+        lambda n, o: te.sum((data[n, rk].astype("int32") - zero_point) * weight(o, rk), axis=rk),
         name="dense_int",
         tag=f"dense_int_{storage}",
     )
