@@ -416,3 +416,83 @@ def test_fma_division_rounds_exactly_as_a_division():
               tvm.runtime.tensor(np.array([1.0 / scale])), result)  # fmt: skip
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(result.numpy(), x / scale)
+
+
+# -- channels-last activations --------------------------------------------------------------
+
+
+def _compiled(model, target, channels_last: bool):
+    """``model`` lowered and compiled for ``target`` with or without the NHWC pass."""
+    from apprentice_hw.compiler.tvm_build import dot_order, fma_division, import_onnx
+    from apprentice_hw.lowering import LoweringOptions, canonicalize, lower_to_integer
+    from apprentice_hw.lowering.channels_last import to_channels_last
+
+    mod = import_onnx(canonicalize(model), 1)
+    if channels_last:
+        mod = to_channels_last(mod)
+    options = LoweringOptions(
+        preference=target.kernels, dot_order=dot_order(target), fma_division=fma_division(target)
+    )
+    lowered, layers = lower_to_integer(mod, options)
+    return mod, layers, compile_module(lowered, target)
+
+
+def _permutes(mod) -> list[tuple[int, ...]]:
+    """The shapes of the tensors ``main`` transposes."""
+    from tvm import relax
+
+    shapes = []
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.name == "relax.permute_dims":
+                shapes.append(tuple(int(d) for d in value.args[0].ty.shape))
+    return shapes
+
+
+def test_channels_last_transposes_a_resnet_once_and_changes_no_bit(tmp_path):
+    """The zoo ResNet keeps NHWC from its input to its head: one transpose (the input) on a 4-D
+    tensor, every conv NHWC and lowered, and the module's outputs are the NCHW module's bits."""
+    import torch
+
+    from apprentice_hw.export import export_qcdq
+    from apprentice_hw.models import ModelSpec, build_model
+    from apprentice_hw.quant import QuantLayers
+    from apprentice_hw.quant.calibration import calibrate_untrained
+
+    torch.manual_seed(0)
+    images = torch.rand(16, 3, 32, 32)
+    layers = QuantLayers.from_bits(4, 4, 8, "per-channel")
+    student = build_model(ModelSpec("resnet18", {"width": 8}), layers, 3, 10)
+    calibrate_untrained(student, images, batch_size=8)
+    model = export_qcdq(student, images[:1], tmp_path / "student.onnx")
+    target = get_target("x86-host")
+    nhwc_mod, nhwc_layers, nhwc = _compiled(model, target, channels_last=True)
+    _, _, nchw = _compiled(model, target, channels_last=False)
+    assert [shape for shape in _permutes(nhwc_mod) if len(shape) == 4] == [(1, 3, 32, 32)]
+    assert all(layer.strategy != "float" for layer in nhwc_layers)
+    inputs = images.numpy()
+    np.testing.assert_array_equal(
+        run_module_outputs(nhwc, inputs)[0], run_module_outputs(nchw, inputs)[0]
+    )
+
+
+def test_channels_last_returns_to_nchw_where_an_op_has_no_nhwc_form():
+    """Softmax over channels has no NHWC rule: its input goes back to NCHW, and a 4-D output
+    leaves the module in NCHW as the model declares it."""
+    weights = np.random.default_rng(3).integers(-7, 8, size=(6, 5, 3, 3))
+    model = _qcdq_layer("conv", weights, 4, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    model.graph.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=1))
+    model.graph.output[0].name = "p"
+    target = get_target("x86-host")
+    nhwc_mod, _, nhwc = _compiled(model, target, channels_last=True)
+    _, _, nchw = _compiled(model, target, channels_last=False)
+    assert [shape for shape in _permutes(nhwc_mod) if len(shape) == 4] == [
+        (1, 5, 9, 9),  # the input
+        (1, 9, 9, 6),  # the conv's output, back to NCHW for the softmax
+    ]
+    inputs = np.random.default_rng(0).random((3, 5, 9, 9), dtype=np.float32) * 2
+    got = run_module_outputs(nhwc, inputs)[0]
+    assert got.shape == (3, 6, 9, 9)
+    np.testing.assert_array_equal(got, run_module_outputs(nchw, inputs)[0])
+    np.testing.assert_allclose(got, run_onnxruntime_outputs(model, inputs)[0], rtol=1e-5)

@@ -34,6 +34,7 @@ LOG = logging.getLogger(__name__)
 VECTOR_BYTES = 64  # split elementwise loops into chunks of this many bytes of output
 DEFAULT_ACCUMULATORS = 16  # pixels x 16-channel blocks of the untuned conv kernel's tile
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
+VNNI_LANES = 16  # int32 accumulators per vector: the output channels of one conv block
 MAX_TUNED_PIXELS = 16  # tuning tries row tiles up to this many pixels
 MAX_TUNED_BLOCKS = 4  # and up to this many 16-channel output blocks
 MAX_ACCUMULATORS = 24  # pixels x blocks searched at most (AVX-512 has 32 vector registers;
@@ -252,18 +253,50 @@ def _unpack_in_registers(sch, decode, loop, blocks: int, pairs: bool) -> None:
         sch.unroll(ob)
 
 
+def is_channels_last(sch) -> bool:
+    """Whether the conv reads and writes NHWC tensors (``kernels.conv2d_int_blocked``)."""
+    annotations = sch.get(sch.get_sblock("pad_blocked")).annotations
+    return "layout" in annotations and str(annotations["layout"]) == "NHWC"
+
+
+def _schedule_padding(sch, parallel: bool) -> None:
+    """Rows of the padded input on threads (when ``parallel``), vectors within a row.
+
+    NCHW: the four channels of a block for a whole row are one vector. NHWC: each pixel's
+    channels are copied as vectors of at most ``VECTOR_BYTES``.
+    """
+    pad = sch.get_sblock("pad_blocked")
+    if is_channels_last(sch):
+        n, y, _x, cb, ci = sch.get_loops(pad)
+        rows = sch.fuse(n, y)
+        pixel = sch.fuse(cb, ci)
+        if (loop_extent(sch, pixel) or 0) > VECTOR_BYTES:
+            pixel = sch.split(pixel, factors=[None, VECTOR_BYTES])[1]
+        sch.vectorize(pixel)
+    else:
+        n, cb, y, x, ci = sch.get_loops(pad)
+        rows = sch.fuse(n, cb, y)
+        sch.vectorize(sch.fuse(x, ci))
+    if parallel:
+        sch.parallel(rows)
+
+
+def _vectorize_epilogue(sch, output) -> None:
+    """Vectorize an epilogue block computed under a tile: over output channels, 16 at a time
+    (NHWC: contiguous in the accumulators and the output), or over a row's pixels (NCHW)."""
+    inner = sch.get_loops(output)[-1]
+    if (loop_extent(sch, inner) or 0) > VNNI_LANES and (loop_extent(sch, inner) or 0) % 16 == 0:
+        inner = sch.split(inner, factors=[None, VNNI_LANES])[1]
+    sch.vectorize(inner)
+
+
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
     knobs = knobs or default_conv_knobs(sch)
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
 
-    pad = sch.get_sblock("pad_blocked")
-    n, cb, y, x, ci = sch.get_loops(pad)
-    rows = sch.fuse(n, cb, y)
-    sch.vectorize(sch.fuse(x, ci))
-    if knobs.parallel_prologue:
-        sch.parallel(rows)
+    _schedule_padding(sch, knobs.parallel_prologue)
 
     decode = sch.get_sblock("weight_blocked")
     storage = _storage(sch)
@@ -308,7 +341,7 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     # (ResNet-20 W4A4: 0.459 -> 0.429 ms, 2026-11-25).
     for output in outputs:
         sch.reverse_compute_at(output, jo)
-        sch.vectorize(sch.get_loops(output)[-1])
+        _vectorize_epilogue(sch, output)
     sch.compute_inline(local)
 
 

@@ -27,6 +27,7 @@ from apprentice_hw.lowering import (
     graph_input,
     lower_to_integer,
 )
+from apprentice_hw.lowering.channels_last import to_channels_last
 from apprentice_hw.lowering.relax_pass import weight_digest
 
 LOWERED_OPS = ("Conv", "Gemm", "MatMul")
@@ -126,6 +127,8 @@ def prepare_module(
     """Canonicalize, import and lower ``model`` for ``target`` at a fixed ``batch``."""
     canonical = canonicalize(model)
     mod = import_onnx(canonical, batch)
+    if target.device == "cpu":  # the CPU kernels' layout; CUDA's dp4a schedule reads NCHW
+        mod = to_channels_last(mod)
     options = LoweringOptions(
         preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
         dot_order=dot_order(target), fma_division=fma_division(target),

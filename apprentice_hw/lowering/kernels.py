@@ -20,7 +20,7 @@ from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, block_element, c
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Static shape parameters of a 2-D convolution (NCHW data, OIHW weights)."""
+    """Static shape parameters of a 2-D convolution (OIHW weights) and its data layout."""
 
     out_channels: int
     in_channels: int
@@ -28,6 +28,30 @@ class ConvGeometry:
     strides: tuple[int, int]
     padding: tuple[int, int, int, int]  # top, left, bottom, right
     dilation: tuple[int, int]
+    layout: str = "NCHW"  # of the input and the output: NCHW, or NHWC (``channels_last``)
+
+    def data_shape(self, data) -> tuple[int, int, int, int]:
+        """(batch, channels, height, width) of a ``layout`` tensor."""
+        shape = tuple(int(d) for d in data.shape)
+        if self.layout == "NHWC":
+            return shape[0], shape[3], shape[1], shape[2]
+        return shape
+
+    def read(self, data, n, c, y, x):
+        """``data`` at batch ``n``, channel ``c``, row ``y``, column ``x``."""
+        return data[n, y, x, c] if self.layout == "NHWC" else data[n, c, y, x]
+
+    def output_shape(self, batch: int, out_h: int, out_w: int) -> tuple[int, int, int, int]:
+        if self.layout == "NHWC":
+            return batch, out_h, out_w, self.out_channels
+        return batch, self.out_channels, out_h, out_w
+
+    def output_index(self, index) -> tuple:
+        """(n, o, i, j) from an output index in ``layout``."""
+        if self.layout == "NHWC":
+            n, i, j, o = index
+            return n, o, i, j
+        return tuple(index)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
@@ -35,21 +59,6 @@ class ConvGeometry:
         out_h = (height + top + bottom - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + left + right - dw * (kw - 1) - 1) // sw + 1
         return out_h, out_w
-
-
-def _padded(data, geometry: ConvGeometry, zero_point: int, extra_channels: int = 0):
-    from tvm import tirx, topi
-
-    top, left, bottom, right = geometry.padding
-    if not (top or left or bottom or right or extra_channels):
-        return data
-    return topi.nn.pad(
-        data,
-        [0, 0, top, left],
-        [0, extra_channels, bottom, right],
-        pad_value=tirx.const(zero_point, data.dtype),
-        name="pad_data",
-    )
 
 
 def _dense_weight_reader(weights, storage: str, bits: int):
@@ -106,22 +115,24 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
     stages the CPU schedules can vectorize:
 
-    * ``pad_blocked``: activation codes as unsigned bytes, (N, C/4, H+pad, W+pad, 4), padded
-      with the zero point (int8 codes are shifted by 128 first, zero point with them);
+    * ``pad_blocked``: activation codes as unsigned bytes, (N, C/4, H+pad, W+pad, 4), or
+      (N, H+pad, W+pad, C/4, 4) for NHWC data (a copy of whole pixels), padded with the zero
+      point (int8 codes are shifted by 128 first, zero point with them);
     * ``weight_blocked``: one block of weights (16 output x 4 input channels) as int8, read
       from storage already laid out in blocks (``packing.blocked_conv_weights``; padded
       channels hold zero weights): for ``int8`` storage a plain read the schedules inline, for
       ``packed`` a shift and a mask that they compute in registers next to the dot products;
     * ``conv_blocked``: the uint8 x int8 -> int32 sum over (c/4, ky, kx, 4) for 16 output
       channels at once, then ``conv2d_int`` subtracts zero point x sum(weights) per channel
-      (the padding was filled with the zero point, so this is exact everywhere).
+      (the padding was filled with the zero point, so this is exact everywhere), in the data's
+      layout (NHWC: each pixel's sixteen channels are one contiguous vector).
 
     ``order`` is the order of each block's 64 weights in storage (``packing.DOT_ORDERS``):
     VNNI's ``16x4`` or AVX2's ``pairs``.
     """
     from tvm import te, tirx
 
-    batch, channels, height, width = (int(d) for d in data.shape)
+    batch, channels, height, width = geometry.data_shape(data)
     out_h, out_w = geometry.output_hw(height, width)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
     top, left, bottom, right = geometry.padding
@@ -129,17 +140,32 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     blocks_out = -(-geometry.out_channels // VNNI_LANES)
     shift = 128 if data.dtype == "int8" else 0
     zero = zero_point + shift
+    rows, columns = height + top + bottom, width + left + right
+    nhwc = geometry.layout == "NHWC"
 
-    def pad(n, cb, y, x, ci):
+    def pad_value(n, cb, y, x, ci):
         c = cb * VNNI_DEPTH + ci
         inside = tirx.all(c < channels, y >= top, y < height + top, x >= left, x < width + left)
-        value = data[n, tirx.min(c, channels - 1), y - top, x - left].astype("int32") + shift
-        return tirx.if_then_else(inside, value, zero).astype("uint8")
+        value = geometry.read(data, n, tirx.min(c, channels - 1), y - top, x - left)
+        return tirx.if_then_else(inside, value.astype("int32") + shift, zero).astype("uint8")
 
-    padded = te.compute(
-        (batch, blocks_in, height + top + bottom, width + left + right, VNNI_DEPTH), pad,
-        name="pad_blocked",
-    )  # fmt: skip
+    if nhwc:
+        padded = te.compute(
+            (batch, rows, columns, blocks_in, VNNI_DEPTH),
+            lambda n, y, x, cb, ci: pad_value(n, cb, y, x, ci), name="pad_blocked",
+            attrs={"layout": "NHWC"},  # what the schedules read to pick the loops
+        )  # fmt: skip
+
+        def padded_at(n, cb, y, x, ci):
+            return padded[n, y, x, cb, ci]
+    else:
+        padded = te.compute(
+            (batch, blocks_in, rows, columns, VNNI_DEPTH), pad_value, name="pad_blocked"
+        )
+
+        def padded_at(n, cb, y, x, ci):
+            return padded[n, cb, y, x, ci]
+
     decoded = te.compute(
         (blocks_out, blocks_in, kh, kw, VNNI_LANES, VNNI_DEPTH),
         _blocked_weight_reader(weights, storage, bits, order), name="weight_blocked",
@@ -151,19 +177,20 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     accumulated = te.compute(
         (batch, blocks_out, out_h, out_w, VNNI_LANES),
         lambda n, ob, i, j, oi: te.sum(
-            padded[n, rc, i * sh + ry * dh, j * sw + rx * dw, ri].astype("int32")
+            padded_at(n, rc, i * sh + ry * dh, j * sw + rx * dw, ri).astype("int32")
             * decoded[ob, rc, ry, rx, oi, ri].astype("int32"),
             axis=[rc, ry, rx, ri],
         ),
         name="conv_blocked",
     )
 
-    def unblock(n, o, i, j):
+    def unblock(*index):
+        n, o, i, j = geometry.output_index(index)
         value = accumulated[n, tirx.indexdiv(o, VNNI_LANES), i, j, tirx.indexmod(o, VNNI_LANES)]
         return value if weight_sums is None else value - zero * weight_sums[o]
 
     return te.compute(
-        (batch, geometry.out_channels, out_h, out_w), unblock, name="conv2d_int",
+        geometry.output_shape(batch, out_h, out_w), unblock, name="conv2d_int",
         tag=f"conv2d_int_blocked_{storage}",
     )  # fmt: skip
 
@@ -194,28 +221,36 @@ def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: Conv
     """
     from tvm import te, tirx
 
-    batch, channels, height, width = (int(d) for d in data.shape)
+    batch, channels, height, width = geometry.data_shape(data)
     words = -(-channels // 8)
     out_h, out_w = geometry.output_hw(height, width)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
-    padded = _padded(data, geometry, 0, extra_channels=words * 8 - channels)
+    top, left, bottom, right = geometry.padding
     one = tirx.const(1, "uint8")
 
+    def code(n, c, y, x):
+        """The activation code at padded position (y, x); 0 (zero point) outside."""
+        inside = tirx.all(c < channels, y >= top, y < height + top, x >= left, x < width + left)
+        value = geometry.read(data, n, tirx.min(c, channels - 1), y - top, x - left)
+        return tirx.if_then_else(inside, value.astype("uint8"), tirx.const(0, "uint8"))
+
     def pack(n, b, w, y, x):
-        bits = [((padded[n, w * 8 + i, y, x].astype("uint8") >> b) & one) << i for i in range(8)]
+        bits = [((code(n, w * 8 + i, y, x) >> b) & one) << i for i in range(8)]
         word = bits[0]
         for bit in bits[1:]:
             word = word | bit
         return word
 
     packed = te.compute(
-        (batch, act_bits, words, padded.shape[2], padded.shape[3]), pack, name="bitpack_data"
-    )
+        (batch, act_bits, words, height + top + bottom, width + left + right), pack,
+        name="bitpack_data",
+    )  # fmt: skip
     rw = te.reduce_axis((0, words), name="rw")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
 
-    def compute(n, o, i, j):
+    def compute(*index):
+        n, o, i, j = geometry.output_index(index)
         terms = []
         for p, coefficient in enumerate(coefficients):
             for b in range(act_bits):
@@ -229,6 +264,6 @@ def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: Conv
         return te.sum(total, axis=[rw, ry, rx])
 
     return te.compute(
-        (batch, geometry.out_channels, out_h, out_w), compute, name="conv2d_bitserial",
+        geometry.output_shape(batch, out_h, out_w), compute, name="conv2d_bitserial",
         tag="conv2d_bitserial",
     )  # fmt: skip

@@ -88,7 +88,7 @@ def _make_pass():
     dequantize = op("relax.dequantize")
     permute_dims, call_tir = op("relax.permute_dims"), op("relax.call_tir")
     max_pool2d, batch_norm = op("relax.nn.max_pool2d"), op("relax.nn.batch_norm")
-    multiply = op("relax.multiply")
+    multiply, maximum, minimum = op("relax.multiply"), op("relax.maximum"), op("relax.minimum")
 
     @mutator
     class IntegerLowering(PyExprMutator):
@@ -154,8 +154,15 @@ def _make_pass():
 
             TVM's ONNX importer turns ``Clip`` into ``call_tir`` of ``topi.maximum`` and
             ``topi.minimum`` kernels (named after them) with a scalar constant bound: the only
-            trace of a narrow (2- or 4-bit) activation range after import.
+            trace of a narrow (2- or 4-bit) activation range after import (``channels_last``
+            makes them Relax's maximum / minimum ops).
             """
+            if isinstance(call, relax.Call) and call.op in (maximum, minimum):  # channels_last
+                bound = _const_value(call.args[1])
+                if bound is None or bound.size != 1:
+                    return None
+                kind = "maximum" if call.op == maximum else "minimum"
+                return kind, int(bound.reshape(-1)[0]), call.args[0]
             if not (isinstance(call, relax.Call) and call.op == call_tir):
                 return None
             name = call.args[0].name_hint
@@ -264,7 +271,9 @@ def _make_pass():
             """Emit ``layer``'s kernel on ``codes`` and its requantization; returns the float."""
             strategy = choose_strategy(layer, self.options.preference, self.options.forced)
             accumulated = strategy.emit(self.builder_, codes, layer)
-            shape = [1, layer.out_channels] + [1] * (rank - 2)
+            channel_axis = layer.channel_axis
+            shape = [1] * rank
+            shape[channel_axis] = layer.out_channels
             exact = np.float64(act_scale) * weight_scales.astype(np.float64)
             uniform = bool(np.all(exact == exact[0]))
             scale_const = exact[:1].reshape(()) if uniform else exact.reshape(shape)
@@ -279,7 +288,7 @@ def _make_pass():
             self.layers.append(record)
             as_float = self.builder_.emit(relax.op.astype(accumulated, "float32"))
             scales64 = np.broadcast_to(exact, (layer.out_channels,))
-            self._requantized[as_float] = (scales64, rank, len(self.layers) - 1)
+            self._requantized[as_float] = (scales64, rank, channel_axis, len(self.layers) - 1)
             return relax.op.multiply(as_float, self._requant_const(scale_const))
 
         def _fold_batch_norm(self, call):
@@ -294,16 +303,19 @@ def _make_pass():
                 return None
             requant = self._requantized.get(found.args[0])
             params = [_const_value(arg) for arg in call.args[1:5]]
-            if requant is None or any(p is None for p in params) or int(call.attrs.axis) != 1:
+            if requant is None or any(p is None for p in params):
                 return None
-            scales, rank, index = requant
+            scales, rank, channel_axis, index = requant
+            if int(call.attrs.axis) % rank != channel_axis:
+                return None
             gamma, beta, mean, var = (p.astype(np.float64) for p in params)
             if not bool(call.attrs.scale):
                 gamma = np.ones_like(gamma)
             if not bool(call.attrs.center):
                 beta = np.zeros_like(beta)
             inv_std = gamma / np.sqrt(var + float(call.attrs.epsilon))
-            shape = [1, len(scales)] + [1] * (rank - 2)
+            shape = [1] * rank
+            shape[channel_axis] = len(scales)
             multiplier64 = (scales * inv_std).reshape(shape)
             offset64 = (beta - mean * inv_std).reshape(shape)
             multiplier = self._requant_const(multiplier64)
@@ -332,8 +344,11 @@ def _make_pass():
 
         def _visit_conv2d(self, call):
             attrs = call.attrs
-            if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW":
-                return self._keep_float("conv2d", call, "layouts other than NCHW/OIHW")
+            layout = str(attrs.data_layout)
+            if layout not in ("NCHW", "NHWC") or str(attrs.kernel_layout) != "OIHW":
+                return self._keep_float("conv2d", call, "layouts other than NCHW/NHWC, OIHW")
+            if str(attrs.out_layout) != layout:
+                return self._keep_float("conv2d", call, "output layout differs from the input's")
             if int(attrs.groups) != 1:
                 return self._keep_float("conv2d", call, "grouped convolution")
             activation, reason = self._activation(call.args[0])
@@ -348,7 +363,7 @@ def _make_pass():
                 kernel=(int(integers.shape[2]), int(integers.shape[3])),
                 strides=tuple(int(s) for s in attrs.strides),
                 padding=tuple(int(p) for p in attrs.padding),
-                dilation=tuple(int(d) for d in attrs.dilation),
+                dilation=tuple(int(d) for d in attrs.dilation), layout=layout,
             )  # fmt: skip
             return self._lower_layer("conv2d", call, activation, weights, geometry)
 

@@ -49,6 +49,13 @@ class QuantLayer:
         return int(self.weights.shape[0])
 
     @property
+    def channel_axis(self) -> int:
+        """The axis of the output tensor that holds its channels (1 in NCHW, 3 in NHWC)."""
+        if self.geometry is not None and self.geometry.layout == "NHWC":
+            return 3
+        return 1
+
+    @property
     def reduction(self) -> int:
         """Weights per output channel (the length of one dot product)."""
         return int(np.prod(self.weights.shape[1:]))
