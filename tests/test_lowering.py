@@ -471,6 +471,8 @@ def test_channels_last_transposes_a_resnet_once_and_changes_no_bit(tmp_path):
     _, _, nchw = _compiled(model, target, channels_last=False)
     assert [shape for shape in _permutes(nhwc_mod) if len(shape) == 4] == [(1, 3, 32, 32)]
     assert all(layer.strategy != "float" for layer in nhwc_layers)
+    # every layer's codes come from its accumulators in two operations (requantize.py)
+    assert {layer.requantization for layer in nhwc_layers} == {"affine"}
     inputs = images.numpy()
     np.testing.assert_array_equal(
         run_module_outputs(nhwc, inputs)[0], run_module_outputs(nchw, inputs)[0]
@@ -496,3 +498,85 @@ def test_channels_last_returns_to_nchw_where_an_op_has_no_nhwc_form():
     assert got.shape == (3, 6, 9, 9)
     np.testing.assert_array_equal(got, run_module_outputs(nchw, inputs)[0])
     np.testing.assert_allclose(got, run_onnxruntime_outputs(model, inputs)[0], rtol=1e-5)
+
+
+# -- requantization proven at compile time ----------------------------------------------------
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    multiplier=hnp.arrays(
+        np.float64, 3, elements=st.floats(-2.0, 2.0).filter(lambda v: abs(v) > 1e-3)
+    ),
+    offset=hnp.arrays(np.float64, 3, elements=st.floats(-50.0, 50.0)),
+    scale=st.floats(1e-3, 4.0),
+    zero_point=st.integers(0, 20),
+    relu=st.booleans(),
+    signed=st.booleans(),
+    half_width=st.integers(1, 3000),
+)
+def test_affine_requantization_equals_the_chain_wherever_it_is_used(
+    multiplier, offset, scale, zero_point, relu, signed, half_width
+):
+    """Soundness of the proof: where ``fit_affine_requantization`` returns a formula, it gives
+    the float64 chain's code for every accumulator of the range (checked one by one here)."""
+    from apprentice_hw.lowering.requantize import (
+        AffineRequantization,
+        Requantization,
+        fit_affine_requantization,
+    )
+
+    low, high = (-128, 127) if signed else (0, 255)
+    chain = Requantization(multiplier, offset, relu, scale, zero_point, low, high)
+    acc_low = np.array([-half_width, -3, 0])
+    acc_high = np.array([half_width, 7 * half_width, 2 * half_width])
+    affine = fit_affine_requantization(chain, acc_low, acc_high)
+    if affine is None:
+        return
+    for channel in range(3):
+        acc = np.arange(acc_low[channel], acc_high[channel] + 1)[:, None]
+        one = Requantization(
+            multiplier[channel : channel + 1], offset[channel : channel + 1], relu, scale,
+            zero_point, low, high,
+        )  # fmt: skip
+        mine = AffineRequantization(
+            affine.offset[channel : channel + 1], affine.multiplier[channel : channel + 1],
+            affine.low, affine.high,
+        )  # fmt: skip
+        np.testing.assert_array_equal(mine.codes(acc), one.codes(acc))
+
+
+def test_affine_requantization_is_refused_where_the_roundings_differ():
+    """(acc * 0.65 + 0.05) / 0.2 lands on ties that (acc + c) * m rounds the other way: the
+    proof finds the accumulator where they differ and the layer keeps the float64 chain."""
+    from apprentice_hw.lowering.requantize import (
+        AffineRequantization,
+        Requantization,
+        fit_affine_requantization,
+    )
+
+    chain = Requantization(np.array([0.65]), np.array([0.05]), False, 0.2, 0, -128, 127)
+    low, high = np.array([-300]), np.array([300])
+    assert fit_affine_requantization(chain, low, high) is None
+    naive = AffineRequantization(np.array([0.05 / 0.65]), np.array([0.65 / 0.2]), -128, 127)
+    acc = np.arange(-300, 301)[:, None]
+    assert np.any(naive.codes(acc) != chain.codes(acc))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_sum_requantization_matches_the_float64_chain(relu):
+    """quantize(relu?(dequantize(a) + dequantize(b))) from the integer a + b: every pair of
+    4-bit codes gives the float64 chain's code, or the fit refuses."""
+    from apprentice_hw.lowering.requantize import fit_affine_sum
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scale, out_scale = (float(np.float32(v)) for v in rng.uniform(0.01, 1.0, 2))
+        affine = fit_affine_sum(scale, 0, [(-8, 7), (-8, 7)], relu, out_scale, 0, 0, 255)
+        if affine is None:
+            continue
+        a, b = np.meshgrid(np.arange(-8, 8), np.arange(-8, 8))
+        x = a.astype(np.float64) * scale + b.astype(np.float64) * scale
+        x = np.maximum(x, 0.0) if relu else x
+        expected = np.clip(np.rint(x / out_scale), 0, 255)
+        np.testing.assert_array_equal(affine.codes(a + b), expected)

@@ -113,12 +113,15 @@ def _make_pass():
             return relax.op.astype(clipped, out_dtype)
 
         def _call_tir(self, call, args):
-            """A TIR kernel compiled for float32 inputs keeps them: cast float64 back."""
+            """A TIR kernel compiled for float32 inputs keeps them: cast what became float64
+            back (float64 operands, e.g. ``requantize``'s constants, stay as they are)."""
             if not isinstance(args[1], relax.Tuple):
                 return relax.Call(call.op, args, call.attrs, call.ty_args)
             operands = [
-                self.builder_.emit(relax.op.astype(a, "float32")) if dtype_of(a) == "float64" else a
-                for a in args[1].fields
+                self.builder_.emit(relax.op.astype(a, "float32"))
+                if dtype_of(a) == "float64" and dtype_of(original) == "float32"
+                else a
+                for a, original in zip(args[1].fields, call.args[1].fields, strict=True)
             ]
             return relax.Call(
                 call.op, [args[0], relax.Tuple(operands), *args[2:]], call.attrs, call.ty_args

@@ -23,6 +23,13 @@ import numpy as np
 from apprentice_hw.lowering.kernels import ConvGeometry
 from apprentice_hw.lowering.packing import signed_bits_needed
 from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
+from apprentice_hw.lowering.requantize import (
+    Requantization,
+    accumulator_range,
+    fit_affine_requantization,
+    fit_affine_sum,
+    requantize_accumulator,
+)
 from apprentice_hw.lowering.strategies import (
     QuantLayer,
     choose_strategy,
@@ -47,6 +54,9 @@ class LoweredLayer:
     scale_bytes: int = 0  # bytes of the per-layer requantization scale constant
     reason: str | None = None  # why a layer stayed float
     folded_batch_norm: bool = False  # the following BatchNorm is part of the requantization
+    # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
+    # ``precision.py``) or "affine" (two float64 operations, ``requantize.py``)
+    requantization: str = "float64"
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -62,6 +72,33 @@ class LoweringOptions:
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
     # requantization divides by a multiply and two FMAs (exact, cheaper on CPUs); GPUs divide
     fma_division: bool = True
+
+
+@dataclass(frozen=True)
+class _Accumulator:
+    """A lowered layer's int32 sums, as its requantization needs them."""
+
+    accumulator: object  # the Relax var holding the int32 sums
+    scales: np.ndarray  # exact float64 scale per output channel
+    rank: int
+    channel_axis: int
+    layer: int  # index into the lowering's layer records
+    acc_low: np.ndarray  # per output channel, the smallest and largest reachable sum
+    acc_high: np.ndarray
+
+
+def _same_shape(a, b) -> bool:
+    """Whether two tensors have the same static shape."""
+
+    def static(expr):
+        dims = getattr(expr.ty, "shape", None)
+        values = getattr(dims, "values", None)
+        if values is None or not all(hasattr(v, "value") for v in values):
+            return None
+        return [int(v.value) for v in values]
+
+    shape = static(a)
+    return shape is not None and shape == static(b)
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -89,6 +126,7 @@ def _make_pass():
     permute_dims, call_tir = op("relax.permute_dims"), op("relax.call_tir")
     max_pool2d, batch_norm = op("relax.nn.max_pool2d"), op("relax.nn.batch_norm")
     multiply, maximum, minimum = op("relax.multiply"), op("relax.maximum"), op("relax.minimum")
+    add, relu, quantize = op("relax.add"), op("relax.nn.relu"), op("relax.quantize")
 
     @mutator
     class IntegerLowering(PyExprMutator):
@@ -96,8 +134,8 @@ def _make_pass():
             super().__init__(mod)
             self.options = options
             self.layers: list[LoweredLayer] = []
-            # float(acc) var -> (exact per-channel scale, tensor rank, index into self.layers)
-            self._requantized: dict = {}
+            # float(acc) var -> what the requantization needs to know of its layer
+            self._requantized: dict[object, _Accumulator] = {}
             # requantization constant (float32) -> its exact float64 value, for precision.py
             self.exact_constants: dict = {}
 
@@ -287,8 +325,11 @@ def _make_pass():
             )  # fmt: skip
             self.layers.append(record)
             as_float = self.builder_.emit(relax.op.astype(accumulated, "float32"))
-            scales64 = np.broadcast_to(exact, (layer.out_channels,))
-            self._requantized[as_float] = (scales64, rank, channel_axis, len(self.layers) - 1)
+            self._requantized[as_float] = _Accumulator(
+                accumulated, np.broadcast_to(exact, (layer.out_channels,)), rank, channel_axis,
+                len(self.layers) - 1,
+                *accumulator_range(layer.weights, layer.act_range, layer.act_zero_point),
+            )  # fmt: skip
             return relax.op.multiply(as_float, self._requant_const(scale_const))
 
         def _fold_batch_norm(self, call):
@@ -305,7 +346,7 @@ def _make_pass():
             params = [_const_value(arg) for arg in call.args[1:5]]
             if requant is None or any(p is None for p in params):
                 return None
-            scales, rank, channel_axis, index = requant
+            scales, rank, channel_axis = requant.scales, requant.rank, requant.channel_axis
             if int(call.attrs.axis) % rank != channel_axis:
                 return None
             gamma, beta, mean, var = (p.astype(np.float64) for p in params)
@@ -322,8 +363,8 @@ def _make_pass():
             offset = self._requant_const(offset64)
             scaled = self.builder_.emit(relax.op.multiply(found.args[0], multiplier))
             folded = self.builder_.emit(relax.op.add(scaled, offset))
-            self.layers[index] = replace(
-                self.layers[index], folded_batch_norm=True,
+            self.layers[requant.layer] = replace(
+                self.layers[requant.layer], folded_batch_norm=True,
                 scale_bytes=int((multiplier64.size + offset64.size) * REQUANT_BYTES),
             )  # fmt: skip
             return relax.Tuple([folded, call.args[3], call.args[4]])
@@ -340,7 +381,134 @@ def _make_pass():
             if call.op == max_pool2d:
                 pooled = self._pool_codes(call)
                 return call if pooled is None else pooled
+            if call.op == quantize:
+                codes = self._requantize(call)
+                return call if codes is None else codes
             return call
+
+        # -- requantization straight from the accumulators -----------------------------------
+        def _per_channel(self, const, requant: _Accumulator) -> np.ndarray | None:
+            """A constant of the requantization as one float64 value per output channel."""
+            value = self.exact_constants.get(const)
+            if value is None:
+                value = _const_value(const)
+                if value is None:
+                    return None
+                value = value.astype(np.float64)
+            channels = len(requant.scales)
+            if value.size == 1:
+                return np.full(channels, float(value.reshape(-1)[0]))
+            axes = [axis for axis, extent in enumerate(value.shape) if extent != 1]
+            along = requant.channel_axis - (requant.rank - value.ndim)
+            if axes != [along] or value.size != channels:
+                return None
+            return value.reshape(-1).copy()
+
+        def _requantization_chain(self, expr):
+            """(accumulator record, A, B) when ``expr`` is float(acc) * A (+ B)."""
+            call = self._bound(expr)
+            if isinstance(call, relax.TupleGetItem) and call.index == 0:  # folded BatchNorm
+                source = self._bound(call.tuple_value)
+                if not isinstance(source, relax.Tuple):
+                    return None
+                call = self._bound(source.fields[0])
+            offset = None
+            if isinstance(call, relax.Call) and call.op == add:
+                offset, call = call.args[1], self._bound(call.args[0])
+            if not (isinstance(call, relax.Call) and call.op == multiply):
+                return None
+            requant = self._requantized.get(call.args[0])
+            if requant is None:
+                return None
+            multiplier = self._per_channel(call.args[1], requant)
+            offsets = (
+                np.zeros_like(multiplier)
+                if offset is None or multiplier is None
+                else self._per_channel(offset, requant)
+            )  # fmt: skip
+            if multiplier is None or offsets is None:
+                return None
+            return requant, multiplier, offsets
+
+        def _dequantized_sum(self, expr):
+            """(code tensors, scale, zero point, code ranges) when ``expr`` is dequantize(a) or
+            dequantize(a) + dequantize(b) of same-shaped tensors with one scalar scale and
+            zero point (a residual add; a tensor re-quantized to another scale)."""
+            call = self._bound(expr)
+            is_sum = isinstance(call, relax.Call) and call.op == add
+            operands = list(call.args) if is_sum else [expr]
+            terms = []
+            for operand in operands:
+                found = self._dequantized(operand)
+                if found is None or found[1].size != 1 or found[2].size != 1:
+                    return None
+                code_range = self._code_range(found[0])
+                if code_range is None or not _same_shape(found[0], expr):
+                    return None
+                terms.append(
+                    (found[0], float(found[1].reshape(-1)[0]), int(found[2].reshape(-1)[0]))
+                )
+            if len({(scale, zero) for _, scale, zero in terms}) != 1:
+                return None
+            ranges = [self._code_range(codes) for codes, _, _ in terms]
+            return [codes for codes, _, _ in terms], terms[0][1], terms[0][2], ranges
+
+        def _requantize(self, call):
+            """``quantize`` of a requantization as two float64 operations on integers, where
+            ``requantize.py`` proves the codes the same as the float64 chain's:
+            ``relu?(float(acc) * A + B)`` straight from a layer's accumulators, and
+            ``relu?(dequantize(a) [+ dequantize(b)])`` from the integer sum of the codes."""
+            out_dtype = str(call.attrs.out_dtype)
+            scale, zero = _const_value(call.args[1]), _const_value(call.args[2])
+            if out_dtype not in INTEGER_RANGES or scale is None or zero is None:
+                return None
+            if scale.size != 1 or zero.size != 1:
+                return None
+            out_scale, out_zero = float(np.float32(scale.reshape(-1)[0])), int(zero.reshape(-1)[0])
+            low, high = INTEGER_RANGES[out_dtype]
+            data, with_relu = call.args[0], False
+            bound = self._bound(data)
+            if isinstance(bound, relax.Call) and bound.op == relu:
+                data, with_relu = bound.args[0], True
+            found = self._requantization_chain(data)
+            if found is not None:
+                requant, multiplier, offset = found
+                chain = Requantization(
+                    multiplier, offset, with_relu, out_scale, out_zero, low, high
+                )
+                affine = fit_affine_requantization(chain, requant.acc_low, requant.acc_high)
+                if affine is None:
+                    return None
+                self.layers[requant.layer] = replace(
+                    self.layers[requant.layer], requantization="affine",
+                    scale_bytes=int((affine.offset.size + affine.multiplier.size) * REQUANT_BYTES),
+                )  # fmt: skip
+                return self._emit_requantize(
+                    [requant.accumulator], 0, affine, out_dtype, requant.channel_axis
+                )
+            summed = self._dequantized_sum(data)
+            if summed is None:
+                return None
+            terms, in_scale, in_zero, ranges = summed
+            affine = fit_affine_sum(
+                in_scale, in_zero, ranges, with_relu, out_scale, out_zero, low, high
+            )
+            if affine is None:
+                return None
+            return self._emit_requantize(terms, in_zero, affine, out_dtype, 0)
+
+        def _emit_requantize(self, terms, zero_point, affine, out_dtype, axis):
+            def codes(offsets, multipliers, *tensors):
+                return requantize_accumulator(
+                    list(tensors), offsets, multipliers, affine.low, affine.high, out_dtype,
+                    axis, zero_point,
+                )  # fmt: skip
+
+            return self.builder_.emit_te(
+                codes, relax.const(affine.offset, "float64"),
+                relax.const(affine.multiplier, "float64"), *terms,
+                primfunc_name_hint="requantize",
+            )  # fmt: skip
 
         def _visit_conv2d(self, call):
             attrs = call.attrs

@@ -1,0 +1,185 @@
+"""Requantization in two float64 operations on integers, proven equal at compile time.
+
+After an integer conv, the graph computes the next layer's integer codes as
+
+    code = clip(round(relu(acc * A + B) / s) + zp, qmin, qmax)      (``precision.py``, float64)
+
+per output channel: a multiply and an add (scales and a folded BatchNorm), a ReLU, the division
+(a multiply and two FMAs), a round, the zero point and the clip, about ten vector operations on
+eight lanes per output vector, for an epilogue that on a small layer costs as much as the
+convolution itself. The same codes come from
+
+    code = clip(round((acc + c) * m), qmin', qmax)      with  m = A / s,  c = (B + zp * s) / A
+
+(qmin' = max(qmin, zp) under the ReLU) in two float64 operations, an add and then a multiply,
+which no compiler contracts into an FMA. The two are equal in exact arithmetic but round
+differently, so the replacement is *proven* per layer before it is used: both are monotone
+step functions of the integer ``acc`` (every operation in them is monotone), so they are equal
+on the accumulator's whole reachable range exactly when every code level starts at the same
+accumulator value. Those starts are found by binary search, for every channel and level at
+once, evaluating both formulas in NumPy with the compiled module's float64 operations (IEEE
+multiply, add and division, round half to even). A layer where any start differs keeps the
+float64 chain (``None`` from ``fit_affine_requantization``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SEARCH_STEPS = 34  # binary search steps: accumulator ranges stay below 2^33 (int32 sums)
+
+
+@dataclass(frozen=True)
+class Requantization:
+    """The float64 chain between an accumulator and the next codes, per output channel."""
+
+    multiplier: np.ndarray  # A: float64, per channel
+    offset: np.ndarray  # B: float64, per channel
+    relu: bool
+    scale: float  # s of the quantize
+    zero_point: int
+    low: int  # the output dtype's range
+    high: int
+
+    def codes(self, acc: np.ndarray) -> np.ndarray:
+        """The chain as the module computes it (``acc``: int64, channels on the last axis)."""
+        x = acc.astype(np.float64) * self.multiplier + self.offset
+        if self.relu:
+            x = np.maximum(x, 0.0)
+        return np.clip(np.rint(x / self.scale) + self.zero_point, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class AffineRequantization:
+    """``clip(round((acc + offset) * multiplier), low, high)`` per output channel."""
+
+    offset: np.ndarray  # float64, per channel
+    multiplier: np.ndarray  # float64, per channel
+    low: int
+    high: int
+
+    def codes(self, acc: np.ndarray) -> np.ndarray:
+        x = (acc.astype(np.float64) + self.offset) * self.multiplier
+        return np.clip(np.rint(x), self.low, self.high)
+
+
+def _level_starts(codes, low: np.ndarray, high: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """For an increasing ``codes(acc)`` (channels on the last axis): per (level, channel) the
+    smallest acc in [low, high] whose code reaches the level, or high + 1 where none does."""
+    lo = np.broadcast_to(low, (levels.size, low.size)).astype(np.int64)
+    hi = np.broadcast_to(high + 1, (levels.size, low.size)).astype(np.int64)
+    target = levels[:, None]
+    for _ in range(SEARCH_STEPS):
+        if not np.any(lo < hi):
+            break
+        mid = lo + (hi - lo) // 2
+        reached = codes(mid) >= target
+        hi = np.where(reached, mid, hi)
+        lo = np.where(reached, lo, mid + 1)
+    if np.any(lo < hi):
+        raise ValueError("accumulator range too wide for the level search")
+    return lo
+
+
+def fit_affine_requantization(
+    chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
+) -> AffineRequantization | None:
+    """The two-operation form of ``chain``, or None where it does not give the same codes for
+    every accumulator value in [acc_low, acc_high] (per channel)."""
+    a = np.asarray(chain.multiplier, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a == 0) or not np.isfinite(chain.scale):
+        return None
+    low = max(chain.low, chain.zero_point) if chain.relu else chain.low
+    affine = AffineRequantization(
+        offset=(chain.offset + chain.zero_point * chain.scale) / a,
+        multiplier=a / chain.scale,
+        low=low,
+        high=chain.high,
+    )
+    if not (np.all(np.isfinite(affine.offset)) and np.all(np.isfinite(affine.multiplier))):
+        return None
+    # Both are increasing in acc where A > 0 and decreasing where A < 0: search over
+    # u = sign(A) * acc, in which both increase.
+    sign = np.where(a > 0, 1, -1).astype(np.int64)
+    u_low = np.where(sign > 0, acc_low, -acc_high).astype(np.int64)
+    u_high = np.where(sign > 0, acc_high, -acc_low).astype(np.int64)
+    levels = np.arange(low + 1, chain.high + 1, dtype=np.int64)
+    if levels.size == 0:
+        return affine
+    starts = [
+        _level_starts(lambda u, f=formula: f.codes(u * sign), u_low, u_high, levels)
+        for formula in (chain, affine)
+    ]
+    # Both are at least ``low`` everywhere, so equal starts of every level above it make them
+    # equal at every accumulator value of the range.
+    return affine if np.array_equal(*starts) else None
+
+
+def fit_affine_sum(
+    scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
+    out_scale: float, out_zero_point: int, low: int, high: int,
+) -> AffineRequantization | None:  # fmt: skip
+    """The codes of ``quantize(relu?(dequantize(a) + dequantize(b)))`` (one or two code
+    tensors with one ``scale`` and ``zero_point``: a residual add, or a tensor re-quantized to
+    another scale) as ``clip(round((t + c) * m))`` of the integer ``t = (a - zp) + (b - zp)``,
+    or None where that differs from the float64 chain for any pair of codes in ``ranges``
+    (checked on every pair: at most 256 x 256)."""
+    if len(ranges) not in (1, 2) or scale <= 0 or out_scale <= 0:
+        return None
+    grids = np.meshgrid(*[np.arange(lo, hi + 1, dtype=np.int64) for lo, hi in ranges])
+    x = (grids[0].astype(np.float64) - zero_point) * scale
+    for grid in grids[1:]:
+        x = x + (grid.astype(np.float64) - zero_point) * scale
+    if relu:
+        x = np.maximum(x, 0.0)
+    expected = np.clip(np.rint(x / out_scale) + out_zero_point, low, high)
+    bottom = max(low, out_zero_point) if relu else low
+    affine = AffineRequantization(
+        offset=np.array([out_zero_point * out_scale / scale]),
+        multiplier=np.array([scale / out_scale]),
+        low=bottom,
+        high=high,
+    )
+    total = sum(grid - zero_point for grid in grids)
+    return affine if np.array_equal(affine.codes(total), expected) else None
+
+
+def accumulator_range(
+    weights: np.ndarray, act_range: tuple[int, int], zero_point: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per output channel, the smallest and largest sum of w * (x - zero_point) over the
+    reduction, with every x in ``act_range`` (weights: output channel first)."""
+    rows = weights.reshape(weights.shape[0], -1).astype(np.int64)
+    lo, hi = act_range[0] - zero_point, act_range[1] - zero_point
+    low = np.minimum(rows * lo, rows * hi).sum(axis=1)
+    high = np.maximum(rows * lo, rows * hi).sum(axis=1)
+    return low, high
+
+
+def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_dtype: str,
+                           channel_axis: int, zero_point: int = 0):  # fmt: skip
+    """TE: ``clip(round((float64(t) + offset) * multiplier), low, high)`` as ``out_dtype``,
+    where ``t`` is the int32 sum of ``terms`` minus ``zero_point`` each (one accumulator with
+    zero point 0, or the code tensors of ``fit_affine_sum``).
+
+    ``offset`` and ``multiplier`` are 1-D float64 tensors, one value per channel or one for
+    all. The add comes before the multiply so that LLVM cannot contract the two into an FMA,
+    which would round once instead of twice and break what the fit proved.
+    """
+    from tvm import te, tirx
+
+    def at(values, channel):
+        return values[0] if int(values.shape[0]) == 1 else values[channel]
+
+    def code(*index):
+        channel = index[channel_axis]
+        total = terms[0](*index).astype("int32") - zero_point
+        for term in terms[1:]:
+            total = total + (term(*index).astype("int32") - zero_point)
+        x = (total.astype("float64") + at(offset, channel)) * at(multiplier, channel)
+        clipped = tirx.max(tirx.min(tirx.round(x), float(high)), float(low))
+        return clipped.astype(out_dtype)
+
+    return te.compute(terms[0].shape, code, name="requantize")
