@@ -74,6 +74,22 @@ def test_channel_bits_pack_eight_channels_per_byte(masks):
 # -- kernels, on hand-written QCDQ graphs -----------------------------------------------------
 
 
+@pytest.mark.parametrize(("bits", "group", "length"), [(2, 4, 64), (3, 1, 32), (4, 1, 32)])
+def test_blocked_packing_round_trips_in_whole_vectors(bits, group, length):
+    """Conv weights packed in the kernels' block order come back exactly; a 2-bit group is
+    four input blocks in 64 bytes (each block one whole vector), padded with zero weights."""
+    from apprentice_hw.lowering.packing import blocked_conv_weights, pack_blocked, unpack_blocked
+
+    high = (1 << (bits - 1)) - 1
+    weights = np.random.default_rng(bits).integers(-high - 1, high + 1, size=(20, 13, 3, 3))
+    blocked = blocked_conv_weights(weights)  # (2, 4, 3, 3, 64): 13 channels in 4 blocks
+    packed = pack_blocked(blocked, bits)
+    assert packed.shape == (2, -(-4 // group), 3, 3, length)
+    unpacked = unpack_blocked(packed, bits)
+    np.testing.assert_array_equal(unpacked[:, :4], blocked)
+    assert not unpacked[:, 4:].any()
+
+
 def _qcdq_layer(kind, weights, act_bits, zero_point=0, conv=None, per_channel=True):
     """x -> QuantizeLinear -> Clip -> DequantizeLinear -> Conv/Gemm(W dequantized) -> y."""
     act_scale, out = np.float32(2.0**-4), weights.shape[0]

@@ -224,17 +224,27 @@ def _storage(sch) -> str:
     return "int8" if str(decode.reads[0].source.dtype) == "int8" else "packed"
 
 
-def _unpack_in_registers(sch, decode, loop, blocks: int, pairs: bool) -> None:
+def _packed_group(sch) -> int:
+    """Input blocks per packed 64-byte group (``packing.pack_blocked``); 1 for int8 weights."""
+    if _storage(sch) != "packed":
+        return 1
+    decode = sch.get(sch.get_sblock("weight_blocked"))
+    blocks_in = int(decode.writes[0].source.shape[1])
+    return blocks_in // int(decode.reads[0].source.shape[1])
+
+
+def _unpack_in_registers(sch, decode, conv, loop, pairs: bool) -> None:
     """Unpack the tile's packed weight blocks right before the dot products that use them.
 
-    The stage is computed under ``loop`` (one input block, one kernel position) into a local
-    buffer of ``blocks`` x 64 int8; a block's bytes hold its 64 weights in fields of
-    ``width`` bits (``packing.pack_blocked``), so each field is one contiguous vector shift and
-    mask. The unpacked block is used by every pixel of the tile: no per-call workspace.
+    The stage is computed under ``loop`` (one group of input blocks, one kernel position)
+    into a local buffer of ``blocks`` x G x 64 int8; a group's 64 bytes hold G blocks in
+    fields of ``width`` bits (``packing.pack_blocked``), so each block is one whole-vector
+    shift and mask. The unpacked blocks are used by every pixel of the tile: no per-call
+    workspace.
     """
+    depth = 1 + [sch.get(rv) for rv in sch.get_loops(conv)].index(sch.get(loop))
     sch.compute_at(decode, loop)
-    loops = sch.get_loops(decode)
-    ob, oi, ci = loops[-3], loops[-2], loops[-1]
+    *outer, oi, ci = sch.get_loops(decode)[depth:]
     if pairs:  # storage and the local block in AVX2's pair order
         sch.transform_layout(
             decode, ("write", 0),
@@ -245,12 +255,12 @@ def _unpack_in_registers(sch, decode, loop, blocks: int, pairs: bool) -> None:
         element = sch.fuse(cp, oi, cr)
     else:
         element = sch.fuse(oi, ci)
-    length = int(sch.get(decode).reads[0].source.shape[-1])  # bytes per packed block
-    fields, lanes = sch.split(element, factors=[None, length])
+    length = int(sch.get(decode).reads[0].source.shape[-1])  # bytes per packed group
+    parts = max(1, 64 // length)  # fields of a block: 4-bit, two vectors of 32 bytes
+    fields, lanes = sch.split(element, factors=[parts, None])
     sch.vectorize(lanes)
-    sch.unroll(fields)
-    if blocks > 1:
-        sch.unroll(ob)
+    for other in [*outer, fields]:
+        sch.unroll(other)
 
 
 def is_channels_last(sch) -> bool:
@@ -304,21 +314,24 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
     obo, obi = sch.split(ob, factors=[None, knobs.blocks])
     jo, ji = sch.split(j, factors=[None, knobs.pixels])
+    # Packed weights come in groups of G input blocks: the G blocks of a group are the
+    # innermost reduction step, so one unpacked group serves G dot-product steps.
+    rc, rg = sch.split(rc, factors=[None, _packed_group(sch)])
     dot = _dot_product(target)
     if dot == "avx2":
         rp, rr = sch.split(ri, factors=[2, 2])
-        sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, rp, oi, rr)
+        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, rp, oi, rr)
     elif dot == "vnni":
-        sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, oi, ri)
+        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, oi, ri)
     else:
-        sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, ri, oi)
+        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, ri, oi)
     sch.parallel(sch.fuse(n, obo, i))
     # Weights are stored in blocks already: int8 ones are read in place, packed ones are
     # unpacked per (input block, kernel position) into registers for all the tile's pixels.
     if storage == "int8":
         sch.compute_inline(decode)
     else:
-        _unpack_in_registers(sch, decode, rx, knobs.blocks, pairs=dot == "avx2")
+        _unpack_in_registers(sch, decode, conv, rg, pairs=dot == "avx2")
     # The tile's accumulators (pixels x blocks x 16 lanes) live in a local buffer that LLVM
     # keeps in registers across the whole reduction.
     local = sch.cache_write(conv, 0, "local")

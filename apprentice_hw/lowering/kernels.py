@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, block_element, container_bits
+from apprentice_hw.lowering.packing import (
+    BLOCK_IN,
+    BLOCK_OUT,
+    block_element,
+    blocks_per_group,
+    container_bits,
+    packed_field,
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,8 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
     """(ob, cb, ky, kx, oi, ci) -> int8 weight, from conv weights stored in blocks.
 
     ``int8`` storage is (O/16, C/4, KH, KW, 16, 4), or (..., 2, 16, 2) in AVX2's pair order;
-    ``packed`` storage is (O/16, C/4, KH, KW, L) bytes holding each block's 64 elements in
-    ``width``-bit fields (``packing.pack_blocked``).
+    ``packed`` storage is (O/16, C/4/G, KH, KW, L) bytes holding ``width``-bit fields of G
+    consecutive input blocks (``packing.pack_blocked``).
     """
     from tvm import tirx
 
@@ -95,15 +102,16 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
             return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, ci // 2, oi, ci % 2]
         return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, oi, ci]
     width = container_bits(bits)
-    length = BLOCK_OUT * BLOCK_IN * width // 8
+    group = blocks_per_group(bits)
     mask, offset = (1 << width) - 1, 1 << (width - 1)
 
     def read(ob, cb, y, x, oi, ci):
-        element = block_element(oi, ci, order)
-        # In bytes throughout: one vector register per field for the kernel to unpack.
-        byte = weights[ob, cb, y, x, tirx.indexmod(element, length)]
-        field = (byte >> (tirx.indexdiv(element, length) * width).astype("uint8")) & mask
-        return field.astype("int8") - tirx.const(offset, "int8")
+        # In bytes throughout: whole vectors per field for the kernel to unpack.
+        at, field = packed_field(cb, block_element(oi, ci, order), bits)
+        byte = weights[ob, tirx.indexdiv(cb, group), y, x, at]
+        return ((byte >> (field * width).astype("uint8")) & mask).astype("int8") - tirx.const(
+            offset, "int8"
+        )
 
     return read
 
@@ -137,6 +145,9 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
     top, left, bottom, right = geometry.padding
     blocks_in = -(-channels // VNNI_DEPTH)
+    if storage == "packed":  # whole groups of blocks (``packing.pack_blocked``)
+        group = blocks_per_group(bits)
+        blocks_in = -(-blocks_in // group) * group
     blocks_out = -(-geometry.out_channels // VNNI_LANES)
     shift = 128 if data.dtype == "int8" else 0
     zero = zero_point + shift
