@@ -488,7 +488,7 @@ def test_channels_last_transposes_a_resnet_once_and_changes_no_bit(tmp_path):
     assert [shape for shape in _permutes(nhwc_mod) if len(shape) == 4] == [(1, 3, 32, 32)]
     assert all(layer.strategy != "float" for layer in nhwc_layers)
     # every layer's codes come from its accumulators in two operations (requantize.py)
-    assert {layer.requantization for layer in nhwc_layers} == {"affine"}
+    assert all(layer.requantization.startswith("affine") for layer in nhwc_layers)
     inputs = images.numpy()
     np.testing.assert_array_equal(
         run_module_outputs(nhwc, inputs)[0], run_module_outputs(nchw, inputs)[0]

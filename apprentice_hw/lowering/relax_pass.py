@@ -55,7 +55,7 @@ class LoweredLayer:
     reason: str | None = None  # why a layer stayed float
     folded_batch_norm: bool = False  # the following BatchNorm is part of the requantization
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
-    # ``precision.py``) or "affine" (two float64 operations, ``requantize.py``)
+    # ``precision.py``) or "affine float32" / "affine float64" (two operations, requantize.py)
     requantization: str = "float64"
 
     def to_dict(self) -> dict:
@@ -480,8 +480,8 @@ def _make_pass():
                 if affine is None:
                     return None
                 self.layers[requant.layer] = replace(
-                    self.layers[requant.layer], requantization="affine",
-                    scale_bytes=int((affine.offset.size + affine.multiplier.size) * REQUANT_BYTES),
+                    self.layers[requant.layer], requantization=f"affine {affine.dtype}",
+                    scale_bytes=int(affine.offset.nbytes + affine.multiplier.nbytes),
                 )  # fmt: skip
                 return self._emit_requantize(
                     [requant.accumulator], 0, affine, out_dtype, requant.channel_axis
@@ -505,8 +505,8 @@ def _make_pass():
                 )  # fmt: skip
 
             return self.builder_.emit_te(
-                codes, relax.const(affine.offset, "float64"),
-                relax.const(affine.multiplier, "float64"), *terms,
+                codes, relax.const(affine.offset, affine.dtype),
+                relax.const(affine.multiplier, affine.dtype), *terms,
                 primfunc_name_hint="requantize",
             )  # fmt: skip
 

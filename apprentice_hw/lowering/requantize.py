@@ -1,4 +1,4 @@
-"""Requantization in two float64 operations on integers, proven equal at compile time.
+"""Requantization in two float operations on integers, proven equal at compile time.
 
 After an integer conv, the graph computes the next layer's integer codes as
 
@@ -18,8 +18,9 @@ step functions of the integer ``acc`` (every operation in them is monotone), so 
 on the accumulator's whole reachable range exactly when every code level starts at the same
 accumulator value. Those starts are found by binary search, for every channel and level at
 once, evaluating both formulas in NumPy with the compiled module's float64 operations (IEEE
-multiply, add and division, round half to even). A layer where any start differs keeps the
-float64 chain (``None`` from ``fit_affine_requantization``).
+multiply, add and division, round half to even). The two operations are tried in float32
+first (sixteen lanes per vector instead of eight), then in float64; a layer where neither
+proves equal keeps the float64 chain (``None`` from ``fit_affine_requantization``).
 """
 
 from __future__ import annotations
@@ -53,16 +54,32 @@ class Requantization:
 
 @dataclass(frozen=True)
 class AffineRequantization:
-    """``clip(round((acc + offset) * multiplier), low, high)`` per output channel."""
+    """``clip(round((acc + offset) * multiplier), low, high)`` per output channel, computed
+    in ``dtype`` (the constants rounded to it)."""
 
-    offset: np.ndarray  # float64, per channel
-    multiplier: np.ndarray  # float64, per channel
+    offset: np.ndarray  # per channel (or one value)
+    multiplier: np.ndarray
     low: int
     high: int
+    dtype: str = "float64"
+
+    def in_dtype(self, dtype: str) -> AffineRequantization | None:
+        """The same formula computed in ``dtype``, or None where a constant does not fit."""
+        with np.errstate(over="ignore"):
+            offset, multiplier = self.offset.astype(dtype), self.multiplier.astype(dtype)
+        if not (np.all(np.isfinite(offset)) and np.all(np.isfinite(multiplier))):
+            return None
+        if np.any(np.sign(multiplier) != np.sign(self.multiplier)):
+            return None
+        return AffineRequantization(offset, multiplier, self.low, self.high, dtype)
 
     def codes(self, acc: np.ndarray) -> np.ndarray:
-        x = (acc.astype(np.float64) + self.offset) * self.multiplier
+        kind = np.dtype(self.dtype)
+        x = (acc.astype(kind) + self.offset.astype(kind)) * self.multiplier.astype(kind)
         return np.clip(np.rint(x), self.low, self.high)
+
+
+PRECISIONS = ("float32", "float64")  # tried in this order: the first proven one is used
 
 
 def _level_starts(codes, low: np.ndarray, high: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -107,14 +124,19 @@ def fit_affine_requantization(
     u_high = np.where(sign > 0, acc_high, -acc_low).astype(np.int64)
     levels = np.arange(low + 1, chain.high + 1, dtype=np.int64)
     if levels.size == 0:
-        return affine
-    starts = [
-        _level_starts(lambda u, f=formula: f.codes(u * sign), u_low, u_high, levels)
-        for formula in (chain, affine)
-    ]
-    # Both are at least ``low`` everywhere, so equal starts of every level above it make them
-    # equal at every accumulator value of the range.
-    return affine if np.array_equal(*starts) else None
+        return affine.in_dtype(PRECISIONS[0])
+
+    def starts(formula):
+        return _level_starts(lambda u: formula.codes(u * sign), u_low, u_high, levels)
+
+    expected = starts(chain)
+    for dtype in PRECISIONS:
+        candidate = affine.in_dtype(dtype)
+        # Both are at least ``low`` everywhere, so equal starts of every level above it make
+        # them equal at every accumulator value of the range.
+        if candidate is not None and np.array_equal(starts(candidate), expected):
+            return candidate
+    return None
 
 
 def fit_affine_sum(
@@ -143,7 +165,11 @@ def fit_affine_sum(
         high=high,
     )
     total = sum(grid - zero_point for grid in grids)
-    return affine if np.array_equal(affine.codes(total), expected) else None
+    for dtype in PRECISIONS:
+        candidate = affine.in_dtype(dtype)
+        if candidate is not None and np.array_equal(candidate.codes(total), expected):
+            return candidate
+    return None
 
 
 def accumulator_range(
@@ -160,13 +186,14 @@ def accumulator_range(
 
 def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_dtype: str,
                            channel_axis: int, zero_point: int = 0):  # fmt: skip
-    """TE: ``clip(round((float64(t) + offset) * multiplier), low, high)`` as ``out_dtype``,
+    """TE: ``clip(round((float(t) + offset) * multiplier), low, high)`` as ``out_dtype``, in
+    the constants' float type,
     where ``t`` is the int32 sum of ``terms`` minus ``zero_point`` each (one accumulator with
     zero point 0, or the code tensors of ``fit_affine_sum``).
 
-    ``offset`` and ``multiplier`` are 1-D float64 tensors, one value per channel or one for
-    all. The add comes before the multiply so that LLVM cannot contract the two into an FMA,
-    which would round once instead of twice and break what the fit proved.
+    ``offset`` and ``multiplier`` are 1-D float32 or float64 tensors, one value per channel
+    or one for all. The add comes before the multiply so that LLVM cannot contract the two
+    into an FMA, which would round once instead of twice and break what the fit proved.
     """
     from tvm import te, tirx
 
@@ -178,7 +205,7 @@ def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_d
         total = terms[0](*index).astype("int32") - zero_point
         for term in terms[1:]:
             total = total + (term(*index).astype("int32") - zero_point)
-        x = (total.astype("float64") + at(offset, channel)) * at(multiplier, channel)
+        x = (total.astype(offset.dtype) + at(offset, channel)) * at(multiplier, channel)
         clipped = tirx.max(tirx.min(tirx.round(x), float(high)), float(low))
         return clipped.astype(out_dtype)
 
