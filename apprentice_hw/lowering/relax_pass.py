@@ -72,6 +72,9 @@ class LoweringOptions:
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
     # requantization divides by a multiply and two FMAs (exact, cheaper on CPUs); GPUs divide
     fma_division: bool = True
+    # integer-to-integer requantizations as two operations proven at compile time
+    # (``requantize.py``); the proof models LLVM's CPU code (round half to even)
+    proven_requantization: bool = True
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,7 @@ def _make_pass():
             if call.op == max_pool2d:
                 pooled = self._pool_codes(call)
                 return call if pooled is None else pooled
-            if call.op == quantize:
+            if call.op == quantize and self.options.proven_requantization:
                 codes = self._requantize(call)
                 return call if codes is None else codes
             return call
