@@ -971,6 +971,8 @@ def main(argv: list[str] | None = None) -> int:
     with _Interrupts() as interrupts:
         try:
             result = cli.main(args=args, prog_name="apprentice-hw", standalone_mode=False)
+            if interrupts.seen:  # swallowed on the way (a TVM callback's fallback): still one
+                return _report_interrupt(args, debug)
             return result if isinstance(result, int) else 0
         except click.exceptions.Exit as exc:
             return exc.exit_code

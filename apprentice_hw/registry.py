@@ -39,7 +39,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._entries:
             choices = ", ".join(sorted(self._entries))
-            raise UserError(f"unknown {self.kind} '{name}'; choose one of: {choices}")
+            raise UserError(f"unknown {self.kind} {name!r}; choose one of: {choices}")
         return self._entries[name]
 
     def names(self) -> list[str]:
