@@ -236,11 +236,11 @@ def _packed_group(sch) -> int:
 def _unpack_in_registers(sch, decode, conv, loop, pairs: bool) -> None:
     """Unpack the tile's packed weight blocks right before the dot products that use them.
 
-    The stage is computed under ``loop`` (one group of input blocks, one kernel position)
-    into a local buffer of ``blocks`` x G x 64 int8; a group's 64 bytes hold G blocks in
-    fields of ``width`` bits (``packing.pack_blocked``), so each block is one whole-vector
-    shift and mask. The unpacked blocks are used by every pixel of the tile: no per-call
-    workspace.
+    The stage is computed under ``loop`` (one input block, one kernel position) into a local
+    buffer of 64 int8 per output block of the tile; the block's fields are whole vectors
+    (``packing.pack_blocked``: 2-bit, one 64-byte vector of a group; 4-bit, two 32-byte
+    halves), each a shift, a mask and a subtraction. The unpacked block is used by every pixel
+    of the tile: no per-call workspace.
     """
     depth = 1 + [sch.get(rv) for rv in sch.get_loops(conv)].index(sch.get(loop))
     sch.compute_at(decode, loop)
@@ -295,7 +295,8 @@ def _vectorize_epilogue(sch, output) -> None:
     """Vectorize an epilogue block computed under a tile: over output channels, 16 at a time
     (NHWC: contiguous in the accumulators and the output), or over a row's pixels (NCHW)."""
     inner = sch.get_loops(output)[-1]
-    if (loop_extent(sch, inner) or 0) > VNNI_LANES and (loop_extent(sch, inner) or 0) % 16 == 0:
+    extent = loop_extent(sch, inner) or 0
+    if extent > VNNI_LANES and extent % VNNI_LANES == 0:
         inner = sch.split(inner, factors=[None, VNNI_LANES])[1]
     sch.vectorize(inner)
 
@@ -314,8 +315,8 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
     obo, obi = sch.split(ob, factors=[None, knobs.blocks])
     jo, ji = sch.split(j, factors=[None, knobs.pixels])
-    # Packed weights come in groups of G input blocks: the G blocks of a group are the
-    # innermost reduction step, so one unpacked group serves G dot-product steps.
+    # Packed 2-bit weights come in groups of G = 4 input blocks sharing 64 bytes: the blocks
+    # of a group are the innermost reduction steps (G = 1 for other storage).
     rc, rg = sch.split(rc, factors=[None, _packed_group(sch)])
     dot = _dot_product(target)
     if dot == "avx2":
