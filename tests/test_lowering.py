@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
@@ -547,8 +547,7 @@ def test_affine_requantization_equals_the_chain_wherever_it_is_used(
     acc_low = np.array([-half_width, -3, 0])
     acc_high = np.array([half_width, 7 * half_width, 2 * half_width])
     affine = fit_affine_requantization(chain, acc_low, acc_high)
-    if affine is None:
-        return
+    assume(affine is not None)  # a refusal is tested below; here the proof's soundness
     for channel in range(3):
         acc = np.arange(acc_low[channel], acc_high[channel] + 1)[:, None]
         one = Requantization(
@@ -586,6 +585,7 @@ def test_residual_sum_requantization_matches_the_float64_chain(relu):
     from apprentice_hw.lowering.requantize import fit_affine_sum
 
     rng = np.random.default_rng(3)
+    proven = 0
     for _ in range(20):
         scale, out_scale = (float(np.float32(v)) for v in rng.uniform(0.01, 1.0, 2))
         affine = fit_affine_sum(scale, 0, [(-8, 7), (-8, 7)], relu, out_scale, 0, 0, 255)
@@ -596,3 +596,5 @@ def test_residual_sum_requantization_matches_the_float64_chain(relu):
         x = np.maximum(x, 0.0) if relu else x
         expected = np.clip(np.rint(x / out_scale), 0, 255)
         np.testing.assert_array_equal(affine.codes(a + b), expected)
+        proven += 1
+    assert proven >= 15  # float32 scales rarely land on ties: the fit is the rule

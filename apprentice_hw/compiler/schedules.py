@@ -225,7 +225,7 @@ def _storage(sch) -> str:
 
 
 def _packed_group(sch) -> int:
-    """Input blocks per packed 64-byte group (``packing.pack_blocked``); 1 for int8 weights."""
+    """Input blocks per packed group (``packing.pack_blocked``); 1 for int8 weights."""
     if _storage(sch) != "packed":
         return 1
     decode = sch.get(sch.get_sblock("weight_blocked"))

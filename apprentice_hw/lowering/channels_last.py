@@ -46,7 +46,8 @@ def _rank(expr) -> int | None:
     return None
 
 
-def _static_shape(expr) -> tuple[int, ...] | None:
+def static_shape(expr) -> tuple[int, ...] | None:
+    """A tensor expression's shape when every dimension is a known integer, else None."""
     from tvm import relax
 
     ty = expr.ty
@@ -63,7 +64,7 @@ class _ChannelsLast:
 
     def __init__(self, bb):
         self.bb = bb
-        self.values: dict = {}  # old var -> (new expr, NCHW | NHWC | None)
+        self.values: dict = {}  # old var -> (new expr, NHWC | "BATCH_NORM_NHWC" | None)
         self.converted: dict = {}  # (new expr, target layout) -> transposed var
 
     # -- values in a wanted layout ----------------------------------------------------------
@@ -105,7 +106,7 @@ class _ChannelsLast:
                 return new
             if _rank(new) == 4:
                 return self._transposed(new, TO_NHWC, NHWC)
-            shape = _static_shape(new)
+            shape = static_shape(new)
             return new if shape is not None and int(np.prod(shape)) == 1 else None
         return None
 
@@ -141,7 +142,7 @@ class _ChannelsLast:
             new = relax.Call(value.op, args, value.attrs, value.ty_args)
         else:
             new = self.nchw(value)
-        return new, NCHW if _rank(value) == 4 else None
+        return new, None
 
     def _rewrite_call(self, call, name: str):
         from tvm import relax
@@ -184,7 +185,7 @@ class _ChannelsLast:
         if name in REDUCE_OPS and attrs.axis is not None:
             return self._reduce(call, data)
         if name == "relax.reshape":
-            shape = _static_shape(args[0])
+            shape = static_shape(args[0])
             if shape is not None and shape[2] == shape[3] == 1:  # same order in both layouts
                 return relax.op.reshape(data, args[1]), None
         return None

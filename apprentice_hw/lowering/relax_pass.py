@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from apprentice_hw.lowering.channels_last import static_shape
 from apprentice_hw.lowering.kernels import ConvGeometry
 from apprentice_hw.lowering.packing import signed_bits_needed
 from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
@@ -88,20 +89,6 @@ class _Accumulator:
     layer: int  # index into the lowering's layer records
     acc_low: np.ndarray  # per output channel, the smallest and largest reachable sum
     acc_high: np.ndarray
-
-
-def _same_shape(a, b) -> bool:
-    """Whether two tensors have the same static shape."""
-
-    def static(expr):
-        dims = getattr(expr.ty, "shape", None)
-        values = getattr(dims, "values", None)
-        if values is None or not all(hasattr(v, "value") for v in values):
-            return None
-        return [int(v.value) for v in values]
-
-    shape = static(a)
-    return shape is not None and shape == static(b)
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -440,21 +427,22 @@ def _make_pass():
             call = self._bound(expr)
             is_sum = isinstance(call, relax.Call) and call.op == add
             operands = list(call.args) if is_sum else [expr]
-            terms = []
+            shape = static_shape(expr)
+            codes, qparams, ranges = [], set(), []
             for operand in operands:
                 found = self._dequantized(operand)
                 if found is None or found[1].size != 1 or found[2].size != 1:
                     return None
                 code_range = self._code_range(found[0])
-                if code_range is None or not _same_shape(found[0], expr):
+                if code_range is None or shape is None or static_shape(found[0]) != shape:
                     return None
-                terms.append(
-                    (found[0], float(found[1].reshape(-1)[0]), int(found[2].reshape(-1)[0]))
-                )
-            if len({(scale, zero) for _, scale, zero in terms}) != 1:
+                codes.append(found[0])
+                qparams.add((float(found[1].reshape(-1)[0]), int(found[2].reshape(-1)[0])))
+                ranges.append(code_range)
+            if len(qparams) != 1:
                 return None
-            ranges = [self._code_range(codes) for codes, _, _ in terms]
-            return [codes for codes, _, _ in terms], terms[0][1], terms[0][2], ranges
+            ((scale, zero),) = qparams
+            return codes, scale, zero, ranges
 
         def _requantize(self, call):
             """``quantize`` of a requantization as two float64 operations on integers, where

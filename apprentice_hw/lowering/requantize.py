@@ -29,8 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SEARCH_STEPS = 34  # binary search steps: accumulator ranges stay below 2^33 (int32 sums)
-
 
 @dataclass(frozen=True)
 class Requantization:
@@ -88,15 +86,11 @@ def _level_starts(codes, low: np.ndarray, high: np.ndarray, levels: np.ndarray) 
     lo = np.broadcast_to(low, (levels.size, low.size)).astype(np.int64)
     hi = np.broadcast_to(high + 1, (levels.size, low.size)).astype(np.int64)
     target = levels[:, None]
-    for _ in range(SEARCH_STEPS):
-        if not np.any(lo < hi):
-            break
+    for _ in range(int((hi - lo).max()).bit_length()):  # halves every interval each step
         mid = lo + (hi - lo) // 2
         reached = codes(mid) >= target
         hi = np.where(reached, mid, hi)
         lo = np.where(reached, lo, mid + 1)
-    if np.any(lo < hi):
-        raise ValueError("accumulator range too wide for the level search")
     return lo
 
 
