@@ -556,7 +556,7 @@ def test_affine_requantization_equals_the_chain_wherever_it_is_used(
         )  # fmt: skip
         mine = AffineRequantization(
             affine.offset[channel : channel + 1], affine.multiplier[channel : channel + 1],
-            affine.low, affine.high,
+            affine.low, affine.high, affine.dtype,
         )  # fmt: skip
         np.testing.assert_array_equal(mine.codes(acc), one.codes(acc))
 
