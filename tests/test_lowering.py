@@ -598,3 +598,95 @@ def test_residual_sum_requantization_matches_the_float64_chain(relu):
         np.testing.assert_array_equal(affine.codes(a + b), expected)
         proven += 1
     assert proven >= 15  # float32 scales rarely land on ties: the fit is the rule
+
+
+# -- AVX2 without VNNI: products summed in int16 where proven ---------------------------------
+@settings(max_examples=150, deadline=None)
+@given(
+    weights=hnp.arrays(
+        np.int8,
+        st.tuples(st.integers(1, 20), st.integers(1, 40), *[st.sampled_from([1, 3])] * 2),
+        elements=st.integers(-128, 127),
+    ),
+    act_max=st.integers(1, 255),
+    group=st.sampled_from([1, 4]),
+)
+def test_int16_chunks_keep_every_lane_in_int16(weights, act_max, group):
+    """Soundness of ``int16_chunk``: with every code at 0 or ``act_max`` chosen to push a lane
+    as far as it goes (the extremes of any running sum), no lane of any chunk leaves int16;
+    and chunks are whole packed groups that divide the layer's input blocks."""
+    from apprentice_hw.lowering.int16_sums import int16_chunk
+    from apprentice_hw.lowering.packing import blocked_conv_weights
+
+    chunk = int16_chunk(weights, act_max, group)
+    assume(chunk > 0)
+    blocked = blocked_conv_weights(weights).astype(np.int64)  # (OB, CB, KH, KW, 64)
+    blocks_out, blocks_in = blocked.shape[:2]
+    assert blocks_in % chunk == 0 and chunk % group == 0
+    lanes = blocked.reshape(blocks_out, blocks_in, *blocked.shape[2:4], 16, 2, 2)
+    for sign in (1, -1):  # codes at act_max exactly where the weight has this sign
+        extreme = (np.where(sign * lanes > 0, lanes, 0) * act_max).sum(axis=(2, 3, 6))
+        per_chunk = extreme.reshape(blocks_out, blocks_in // chunk, chunk, 16, 2).sum(axis=2)
+        assert per_chunk.min() >= -32768 and per_chunk.max() <= 32767
+
+
+@pytest.mark.parametrize(
+    ("fill", "act_max", "in_channels", "expected"),
+    [
+        (1, 255, 16, 4),  # 9 x 2 x 255 = 4590 per block: all four blocks in one chunk
+        (1, 255, 32, 4),  # eight blocks would reach 36720: two chunks of four
+        (7, 255, 16, 1),  # 9 x 14 x 255 = 32130: one block per chunk
+        (8, 255, 16, 0),  # 36720 from one block: int32 products
+        (-8, 15, 64, 8),  # 9 x 16 x 15 = 2160 per block: 15 would fit, 8 divides 16
+    ],
+)
+def test_int16_chunk_is_the_longest_that_fits(fill, act_max, in_channels, expected):
+    from apprentice_hw.lowering.int16_sums import int16_chunk
+
+    weights = np.full((16, in_channels, 3, 3), fill)
+    assert int16_chunk(weights, act_max) == expected
+
+
+INT16_CASES = [  # weight bits, activation bits, zero point, conv attributes
+    (4, 4, 0, {"pads": [1, 1, 1, 1]}),
+    (2, 8, 0, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # packed across four input blocks
+    (2, 2, 0, {"pads": [0, 1, 2, 1], "dilations": [2, 2]}),
+    (3, 8, 5, {"pads": [1, 1, 1, 1]}),  # near int16's limit: short chunks, zero point padding
+]
+
+
+@pytest.mark.parametrize(("weight_bits", "act_bits", "zero_point", "conv"), INT16_CASES)
+def test_avx2_int16_sums_are_exact(weight_bits, act_bits, zero_point, conv):
+    """On AVX2 without VNNI, low-bit layers take vpmaddubsw with int16 sums; codes pushed to
+    the clip limits, the module still equals ONNX Runtime's float graph bit for bit."""
+    target = _x86_target("haswell")
+    rng = np.random.default_rng(weight_bits * 10 + act_bits)
+    high = (1 << (weight_bits - 1)) - 1
+    weights = rng.integers(-high - 1, high + 1, size=(24, 32, 3, 3))
+    model = _qcdq_layer(
+        "conv", weights, act_bits, zero_point=zero_point, conv={"kernel_shape": [3, 3], **conv}
+    )
+    inputs = rng.random((4, 32, 9, 9), dtype=np.float32) * 30  # half the codes at the clip
+    expected = run_onnxruntime_outputs(model, inputs)[0]
+    prepared = prepare_module(model, target, batch=1)
+    assert [layer.int16_chunk > 0 for layer in prepared.layers] == [True]
+    [conv_function] = [
+        f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_int" in name
+    ]
+    assert "pmadd.ub.sw" in conv_function.script()
+    got = run_module_outputs(compile_module(prepared.mod, target), inputs)[0]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_avx2_keeps_int32_products_where_int16_is_not_proven():
+    """8-bit weights and 8-bit codes: one pair of products can leave int16 (vpmaddubsw would
+    saturate), so the layer keeps vpmaddwd on int16 pairs."""
+    target = _x86_target("haswell")
+    weights = np.random.default_rng(7).integers(-127, 128, size=(16, 8, 3, 3))
+    model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    prepared = prepare_module(model, target, batch=1)
+    assert [layer.int16_chunk for layer in prepared.layers] == [0]
+    [conv_function] = [
+        f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_int" in name
+    ]
+    assert "pmadd.ub.sw" not in conv_function.script()

@@ -128,6 +128,102 @@ def register_avx2() -> str:
     return AVX2_16X4
 
 
+AVX2_16X4_INT16 = "apprentice_hw_dot_16x4_avx2_pmaddubsw"
+AVX2_WIDEN_INT16 = "apprentice_hw_widen_16x2_avx2_pmaddwd"
+
+
+@cache
+def register_avx2_int16() -> tuple[str, str]:
+    """Register AVX2's int16 dot product and its widening; returns (product, widen) names.
+
+    ``product``: 16 x 4 uint8 x int8 products added into 16 x 2 int16 lanes (output channel,
+    pair of input channels), two ``vpmaddubsw`` and two ``vpaddw``. ``vpmaddubsw`` saturates,
+    so this equals the description only where no lane leaves int16: the lowering proves that
+    per layer (``lowering/int16_sums.py``) before it asks for these kernels.
+    ``widen``: the pairs of 16 int16 lanes added into 16 int32 accumulators, ``vpmaddwd`` by
+    ones and ``vpaddd``. Weights are in VNNI's 16x4 order, which is the order ``vpmaddubsw``
+    needs: output channel ``o``'s four inputs are bytes 4o..4o+3, so pairs land in lanes 2o and
+    2o + 1.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def product_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:2])
+            for i, p, r in T.grid(16, 2, 2):
+                with T.sblock("update"):
+                    vi, vp, vr = T.axis.remap("SSR", [i, p, r])
+                    C[vi, vp] = C[vi, vp] + T.cast(A[vp * 2 + vr], "int16") * T.cast(
+                        B[vi, vp * 2 + vr], "int16"
+                    )
+
+    @T.prim_func(s_tir=True)
+    def product_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:2])
+            for h in T.unroll(0, 2):
+                C.vstore(
+                    [h * 8, 0],
+                    C.vload([h * 8, 0], "int16x16")
+                    + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                        # the four codes in every 32-bit word (no named temporary: TVMScript
+                        # would make it a buffer, allocated per call)
+                        T.reinterpret(
+                            T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8),
+                            dtype="uint8x32",
+                        ),
+                        B.vload([h * 8, 0], "int8x32"),
+                        dtype="int16x16",
+                    ),
+                )
+
+    @T.prim_func(s_tir=True)
+    def widen_desc(
+        P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            for i, p in T.grid(16, 2):
+                with T.sblock("update"):
+                    vi, vp = T.axis.remap("SR", [i, p])
+                    C[vi] = C[vi] + T.cast(P[vi, vp], "int32")
+
+    @T.prim_func(s_tir=True)
+    def widen_impl(
+        P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            for h in T.unroll(0, 2):
+                C[T.ramp(h * 8, 1, 8)] = C.vload([h * 8], "int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    P.vload([h * 8, 0], "int16x16"),
+                    T.broadcast(T.int16(1), 16),
+                    dtype="int32x8",
+                )
+
+    TensorIntrin.register(AVX2_16X4_INT16, product_desc, product_impl)
+    TensorIntrin.register(AVX2_WIDEN_INT16, widen_desc, widen_impl)
+    return AVX2_16X4_INT16, AVX2_WIDEN_INT16
+
+
 DP4A_U8S8 = "apprentice_hw_dp4a_u8s8_local"
 
 

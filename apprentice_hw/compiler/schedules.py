@@ -7,9 +7,11 @@ that schedules each function by what it contains (a registry of rules, first mat
 * ``blocked_conv``: the integer conv2d of ``kernels.conv2d_int_blocked`` with whatever TVM
   fused after it (requantization, residual add, ReLU, the next quantize). Output-channel blocks
   of 16 and a few output pixels are the register tile (a local accumulator); the 16 x 4 inner
-  product is tensorized as one VNNI ``vpdpbusd`` where the target has it, as four AVX2
-  ``vpmaddwd`` on int16 pairs where it has AVX2 only (the decoded weights are laid out in pair
-  order for it), and unrolled for LLVM to vectorize elsewhere (NEON); rows of the output are
+  product is tensorized as one VNNI ``vpdpbusd`` where the target has it; on AVX2 without
+  VNNI, as two ``vpmaddubsw`` adding into int16 partial sums where the lowering proved they
+  fit (low-bit layers, ``lowering/int16_sums.py``; widened to int32 once per chunk of input
+  blocks), else as four ``vpmaddwd`` on int16 pairs (the weights stored in pair order for
+  it); and unrolled for LLVM to vectorize elsewhere (NEON); rows of the output are
   spread over threads; the fused epilogue runs on each finished tile from the accumulators.
   The tile's size and the prologue's threading are ``ConvKnobs``: a heuristic picks them
   untuned, ``apprentice-hw tune`` measures the alternatives (``compiler/tuning.py``).
@@ -33,6 +35,11 @@ from apprentice_hw.registry import Registry
 LOG = logging.getLogger(__name__)
 VECTOR_BYTES = 64  # split elementwise loops into chunks of this many bytes of output
 DEFAULT_ACCUMULATORS = 16  # pixels x 16-channel blocks of the untuned conv kernel's tile
+# AVX2's int16 sums: one ymm of int16 lanes per pixel x block (and its int32 sums, mostly
+# spilled between chunks) of 16 registers. Sum of one thread's kernel times on Zen 3 (W4A4,
+# 2026-12-02): ResNet-20 4 -> 0.77 ms (8: 0.95, 16: 1.0); ResNet-18 4 -> 32.8 ms, 7 -> 25.8
+INT16_ACCUMULATORS = 7
+INT16_MAX_ACCUMULATORS = 8  # searched at most there
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
 VNNI_LANES = 16  # int32 accumulators per vector: the output channels of one conv block
 MAX_TUNED_PIXELS = 16  # tuning tries row tiles up to this many pixels
@@ -196,8 +203,9 @@ def default_conv_knobs(sch) -> ConvKnobs:
     (7x1 -> 7x2), 16 ch at 32x32 93 -> 117 (8x1 -> 16x1; 72 with a threaded padding pass).
     """
     shape = conv_shape(sch)
-    pixels = max(_divisors(shape["columns"], DEFAULT_ACCUMULATORS))
-    blocks = max(_divisors(shape["out_blocks"], max(1, DEFAULT_ACCUMULATORS // pixels)))
+    budget = INT16_ACCUMULATORS if has_int16_sums(sch) else DEFAULT_ACCUMULATORS
+    pixels = max(_divisors(shape["columns"], budget))
+    blocks = max(_divisors(shape["out_blocks"], max(1, budget // pixels)))
     pad = sch.get(sch.get_sblock("pad_blocked")).writes[0].source  # uint8: one byte each
     padded_bytes = math.prod(int(extent) for extent in pad.shape)
     return ConvKnobs(pixels, blocks, parallel_prologue=padded_bytes >= PARALLEL_PAD_BYTES)
@@ -207,9 +215,10 @@ def conv_knob_space(sch) -> list[ConvKnobs]:
     """Every knob setting tuning measures, the default first."""
     shape = conv_shape(sch)
     space = [default_conv_knobs(sch)]
+    limit = INT16_MAX_ACCUMULATORS if has_int16_sums(sch) else MAX_ACCUMULATORS
     for pixels in _divisors(shape["columns"], MAX_TUNED_PIXELS):
         for blocks in _divisors(shape["out_blocks"], MAX_TUNED_BLOCKS):
-            if pixels * blocks > MAX_ACCUMULATORS:
+            if pixels * blocks > limit:
                 continue
             for parallel_prologue in (True, False):
                 knobs = ConvKnobs(pixels, blocks, parallel_prologue)
@@ -308,6 +317,9 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
 
     _schedule_padding(sch, knobs.parallel_prologue)
+    if has_int16_sums(sch):
+        _schedule_tile_epilogue(sch, outputs, _schedule_int16_sums(sch, knobs))
+        return
 
     decode = sch.get_sblock("weight_blocked")
     storage = _storage(sch)
@@ -350,13 +362,95 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
         sch.unroll(oi)
     sch.unroll(ji)
     sch.unroll(obi)
-    # The epilogue (requantization, residual add, ReLU, next quantize) runs on each finished
-    # tile straight from the accumulators: no int32 output buffer, one parallel loop less
-    # (ResNet-20 W4A4: 0.459 -> 0.429 ms, 2026-11-25).
+    _schedule_tile_epilogue(sch, outputs, jo)
+
+
+def _schedule_tile_epilogue(sch, outputs: list, tile) -> None:
+    """The epilogue (requantization, residual add, ReLU, next quantize) on each finished tile,
+    straight from the accumulators: no int32 output buffer, one parallel loop less (ResNet-20
+    W4A4: 0.459 -> 0.429 ms, 2026-11-25). ``tile`` is the loop over tiles; the accumulators'
+    ``local`` stage is computed under it and inlined into the epilogue."""
     for output in outputs:
-        sch.reverse_compute_at(output, jo)
+        sch.reverse_compute_at(output, tile)
         _vectorize_epilogue(sch, output)
-    sch.compute_inline(local)
+    sch.compute_inline(sch.get_sblock("conv_blocked_local"))
+
+
+def _int16_stage_loops(sch, partial, depth: int, knobs: ConvKnobs) -> dict:
+    """The loops ``compute_at`` made for the int16 stage below ``depth``, by role.
+
+    ``compute_at`` makes one loop per iteration variable whose range in the tile is longer
+    than one, in the block's order (spatial: blocks, pixels, lanes, pairs; reduction: input
+    blocks of the chunk, kernel rows, kernel columns, the pair's two channels), and none for
+    the others: their roles map to None.
+    """
+    reads = sch.get(partial).reads
+    weights = reads[-1].source  # weight_blocked (OB, CB, KH, KW, 16, 4)
+    kh, kw = int(weights.shape[2]), int(weights.shape[3])
+    chunk = int(sch.get(partial).iter_vars[7].dom.extent)  # rq
+    roles = [("blocks", knobs.blocks), ("pixels", knobs.pixels), ("lanes", VNNI_LANES),
+             ("pairs", 2), ("rq", chunk), ("ry", kh), ("rx", kw), ("rr", 2)]  # fmt: skip
+    loops = iter(sch.get_loops(partial)[depth:])
+    return {role: next(loops) if extent > 1 else None for role, extent in roles}
+
+
+def has_int16_sums(sch) -> bool:
+    """Whether the conv sums products in int16 chunks (``kernels``' ``int16_chunk``)."""
+    return "conv_int16" in _block_names(sch)
+
+
+def _schedule_int16_sums(sch, knobs: ConvKnobs):
+    """AVX2 without VNNI, a layer proven to fit int16 (``lowering/int16_sums.py``).
+
+    The tile is the int32 one of the VNNI schedule (pixels x blocks accumulators, rows on
+    threads); for each chunk of input blocks, the tile's int16 partial sums (one vector of
+    16 x 2 lanes per pixel and block, in registers) take two ``vpmaddubsw`` + two ``vpaddw``
+    per block and kernel position, then are widened into the accumulators (``vpmaddwd`` by
+    ones). Packed weights are unpacked per (input block, kernel position) as in the VNNI path.
+    """
+    from apprentice_hw.compiler.intrinsics import register_avx2_int16
+
+    product, widen = register_avx2_int16()
+    conv = sch.get_sblock("conv_blocked")
+    n, ob, i, j, oi, rc, rp = sch.get_loops(conv)
+    obo, obi = sch.split(ob, factors=[None, knobs.blocks])
+    jo, ji = sch.split(j, factors=[None, knobs.pixels])
+    sch.reorder(n, obo, i, jo, rc, obi, ji, oi, rp)
+    sch.parallel(sch.fuse(n, obo, i))
+    local = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(local, jo)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+    partial = sch.get_sblock("conv_int16")
+    sch.compute_at(partial, rc)
+    sch.set_scope(partial, 0, "local")
+    depth = 1 + [sch.get(loop) for loop in sch.get_loops(partial)].index(sch.get(rc))
+    loops = _int16_stage_loops(sch, partial, depth, knobs)
+    rq, rg = loops["rq"], None
+    if rq is not None:
+        rq, rg = sch.split(rq, factors=[None, _packed_group(sch)])
+    order = [rq, loops["ry"], loops["rx"], rg, loops["blocks"], loops["pixels"], loops["lanes"],
+             loops["pairs"], loops["rr"]]  # fmt: skip
+    order = [loop for loop in order if loop is not None]
+    sch.reorder(*order)
+    zero = sch.decompose_reduction(partial, order[0])
+    sch.vectorize(sch.fuse(*sch.get_loops(zero)[-2:]))
+    decode = sch.get_sblock("weight_blocked")
+    if _storage(sch) == "int8":
+        sch.compute_inline(decode)
+    else:
+        # under the innermost loop that fixes one input block and kernel position
+        fixed = [loop for loop in (rc, rq, loops["ry"], loops["rx"], rg) if loop is not None]
+        _unpack_in_registers(sch, decode, partial, fixed[-1], pairs=False)
+    sch.tensorize(loops["lanes"], product)
+    for unrolled in (loops["pixels"], loops["blocks"]):
+        if unrolled is not None:
+            sch.unroll(unrolled)
+    sch.tensorize(oi, widen)
+    sch.unroll(ji)
+    sch.unroll(obi)
+    return jo
 
 
 def _schedule_elementwise(sch, target) -> None:

@@ -132,7 +132,7 @@ def prepare_module(
     options = LoweringOptions(
         preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
         dot_order=dot_order(target), fma_division=fma_division(target),
-        proven_requantization=target.device == "cpu",
+        proven_requantization=target.device == "cpu", int16_sums=dot_order(target) == "pairs",
     )  # fmt: skip
     lowered, layers = lower_to_integer(mod, options)
     return PreparedModule(

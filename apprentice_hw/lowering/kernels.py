@@ -117,7 +117,8 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
 
 
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
-                       bits: int, weight_sums=None, order: str = "16x4"):  # fmt: skip
+                       bits: int, weight_sums=None, order: str = "16x4",
+                       int16_chunk: int = 0):  # fmt: skip
     """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx).
 
     Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
@@ -137,6 +138,12 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
 
     ``order`` is the order of each block's 64 weights in storage (``packing.DOT_ORDERS``):
     VNNI's ``16x4`` or AVX2's ``pairs``.
+
+    With ``int16_chunk`` Q > 0 (proven safe by ``int16_sums``; 16x4 order), ``conv_blocked``
+    is computed in two stages, as AVX2's ``vpmaddubsw`` does it: ``conv_int16`` sums the
+    products of Q input blocks in int16, per output channel and pair of input channels
+    (``vpmaddubsw`` adds each pair into one lane), and ``conv_blocked`` adds those partial sums
+    in int32 (``vpmaddwd`` by ones).
     """
     from tvm import te, tirx
 
@@ -181,9 +188,13 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
         (blocks_out, blocks_in, kh, kw, VNNI_LANES, VNNI_DEPTH),
         _blocked_weight_reader(weights, storage, bits, order), name="weight_blocked",
     )  # fmt: skip
-    rc = te.reduce_axis((0, blocks_in), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
+    if int16_chunk:
+        accumulated = _int16_chunked_sums(padded_at, decoded, geometry, (batch, out_h, out_w),
+                                          blocks_in, int16_chunk)  # fmt: skip
+        return _unblocked(accumulated, geometry, zero, weight_sums, storage)
+    rc = te.reduce_axis((0, blocks_in), name="rc")
     ri = te.reduce_axis((0, VNNI_DEPTH), name="ri")
     accumulated = te.compute(
         (batch, blocks_out, out_h, out_w, VNNI_LANES),
@@ -194,6 +205,53 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
         ),
         name="conv_blocked",
     )
+    return _unblocked(accumulated, geometry, zero, weight_sums, storage)
+
+
+PAIR = 2  # input channels ``vpmaddubsw`` adds into one int16 lane
+
+
+def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[int, int, int],
+                        blocks_in: int, chunk: int):  # fmt: skip
+    """``conv_blocked`` from int16 partial sums over chunks of ``chunk`` input blocks."""
+    from tvm import te
+
+    batch, out_h, out_w = out
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
+    blocks_out = int(decoded.shape[0])
+    rq = te.reduce_axis((0, chunk), name="rq")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+    rr = te.reduce_axis((0, PAIR), name="rr")
+
+    def product(n, q, y, x, ob, oi, ci):
+        cb = q * chunk + rq
+        code = padded_at(n, cb, y * sh + ry * dh, x * sw + rx * dw, ci).astype("int16")
+        return code * decoded[ob, cb, ry, rx, oi, ci].astype("int16")
+
+    partial = te.compute(
+        (batch, blocks_out, out_h, out_w, blocks_in // chunk, VNNI_LANES, VNNI_DEPTH // PAIR),
+        lambda n, ob, i, j, q, oi, p: te.sum(
+            product(n, q, i, j, ob, oi, p * PAIR + rr), axis=[rq, ry, rx, rr]
+        ),
+        name="conv_int16",
+    )  # fmt: skip
+    rc = te.reduce_axis((0, blocks_in // chunk), name="rc")
+    rp = te.reduce_axis((0, VNNI_DEPTH // PAIR), name="rp")
+    return te.compute(
+        (batch, blocks_out, out_h, out_w, VNNI_LANES),
+        lambda n, ob, i, j, oi: te.sum(
+            partial[n, ob, i, j, rc, oi, rp].astype("int32"), axis=[rc, rp]
+        ),
+        name="conv_blocked",
+    )  # fmt: skip
+
+
+def _unblocked(accumulated, geometry: ConvGeometry, zero: int, weight_sums, storage: str):
+    """``conv2d_int``: the blocked sums in the data's layout, zero point x weight sums off."""
+    from tvm import te, tirx
+
+    batch, _, out_h, out_w, _ = (int(d) for d in accumulated.shape)
 
     def unblock(*index):
         n, o, i, j = geometry.output_index(index)

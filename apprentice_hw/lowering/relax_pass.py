@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from apprentice_hw.lowering.channels_last import static_shape
+from apprentice_hw.lowering.int16_sums import int16_chunk
 from apprentice_hw.lowering.kernels import ConvGeometry
-from apprentice_hw.lowering.packing import signed_bits_needed
+from apprentice_hw.lowering.packing import blocks_per_group, signed_bits_needed
 from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
 from apprentice_hw.lowering.requantize import (
     Requantization,
@@ -58,6 +59,9 @@ class LoweredLayer:
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
     # ``precision.py``) or "affine float32" / "affine float64" (two operations, requantize.py)
     requantization: str = "float64"
+    # conv on AVX2 without VNNI: input blocks whose products are summed in int16 before the
+    # int32 sum (``int16_sums.py``: vpmaddubsw); 0 where products are int32 (vpmaddwd, VNNI)
+    int16_chunk: int = 0
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -71,6 +75,9 @@ class LoweringOptions:
     forced: str | None = None
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
+    # conv kernels may add small products in int16 where ``int16_sums`` proves it exact
+    # (x86 with AVX2 but no VNNI: ``vpmaddubsw``); such layers store their blocks as 16x4
+    int16_sums: bool = False
     # requantization divides by a multiply and two FMAs (exact, cheaper on CPUs); GPUs divide
     fma_division: bool = True
     # integer-to-integer requantizations as two operations proven at compile time
@@ -310,6 +317,7 @@ def _make_pass():
                 strategy=strategy.name, weight_bits=layer.weight_bits,
                 storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
                 weight_bytes=int(strategy.weight_bytes(layer)),
+                int16_chunk=layer.int16_chunk if strategy.name in ("int8", "packed") else 0,
                 # scalars are immediates
                 scale_bytes=0 if uniform else int(scale_const.size * REQUANT_BYTES),
             )  # fmt: skip
@@ -533,10 +541,17 @@ def _make_pass():
             bits = signed_bits_needed(integers)
             if bits > 8:
                 return self._keep_float(kind, call, f"weights need {bits} bits")
+            act_dtype = str(codes.ty.dtype)
+            chunk = 0
+            if kind == "conv2d" and self.options.int16_sums:
+                shift = 128 if act_dtype == "int8" else 0  # the kernel's unsigned codes
+                act_max = max(code_range[1], act_zero) + shift
+                chunk = int16_chunk(integers, act_max, blocks_per_group(bits))
             layer = QuantLayer(
                 name=self._name(kind, integers), kind=kind, weights=integers,
-                weight_bits=bits, act_dtype=str(codes.ty.dtype), act_zero_point=act_zero,
-                act_range=code_range, geometry=geometry, dot_order=self.options.dot_order,
+                weight_bits=bits, act_dtype=act_dtype, act_zero_point=act_zero,
+                act_range=code_range, geometry=geometry, int16_chunk=chunk,
+                dot_order="16x4" if chunk else self.options.dot_order,
             )  # fmt: skip
             rank = 4 if kind == "conv2d" else 2
             return self._lower(codes, layer, act_scale, weight_scales, rank=rank)

@@ -43,6 +43,9 @@ class QuantLayer:
     act_range: tuple[int, int]  # smallest and largest code the activation can take
     geometry: kernels.ConvGeometry | None = None  # conv2d only
     dot_order: str = "16x4"  # order of a conv weight block in storage (packing.DOT_ORDERS)
+    # input blocks whose products the conv kernel may sum in int16 before widening (proven by
+    # ``int16_sums``; 0: int32 products throughout)
+    int16_chunk: int = 0
 
     @property
     def out_channels(self) -> int:
@@ -123,8 +126,9 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str):
 
         def conv(x, w, *sums):
             return kernels.conv2d_int_blocked(
-                x, w, layer.geometry, zero_point, storage, bits, *sums, order=layer.dot_order
-            )
+                x, w, layer.geometry, zero_point, storage, bits, *sums, order=layer.dot_order,
+                int16_chunk=layer.int16_chunk,
+            )  # fmt: skip
 
         return bb.emit_te(conv, *inputs, primfunc_name_hint=f"conv2d_int_{storage}")
 
