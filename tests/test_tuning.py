@@ -67,10 +67,10 @@ def test_knob_space_starts_with_the_default_and_fits_the_registers(student):
         (t.flops * t.weight for t in tasks), reverse=True
     )
     for task in tasks:
-        space = conv_knob_space(s_tir.Schedule(task.mod))
+        space = conv_knob_space(s_tir.Schedule(task.mod), target.tvm_target())
         assert space == task.space and len(set(space)) == len(space) > 1
         sch = s_tir.Schedule(task.mod)
-        assert space[0] == default_conv_knobs(sch)  # the untuned default first
+        assert space[0] == default_conv_knobs(sch, target.tvm_target())  # the default first
         assert space[0].pixels * space[0].blocks <= DEFAULT_ACCUMULATORS
         assert all(k.pixels * k.blocks <= MAX_ACCUMULATORS for k in space[1:])
 

@@ -39,7 +39,8 @@ DEFAULT_ACCUMULATORS = 16  # pixels x 16-channel blocks of the untuned conv kern
 # spilled between chunks) of 16 registers. Sum of one thread's kernel times on Zen 3 (W4A4,
 # 2026-12-02): ResNet-20 4 -> 0.77 ms (8: 0.95, 16: 1.0); ResNet-18 4 -> 32.8 ms, 7 -> 25.8
 INT16_ACCUMULATORS = 7
-INT16_MAX_ACCUMULATORS = 8  # searched at most there
+PAIRS_ACCUMULATORS = 8  # AVX2's vpmaddwd: two ymm of int32 sums per pixel x block
+AVX2_MAX_ACCUMULATORS = 8  # searched at most on AVX2 (VNNI: MAX_ACCUMULATORS)
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
 VNNI_LANES = 16  # int32 accumulators per vector: the output channels of one conv block
 MAX_TUNED_PIXELS = 16  # tuning tries row tiles up to this many pixels
@@ -192,30 +193,38 @@ def conv_shape(sch) -> dict[str, int]:
     }  # fmt: skip
 
 
-def default_conv_knobs(sch) -> ConvKnobs:
-    """The untuned choice: about DEFAULT_ACCUMULATORS vector accumulators per tile.
+def default_conv_knobs(sch, target) -> ConvKnobs:
+    """The untuned choice of tile for ``target``'s dot product.
 
-    The widest row tile of at most that many pixels, then as many 16-channel output blocks
-    as still fit (each weight vector serves more pixels, each activation more channels). The
-    padding pass runs on threads only for big inputs: a thread-pool launch costs more than it
-    saves on a small layer. Measured on one Zen 4 core, the int8 kernel alone (2026-12-02):
-    64 ch at 56x56 147 -> 165 GMAC/s (8x1 -> 14x1 pixels x blocks), 512 ch at 7x7 195 -> 215
-    (7x1 -> 7x2), 16 ch at 32x32 93 -> 117 (8x1 -> 16x1; 72 with a threaded padding pass).
+    VNNI: about DEFAULT_ACCUMULATORS vector accumulators, the widest row tile of at most that
+    many pixels, then as many 16-channel output blocks as still fit (each weight vector serves
+    more pixels, each activation more channels). Measured on one Zen 4 core, the int8 kernel
+    alone (2026-12-02): 64 ch at 56x56 147 -> 165 GMAC/s (8x1 -> 14x1 pixels x blocks), 512 ch
+    at 7x7 195 -> 215 (7x1 -> 7x2), 16 ch at 32x32 93 -> 117 (8x1 -> 16x1).
+    AVX2 int16 sums: pixels first, up to INT16_ACCUMULATORS (16 ymm registers). AVX2 int16
+    pairs (``vpmaddwd``): output blocks first, each activation pair is widened and broadcast
+    once for all of them (ResNet-18's 7x7 stem on Zen 3: 16x1 6.1 ms, 2x4 4.1 ms).
+    The padding pass runs on threads only for big inputs: a thread-pool launch costs more
+    than it saves on a small layer (16 ch at 32x32 on Zen 4: 117 -> 72 GMAC/s threaded).
     """
     shape = conv_shape(sch)
-    budget = INT16_ACCUMULATORS if has_int16_sums(sch) else DEFAULT_ACCUMULATORS
-    pixels = max(_divisors(shape["columns"], budget))
-    blocks = max(_divisors(shape["out_blocks"], max(1, budget // pixels)))
+    if _dot_product(target) == "avx2" and not has_int16_sums(sch):
+        blocks = max(_divisors(shape["out_blocks"], MAX_TUNED_BLOCKS))
+        pixels = max(_divisors(shape["columns"], max(1, PAIRS_ACCUMULATORS // blocks)))
+    else:
+        budget = INT16_ACCUMULATORS if has_int16_sums(sch) else DEFAULT_ACCUMULATORS
+        pixels = max(_divisors(shape["columns"], budget))
+        blocks = max(_divisors(shape["out_blocks"], max(1, budget // pixels)))
     pad = sch.get(sch.get_sblock("pad_blocked")).writes[0].source  # uint8: one byte each
     padded_bytes = math.prod(int(extent) for extent in pad.shape)
     return ConvKnobs(pixels, blocks, parallel_prologue=padded_bytes >= PARALLEL_PAD_BYTES)
 
 
-def conv_knob_space(sch) -> list[ConvKnobs]:
-    """Every knob setting tuning measures, the default first."""
+def conv_knob_space(sch, target) -> list[ConvKnobs]:
+    """Every knob setting tuning measures on ``target``, the default first."""
     shape = conv_shape(sch)
-    space = [default_conv_knobs(sch)]
-    limit = INT16_MAX_ACCUMULATORS if has_int16_sums(sch) else MAX_ACCUMULATORS
+    space = [default_conv_knobs(sch, target)]
+    limit = AVX2_MAX_ACCUMULATORS if _dot_product(target) == "avx2" else MAX_ACCUMULATORS
     for pixels in _divisors(shape["columns"], MAX_TUNED_PIXELS):
         for blocks in _divisors(shape["out_blocks"], MAX_TUNED_BLOCKS):
             if pixels * blocks > limit:
@@ -313,7 +322,7 @@ def _vectorize_epilogue(sch, output) -> None:
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
 
-    knobs = knobs or default_conv_knobs(sch)
+    knobs = knobs or default_conv_knobs(sch, target)
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
 
     _schedule_padding(sch, knobs.parallel_prologue)

@@ -247,7 +247,7 @@ def conv_tasks(fused, tvm_target) -> list[ConvTask]:
             continue
         tasks.append(
             ConvTask(task.task_name, mod, int(task.weight), _flops(mod["main"]),
-                     conv_knob_space(sch))
+                     conv_knob_space(sch, tvm_target))
         )  # fmt: skip
     tasks.sort(key=lambda t: -t.flops * t.weight)
     return tasks
