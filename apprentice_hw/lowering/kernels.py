@@ -191,6 +191,8 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
     if int16_chunk:
+        if blocks_in % int16_chunk:  # int16_sums chooses chunks that divide the blocks
+            raise ValueError(f"an int16 chunk of {int16_chunk} blocks does not divide {blocks_in}")
         accumulated = _int16_chunked_sums(padded_at, decoded, geometry, (batch, out_h, out_w),
                                           blocks_in, int16_chunk)  # fmt: skip
         return _unblocked(accumulated, geometry, zero, weight_sums, storage)
