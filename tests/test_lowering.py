@@ -651,7 +651,7 @@ INT16_CASES = [  # weight bits, activation bits, zero point, conv attributes
     (4, 4, 0, {"pads": [1, 1, 1, 1]}),
     (2, 8, 0, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # packed across four input blocks
     (2, 2, 0, {"pads": [0, 1, 2, 1], "dilations": [2, 2]}),
-    (3, 8, 5, {"pads": [1, 1, 1, 1]}),  # near int16's limit: short chunks, zero point padding
+    (3, 8, 5, {"pads": [1, 1, 1, 1]}),  # chunks of 2 of 8 blocks (8 overflow), zero point pads
 ]
 
 
@@ -666,7 +666,8 @@ def test_avx2_int16_sums_are_exact(weight_bits, act_bits, zero_point, conv):
     model = _qcdq_layer(
         "conv", weights, act_bits, zero_point=zero_point, conv={"kernel_shape": [3, 3], **conv}
     )
-    inputs = rng.random((4, 32, 9, 9), dtype=np.float32) * 30  # half the codes at the clip
+    # codes up to 30 x 16 = 480: most 2- and 4-bit codes and about half the 8-bit ones clip
+    inputs = rng.random((4, 32, 9, 9), dtype=np.float32) * 30
     expected = run_onnxruntime_outputs(model, inputs)[0]
     prepared = prepare_module(model, target, batch=1)
     assert [layer.int16_chunk > 0 for layer in prepared.layers] == [True]
