@@ -3,8 +3,9 @@
 Kept apart from ``latency.py``, and importing nothing but numpy and the runtime it times, so
 that (1) ``latency.py`` times each runtime in a fresh process that holds no other runtime, no
 torch and no compiler (``python timing.py CASE_JSON RUNS NUMBER`` prints the per-call seconds),
-and (2) phase 2 of ``gpu_latency.py`` can use the summary on a GPU machine that has numpy but not
-the training stack.
+(2) phase 2 of ``gpu_latency.py`` can use the summary on a GPU machine that has numpy but not
+the training stack, and (3) ``arm_cost.py`` runs it under qemu in the emulated Pi's Python
+(``python timing.py --calls N CASE_JSON``: untimed calls whose instructions qemu counts).
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def _tvm(path: str, batch_input: np.ndarray):
     # as apprentice-hw's runtime does: one TVM worker per usable core (TVM halves it on x86)
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # the runtime alone, as on a board
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
     data = tvm.runtime.tensor(batch_input)
     return lambda: vm["main"](data)
 
@@ -87,6 +88,19 @@ def time_case(case: dict, runs: int, number: int) -> list[float]:
     return times
 
 
+def run_case(case: dict, calls: int) -> None:
+    """One warm-up call, then ``calls`` more, untimed: ``arm_cost.py`` counts what they execute
+    under qemu (the difference between two call counts is the cost of the extra calls)."""
+    size, batch = case["input"], case["batch"]
+    batch_input = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    call = _loader(case["runtime"])(case["path"], batch_input)
+    for _ in range(1 + calls):
+        call()
+
+
 if __name__ == "__main__":
-    case, runs, number = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(time_case(case, runs, number)))
+    if sys.argv[1] == "--calls":  # timing.py --calls N CASE_JSON
+        run_case(json.loads(sys.argv[3]), int(sys.argv[2]))
+    else:  # timing.py CASE_JSON RUNS NUMBER
+        case, runs, number = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+        print(json.dumps(time_case(case, runs, number)))

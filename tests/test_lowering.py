@@ -610,23 +610,30 @@ def test_residual_sum_requantization_matches_the_float64_chain(relu):
     ),
     act_max=st.integers(1, 255),
     group=st.sampled_from([1, 4]),
+    lane_inputs=st.sampled_from([1, 2]),
 )
-def test_int16_chunks_keep_every_lane_in_int16(weights, act_max, group):
+def test_int16_chunks_keep_every_lane_in_int16(weights, act_max, group, lane_inputs):
     """Soundness of ``int16_chunk``: with every code at 0 or ``act_max`` chosen to push a lane
     as far as it goes (the extremes of any running sum), no lane of any chunk leaves int16;
-    and chunks are whole packed groups that divide the layer's input blocks."""
+    and chunks are whole packed groups that divide the layer's input blocks. Lanes of one
+    product (NEON's smlal) and of pairs (vpmaddubsw, NEON's mla) alike."""
     from apprentice_hw.lowering.int16_sums import int16_chunk
     from apprentice_hw.lowering.packing import blocked_conv_weights
 
-    chunk = int16_chunk(weights, act_max, group)
+    chunk = int16_chunk(weights, act_max, group, lane_inputs)
     assume(chunk > 0)
     blocked = blocked_conv_weights(weights).astype(np.int64)  # (OB, CB, KH, KW, 64)
     blocks_out, blocks_in = blocked.shape[:2]
     assert blocks_in % chunk == 0 and chunk % group == 0
-    lanes = blocked.reshape(blocks_out, blocks_in, *blocked.shape[2:4], 16, 2, 2)
+    lanes_per_channel = 4 // lane_inputs
+    lanes = blocked.reshape(
+        blocks_out, blocks_in, *blocked.shape[2:4], 16, lanes_per_channel, lane_inputs
+    )
     for sign in (1, -1):  # codes at act_max exactly where the weight has this sign
         extreme = (np.where(sign * lanes > 0, lanes, 0) * act_max).sum(axis=(2, 3, 6))
-        per_chunk = extreme.reshape(blocks_out, blocks_in // chunk, chunk, 16, 2).sum(axis=2)
+        per_chunk = extreme.reshape(
+            blocks_out, blocks_in // chunk, chunk, 16, lanes_per_channel
+        ).sum(axis=2)
         assert per_chunk.min() >= -32768 and per_chunk.max() <= 32767
 
 

@@ -18,19 +18,17 @@ from functools import cache
 VNNI_16X4 = "apprentice_hw_dot_16x4_vnni"
 
 
-@cache
-def register_vnni() -> str:
-    """Register the VNNI 16x4 uint8 x int8 -> int32 intrinsic once; returns its name.
+def _dot_16x4_description(codes: str = "uint8"):
+    """16 output channels x 4 input channels, ``codes`` x int8 summed into int32 accumulators.
 
     The accumulator ``C`` is a ``local`` buffer: the conv schedule keeps a tile of accumulators
     there so LLVM holds them in registers for the whole reduction.
     """
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def vnni_desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
+    def dot_desc(
+        A: T.Buffer((4,), codes, offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
         C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
     ) -> None:
@@ -42,6 +40,15 @@ def register_vnni() -> str:
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return dot_desc
+
+
+@cache
+def register_vnni() -> str:
+    """Register the VNNI 16x4 uint8 x int8 -> int32 intrinsic once; returns its name."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def vnni_impl(
@@ -62,8 +69,63 @@ def register_vnni() -> str:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register(VNNI_16X4, vnni_desc, vnni_impl)
+    TensorIntrin.register(VNNI_16X4, _dot_16x4_description(), vnni_impl)
     return VNNI_16X4
+
+
+NEON_16X4 = "apprentice_hw_dot_16x4_int32_mla"
+
+
+def _byte(T, weights, k: int):
+    """Byte ``k`` of each of 16 int32 lanes, sign-extended: shifted to the top and back."""
+    lanes = T.reinterpret(weights, dtype="int32x16")
+    if k < 3:
+        lanes = T.shift_left(lanes, T.broadcast(T.int32(24 - 8 * k), 16))
+    return T.shift_right(lanes, T.broadcast(T.int32(24), 16))
+
+
+def _code(T, codes, k: int):
+    """Code ``k`` of four, in all 16 int32 lanes: the 32-bit word broadcast, then shifted and
+    masked as vectors (a broadcast byte load became 16 lane inserts on AArch64)."""
+    lanes = T.broadcast(T.reinterpret(codes, dtype="int32"), 16)
+    if k > 0:
+        lanes = T.shift_right(lanes, T.broadcast(T.int32(8 * k), 16))
+    return T.bitwise_and(lanes, T.broadcast(T.int32(255), 16))
+
+
+@cache
+def register_neon_int32() -> str:
+    """Register the 16x4 int32 dot product for NEON (no SDOT) once; returns its name.
+
+    Plain vector arithmetic that LLVM turns into 32-bit multiply-accumulates (``mla .4s``: four
+    products per instruction, against one scalar ``madd`` per product before, 2026-12-07). The
+    64 weight bytes are read as 16 int32 lanes, one per output channel, and each of a lane's
+    four bytes is sign-extended by shifting it to the top and arithmetically back; the four
+    codes are one 32-bit word, broadcast, and each is shifted and masked out of it. Exact for
+    every layer: products and sums are int32, as in the description.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def neon_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            C[T.ramp(T.int32(0), 1, 16)] = (
+                C.vload([0], dtype="int32x16")
+                + _byte(T, B.vload([0, 0], "int8x64"), 0) * _code(T, A.vload([0], "uint8x4"), 0)
+                + _byte(T, B.vload([0, 0], "int8x64"), 1) * _code(T, A.vload([0], "uint8x4"), 1)
+                + _byte(T, B.vload([0, 0], "int8x64"), 2) * _code(T, A.vload([0], "uint8x4"), 2)
+                + _byte(T, B.vload([0, 0], "int8x64"), 3) * _code(T, A.vload([0], "uint8x4"), 3)
+            )
+
+    TensorIntrin.register(NEON_16X4, _dot_16x4_description(), neon_impl)
+    return NEON_16X4
 
 
 AVX2_16X4 = "apprentice_hw_dot_16x4_avx2_pmaddwd"
@@ -132,20 +194,14 @@ AVX2_16X4_INT16 = "apprentice_hw_dot_16x4_avx2_pmaddubsw"
 AVX2_WIDEN_INT16 = "apprentice_hw_widen_16x2_avx2_pmaddwd"
 
 
-@cache
-def register_avx2_int16() -> tuple[str, str]:
-    """Register AVX2's int16 dot product and its widening; returns (product, widen) names.
+def _int16_descriptions():
+    """What the int16 product and widening compute, whatever instructions implement them.
 
     ``product``: 16 x 4 uint8 x int8 products added into 16 x 2 int16 lanes (output channel,
-    pair of input channels), two ``vpmaddubsw`` and two ``vpaddw``. ``vpmaddubsw`` saturates,
-    so this equals the description only where no lane leaves int16: the lowering proves that
-    per layer (``lowering/int16_sums.py``) before it asks for these kernels.
-    ``widen``: the pairs of 16 int16 lanes added into 16 int32 accumulators, ``vpmaddwd`` by
-    ones and ``vpaddd``. Weights are in VNNI's 16x4 order, which is the order ``vpmaddubsw``
-    needs: output channel ``o``'s four inputs are bytes 4o..4o+3, so pairs land in lanes 2o and
-    2o + 1.
+    pair of input channels). ``widen``: each channel's two int16 lanes added into its int32
+    accumulator. Weights are in VNNI's 16x4 order: output channel ``o``'s four inputs are bytes
+    4o..4o+3, so pair ``p`` of channel ``o`` is lane 2o + p of the int16 vector.
     """
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -163,6 +219,36 @@ def register_avx2_int16() -> tuple[str, str]:
                     C[vi, vp] = C[vi, vp] + T.cast(A[vp * 2 + vr], "int16") * T.cast(
                         B[vi, vp * 2 + vr], "int16"
                     )
+
+    @T.prim_func(s_tir=True)
+    def widen_desc(
+        P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            for i, p in T.grid(16, 2):
+                with T.sblock("update"):
+                    vi, vp = T.axis.remap("SR", [i, p])
+                    C[vi] = C[vi] + T.cast(P[vi, vp], "int32")
+
+    return product_desc, widen_desc
+
+
+@cache
+def register_avx2_int16() -> tuple[str, str]:
+    """Register AVX2's int16 dot product and its widening; returns (product, widen) names.
+
+    ``product`` (``_int16_descriptions``) is two ``vpmaddubsw`` and two ``vpaddw``.
+    ``vpmaddubsw`` saturates, so this equals the description only where no lane leaves int16:
+    the lowering proves that per layer (``lowering/int16_sums.py``) before it asks for these
+    kernels. ``widen`` is ``vpmaddwd`` by ones and ``vpaddd``.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    product_desc, widen_desc = _int16_descriptions()
 
     @T.prim_func(s_tir=True)
     def product_impl(
@@ -191,19 +277,6 @@ def register_avx2_int16() -> tuple[str, str]:
                 )
 
     @T.prim_func(s_tir=True)
-    def widen_desc(
-        P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], P[0:16, 0:2])
-            T.writes(C[0:16])
-            for i, p in T.grid(16, 2):
-                with T.sblock("update"):
-                    vi, vp = T.axis.remap("SR", [i, p])
-                    C[vi] = C[vi] + T.cast(P[vi, vp], "int32")
-
-    @T.prim_func(s_tir=True)
     def widen_impl(
         P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
         C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
@@ -222,6 +295,236 @@ def register_avx2_int16() -> tuple[str, str]:
     TensorIntrin.register(AVX2_16X4_INT16, product_desc, product_impl)
     TensorIntrin.register(AVX2_WIDEN_INT16, widen_desc, widen_impl)
     return AVX2_16X4_INT16, AVX2_WIDEN_INT16
+
+
+NEON_16X4_INT16 = "apprentice_hw_dot_16x4_int16_mla"
+NEON_WIDEN_INT16 = "apprentice_hw_widen_16x2_int16_add"
+
+
+@cache
+def register_neon_int16() -> tuple[str, str]:
+    """Register the int16 dot product and widening for CPUs without AVX2 (NEON); their names.
+
+    Plain vector arithmetic that LLVM turns into 16-bit multiply-accumulates (``mla .8h`` on
+    AArch64: 8 products per instruction, against the scalar ``madd`` per product that the
+    unrolled int32 kernel became). The 64 weight bytes are read as 32 int16 lanes, one per
+    (channel, pair): the low byte is the pair's first weight, sign-extended by shifting left
+    and arithmetically right by 8, the high byte its second, by the right shift alone. The four
+    codes are broadcast as one 32-bit word, so lane 2o + p holds codes 2p and 2p + 1 in its two
+    bytes. Wrapping int16 arithmetic equals the description wherever the true sums fit int16,
+    which ``lowering/int16_sums.py`` proves per layer.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    product_desc, widen_desc = _int16_descriptions()
+
+    @T.prim_func(s_tir=True)
+    def product_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:2])
+            C.vstore(
+                [0, 0],
+                C.vload([0, 0], "int16x32")
+                + T.bitwise_and(
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                        dtype="int16x32",
+                    ),
+                    T.broadcast(T.int16(255), 32),
+                )
+                * T.shift_right(
+                    T.shift_left(
+                        T.reinterpret(B.vload([0, 0], "int8x64"), dtype="int16x32"),
+                        T.broadcast(T.int16(8), 32),
+                    ),
+                    T.broadcast(T.int16(8), 32),
+                )
+                + T.bitwise_and(
+                    T.shift_right(
+                        T.reinterpret(
+                            T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16),
+                            dtype="int16x32",
+                        ),
+                        T.broadcast(T.int16(8), 32),
+                    ),
+                    T.broadcast(T.int16(255), 32),
+                )
+                * T.shift_right(
+                    T.reinterpret(B.vload([0, 0], "int8x64"), dtype="int16x32"),
+                    T.broadcast(T.int16(8), 32),
+                ),
+            )
+
+    @T.prim_func(s_tir=True)
+    def widen_impl(
+        P: T.Buffer((16, 2), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            C[T.ramp(0, 1, 16)] = (
+                C.vload([0], "int32x16")
+                + T.shift_right(
+                    T.shift_left(
+                        T.reinterpret(P.vload([0, 0], "int16x32"), dtype="int32x16"),
+                        T.broadcast(T.int32(16), 16),
+                    ),
+                    T.broadcast(T.int32(16), 16),
+                )
+                + T.shift_right(
+                    T.reinterpret(P.vload([0, 0], "int16x32"), dtype="int32x16"),
+                    T.broadcast(T.int32(16), 16),
+                )
+            )
+
+    TensorIntrin.register(NEON_16X4_INT16, product_desc, product_impl)
+    TensorIntrin.register(NEON_WIDEN_INT16, widen_desc, widen_impl)
+    return NEON_16X4_INT16, NEON_WIDEN_INT16
+
+
+SDOT_16X4 = "apprentice_hw_dot_16x4_sdot"
+
+
+@cache
+def register_sdot() -> str:
+    """Register the 16x4 dot product as AArch64 ``SDOT`` (``+dotprod``) once; its name.
+
+    Four ``sdot`` (16 products each) per block and pixel, the four codes broadcast as one
+    32-bit word: the same blocked 16x4 weight order as VNNI. ``SDOT`` multiplies signed bytes:
+    the kernels of layers the lowering marked ``signed_codes`` hold their codes as int8
+    (shifted by -128 where they exceed 127).
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def sdot_impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for q in T.unroll(0, 4):
+                C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                    C.vload([q * 4], dtype="int32x4"),
+                    B.vload([q * 4, 0], dtype="int8x16"),
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
+                        dtype="int8x16",
+                    ),
+                    dtype="int32x4",
+                )
+
+    TensorIntrin.register(SDOT_16X4, _dot_16x4_description("int8"), sdot_impl)
+    return SDOT_16X4
+
+
+NEON_16X4_INT16_LONG = "apprentice_hw_dot_16x4_int16_smlal"
+NEON_WIDEN_INT16_LONG = "apprentice_hw_widen_16x4_int16_saddlp"
+
+
+@cache
+def register_neon_int16_long() -> tuple[str, str]:
+    """Register NEON's one-product-per-lane int16 sums and their widening; their names.
+
+    ``product``: the 16 x 4 products of a block added into 64 int16 lanes (output channel,
+    input channel), the block's weights as they are stored (16x4 order, no decoding) times the
+    four codes broadcast as one 32-bit word: plain arithmetic that LLVM turns into ``smlal`` /
+    ``smlal2`` (8 products per instruction that issues every cycle on a Cortex-A72, where a
+    16-bit ``mla`` on a q register takes two). Signed bytes: the lowering asks for it only
+    where codes are at most 127 (kept as int8), and proves that every lane's sum fits int16.
+    ``widen``: each channel's four lanes added into its int32 accumulator, ``saddlp`` on
+    pairs, then ``addp``.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def product_desc(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16, 4), "int16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:4], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:4])
+            for i, c in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vc = T.axis.remap("SS", [i, c])
+                    C[vi, vc] = C[vi, vc] + T.cast(A[vc], "int16") * T.cast(B[vi, vc], "int16")
+
+    @T.prim_func(s_tir=True)
+    def product_impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16, 4), "int16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16, 0:4], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16, 0:4])
+            C.vstore(
+                [0, 0],
+                C.vload([0, 0], "int16x64")
+                + T.cast(B.vload([0, 0], "int8x64"), "int16x64")
+                * T.cast(
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 16),
+                        dtype="int8x64",
+                    ),
+                    "int16x64",
+                ),
+            )
+
+    @T.prim_func(s_tir=True)
+    def widen_desc(
+        P: T.Buffer((16, 4), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:4])
+            T.writes(C[0:16])
+            for i, c in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vc = T.axis.remap("SR", [i, c])
+                    C[vi] = C[vi] + T.cast(P[vi, vc], "int32")
+
+    @T.prim_func(s_tir=True)
+    def widen_impl(
+        P: T.Buffer((16, 4), "int16", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:4])
+            T.writes(C[0:16])
+            for q in T.unroll(0, 4):  # channels 4q..4q+3: two vectors of two channels x 4
+                C[T.ramp(q * 4, 1, 4)] = C.vload([q * 4], "int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                        P.vload([q * 4, 0], "int16x8"),
+                        dtype="int32x4",
+                    ),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                        P.vload([q * 4 + 2, 0], "int16x8"),
+                        dtype="int32x4",
+                    ),
+                    dtype="int32x4",
+                )
+
+    TensorIntrin.register(NEON_16X4_INT16_LONG, product_desc, product_impl)
+    TensorIntrin.register(NEON_WIDEN_INT16_LONG, widen_desc, widen_impl)
+    return NEON_16X4_INT16_LONG, NEON_WIDEN_INT16_LONG
 
 
 DP4A_U8S8 = "apprentice_hw_dp4a_u8s8_local"

@@ -39,6 +39,12 @@ DEFAULT_ACCUMULATORS = 16  # pixels x 16-channel blocks of the untuned conv kern
 # spilled between chunks) of 16 registers. Sum of one thread's kernel times on Zen 3 (W4A4,
 # 2026-12-02): ResNet-20 4 -> 0.77 ms (8: 0.95, 16: 1.0); ResNet-18 4 -> 32.8 ms, 7 -> 25.8
 INT16_ACCUMULATORS = 7
+# NEON's int16 sums: four q registers of int16 lanes per pixel x block, of 32
+NEON_INT16_ACCUMULATORS = 4
+NEON_ACCUMULATORS = 4  # NEON's int32 sums: four q registers per pixel x block, of 32
+NEON_MAX_ACCUMULATORS = 8  # searched at most on NEON
+# NEON's smlal int16 sums: one lane per product, eight q registers per pixel x block
+NEON_LONG_INT16_ACCUMULATORS = 3
 PAIRS_ACCUMULATORS = 8  # AVX2's vpmaddwd: two ymm of int32 sums per pixel x block
 AVX2_MAX_ACCUMULATORS = 8  # searched at most on AVX2 (VNNI: MAX_ACCUMULATORS)
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
@@ -83,12 +89,28 @@ def has_fused_multiply_add(target) -> bool:
 
 
 def _dot_product(target) -> str:
-    """How the conv's 16x4 inner product runs: 'vnni', 'avx2' (vpmaddwd) or 'unrolled'."""
+    """How the conv's 16x4 inner product runs: 'vnni', 'avx2' (vpmaddwd), 'neon' (32-bit
+    vector mla, AArch64) or 'unrolled' (scalar code for LLVM to vectorize if it can)."""
     if _has_vnni(target):
         return "vnni"
     if _has_feature(target, "avx2"):
         return "avx2"
+    if "cpu" in target.keys and str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return "neon"
     return "unrolled"
+
+
+def has_signed_dot(target) -> bool:
+    """Whether ``target``'s CPU has a signed-byte dot product (AArch64 ``SDOT``, ``+dotprod``)."""
+    return _dot_product(target) == "neon" and _has_feature(target, "dotprod")
+
+
+def int16_product(target) -> str | None:
+    """Which int16-sum kernel ``target``'s CPU gets for proven layers (``int16_sums.py``):
+    'avx2' (``vpmaddubsw``), 'neon' (16-bit ``mla``, AArch64), or None (VNNI's int32 dot
+    product is faster; other CPUs keep int32 products)."""
+    dot = _dot_product(target)
+    return dot if dot in ("avx2", "neon") else None
 
 
 def _blocks(sch) -> list:
@@ -201,7 +223,8 @@ def default_conv_knobs(sch, target) -> ConvKnobs:
     more pixels, each activation more channels). Measured on one Zen 4 core, the int8 kernel
     alone (2026-12-02): 64 ch at 56x56 147 -> 165 GMAC/s (8x1 -> 14x1 pixels x blocks), 512 ch
     at 7x7 195 -> 215 (7x1 -> 7x2), 16 ch at 32x32 93 -> 117 (8x1 -> 16x1).
-    AVX2 int16 sums: pixels first, up to INT16_ACCUMULATORS (16 ymm registers). AVX2 int16
+    AVX2 int16 sums: pixels first, up to INT16_ACCUMULATORS (16 ymm registers); NEON's the
+    same, up to NEON_INT16_ACCUMULATORS (each takes four of 32 q registers). AVX2 int16
     pairs (``vpmaddwd``): output blocks first, each activation pair is widened and broadcast
     once for all of them (ResNet-18's 7x7 stem on Zen 3: 16x1 6.1 ms, 2x4 4.1 ms).
     The padding pass runs on threads only for big inputs: a thread-pool launch costs more
@@ -212,7 +235,13 @@ def default_conv_knobs(sch, target) -> ConvKnobs:
         blocks = max(_divisors(shape["out_blocks"], MAX_TUNED_BLOCKS))
         pixels = max(_divisors(shape["columns"], max(1, PAIRS_ACCUMULATORS // blocks)))
     else:
-        budget = INT16_ACCUMULATORS if has_int16_sums(sch) else DEFAULT_ACCUMULATORS
+        budget = NEON_ACCUMULATORS if _dot_product(target) == "neon" else DEFAULT_ACCUMULATORS
+        if has_int16_sums(sch):
+            budget = {"avx2": INT16_ACCUMULATORS, "neon": NEON_INT16_ACCUMULATORS}[
+                int16_product(target)
+            ]
+            if int16_lane_inputs(sch) == 1:
+                budget = NEON_LONG_INT16_ACCUMULATORS
         pixels = max(_divisors(shape["columns"], budget))
         blocks = max(_divisors(shape["out_blocks"], max(1, budget // pixels)))
     pad = sch.get(sch.get_sblock("pad_blocked")).writes[0].source  # uint8: one byte each
@@ -224,7 +253,9 @@ def conv_knob_space(sch, target) -> list[ConvKnobs]:
     """Every knob setting tuning measures on ``target``, the default first."""
     shape = conv_shape(sch)
     space = [default_conv_knobs(sch, target)]
-    limit = AVX2_MAX_ACCUMULATORS if _dot_product(target) == "avx2" else MAX_ACCUMULATORS
+    limit = {"avx2": AVX2_MAX_ACCUMULATORS, "neon": NEON_MAX_ACCUMULATORS}.get(
+        _dot_product(target), MAX_ACCUMULATORS
+    )
     for pixels in _divisors(shape["columns"], MAX_TUNED_PIXELS):
         for blocks in _divisors(shape["out_blocks"], MAX_TUNED_BLOCKS):
             if pixels * blocks > limit:
@@ -281,6 +312,12 @@ def _unpack_in_registers(sch, decode, conv, loop, pairs: bool) -> None:
         sch.unroll(other)
 
 
+def has_signed_codes(sch) -> bool:
+    """Whether the conv's codes fit signed bytes (``kernels.conv2d_int_blocked``'s
+    ``signed_codes``, set by the lowering where the target has signed-byte instructions)."""
+    return "signed_codes" in sch.get(sch.get_sblock("pad_blocked")).annotations
+
+
 def is_channels_last(sch) -> bool:
     """Whether the conv reads and writes NHWC tensors (``kernels.conv2d_int_blocked``)."""
     annotations = sch.get(sch.get_sblock("pad_blocked")).annotations
@@ -320,14 +357,19 @@ def _vectorize_epilogue(sch, output) -> None:
 
 
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
-    from apprentice_hw.compiler.intrinsics import register_avx2, register_vnni
+    from apprentice_hw.compiler.intrinsics import (
+        register_avx2,
+        register_neon_int32,
+        register_sdot,
+        register_vnni,
+    )
 
     knobs = knobs or default_conv_knobs(sch, target)
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
 
     _schedule_padding(sch, knobs.parallel_prologue)
     if has_int16_sums(sch):
-        _schedule_tile_epilogue(sch, outputs, _schedule_int16_sums(sch, knobs))
+        _schedule_tile_epilogue(sch, outputs, _schedule_int16_sums(sch, target, knobs))
         return
 
     decode = sch.get_sblock("weight_blocked")
@@ -343,7 +385,7 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     if dot == "avx2":
         rp, rr = sch.split(ri, factors=[2, 2])
         sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, rp, oi, rr)
-    elif dot == "vnni":
+    elif dot in ("vnni", "neon"):
         sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, oi, ri)
     else:
         sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, ri, oi)
@@ -362,11 +404,15 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     if dot == "vnni":
         sch.tensorize(oi, register_vnni())
+    elif dot == "neon":
+        signed = has_signed_dot(target) and has_signed_codes(sch)
+        sch.tensorize(oi, register_sdot() if signed else register_neon_int32())
     elif dot == "avx2":
         sch.tensorize(rp, register_avx2())
     else:
         # TVM refuses to vectorize a spatial loop inside the reduction loop ``ri``; unrolled,
-        # the 16 x 4 products are straight-line code that LLVM's SLP vectorizer packs (NEON).
+        # the 16 x 4 products are straight-line code that LLVM's SLP vectorizer may pack (on
+        # AArch64 it did not: one scalar madd per product, hence the 'neon' intrinsic).
         sch.unroll(ri)
         sch.unroll(oi)
     sch.unroll(ji)
@@ -397,8 +443,10 @@ def _int16_stage_loops(sch, partial, depth: int, knobs: ConvKnobs) -> dict:
     weights = reads[-1].source  # weight_blocked (OB, CB, KH, KW, 16, 4)
     kh, kw = int(weights.shape[2]), int(weights.shape[3])
     chunk = int(sch.get(partial).iter_vars[7].dom.extent)  # rq
+    lane_inputs = int16_lane_inputs(sch)
     roles = [("blocks", knobs.blocks), ("pixels", knobs.pixels), ("lanes", VNNI_LANES),
-             ("pairs", 2), ("rq", chunk), ("ry", kh), ("rx", kw), ("rr", 2)]  # fmt: skip
+             ("pairs", 4 // lane_inputs), ("rq", chunk), ("ry", kh), ("rx", kw),
+             ("rr", lane_inputs)]  # fmt: skip
     loops = iter(sch.get_loops(partial)[depth:])
     return {role: next(loops) if extent > 1 else None for role, extent in roles}
 
@@ -408,18 +456,36 @@ def has_int16_sums(sch) -> bool:
     return "conv_int16" in _block_names(sch)
 
 
-def _schedule_int16_sums(sch, knobs: ConvKnobs):
-    """AVX2 without VNNI, a layer proven to fit int16 (``lowering/int16_sums.py``).
+def int16_lane_inputs(sch) -> int:
+    """Input channels whose products share an int16 lane: 2 (pairs) or 1 (``smlal``)."""
+    lanes = sch.get(sch.get_sblock("conv_int16")).writes[0].source.shape[-1]
+    return 4 // int(lanes)
+
+
+def _schedule_int16_sums(sch, target, knobs: ConvKnobs):
+    """AVX2 without VNNI, or NEON: a layer proven to fit int16 (``lowering/int16_sums.py``).
 
     The tile is the int32 one of the VNNI schedule (pixels x blocks accumulators, rows on
     threads); for each chunk of input blocks, the tile's int16 partial sums (one vector of
     16 x 2 lanes per pixel and block, in registers) take two ``vpmaddubsw`` + two ``vpaddw``
-    per block and kernel position, then are widened into the accumulators (``vpmaddwd`` by
-    ones). Packed weights are unpacked per (input block, kernel position) as in the VNNI path.
+    (NEON: eight 16-bit ``mla``) per block and kernel position, then are widened into the
+    accumulators (``vpmaddwd`` by ones; NEON: shifts and adds). Layers with one product per
+    lane (NEON, codes of at most 127) have 16 x 4 lanes per pixel and block instead, eight
+    ``smlal`` each, widened by ``saddlp`` and ``addp``. Packed weights are unpacked per (input
+    block, kernel position) as in the VNNI path.
     """
-    from apprentice_hw.compiler.intrinsics import register_avx2_int16
+    from apprentice_hw.compiler.intrinsics import (
+        register_avx2_int16,
+        register_neon_int16,
+        register_neon_int16_long,
+    )
 
-    product, widen = register_avx2_int16()
+    if int16_lane_inputs(sch) == 1:
+        product, widen = register_neon_int16_long()
+    elif int16_product(target) == "neon":
+        product, widen = register_neon_int16()
+    else:
+        product, widen = register_avx2_int16()
     conv = sch.get_sblock("conv_blocked")
     n, ob, i, j, oi, rc, rp = sch.get_loops(conv)
     obo, obi = sch.split(ob, factors=[None, knobs.blocks])

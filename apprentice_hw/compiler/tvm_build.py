@@ -121,6 +121,20 @@ def dot_order(target: Target) -> str:
     return "pairs" if _dot_product(target.tvm_target()) == "avx2" else "16x4"
 
 
+def dot_product_options(target: Target) -> dict[str, bool]:
+    """The lowering options that follow from ``target``'s dot-product instructions: int16 sums
+    where proven exact (AVX2 without VNNI; NEON), one product per int16 lane where codes fit
+    a signed byte (NEON's ``smlal``), and SDOT for every conv layer where the CPU has it."""
+    if target.device != "cpu":
+        return {}
+    from apprentice_hw.compiler.schedules import has_signed_dot, int16_product
+
+    tvm_target = target.tvm_target()
+    kind = int16_product(tvm_target)
+    return {"int16_sums": kind is not None, "int16_signed_lanes": kind == "neon",
+            "signed_dot": has_signed_dot(tvm_target)}  # fmt: skip
+
+
 def prepare_module(
     model: onnx.ModelProto, target: Target, batch: int = 1, kernel: str | None = None
 ) -> PreparedModule:
@@ -132,7 +146,7 @@ def prepare_module(
     options = LoweringOptions(
         preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
         dot_order=dot_order(target), fma_division=fma_division(target),
-        proven_requantization=target.device == "cpu", int16_sums=dot_order(target) == "pairs",
+        proven_requantization=target.device == "cpu", **dot_product_options(target),
     )  # fmt: skip
     lowered, layers = lower_to_integer(mod, options)
     return PreparedModule(

@@ -20,32 +20,36 @@ from apprentice_hw.lowering.packing import BLOCK_IN, BLOCK_OUT, blocked_conv_wei
 
 INT16_MAX = 32767
 PAIR = 2  # products ``vpmaddubsw`` adds into one int16 lane
+# NEON's smlal multiplies signed bytes, one product per int16 lane: codes up to this value
+SIGNED_CODE_MAX = 127
 
 
-def lane_bounds(weights: np.ndarray) -> np.ndarray:
-    """sum(|w|) per (output block, input block, output channel, pair), over the kernel window.
+def lane_bounds(weights: np.ndarray, lane_inputs: int = PAIR) -> np.ndarray:
+    """sum(|w|) per (output block, input block, output channel, lane), over the kernel window.
 
-    One int16 lane of the kernel holds output channel ``oi``'s products with input channels
-    ``2p`` and ``2p + 1`` of each block, summed over every kernel position: this is what it
-    adds per input block, in units of the largest activation code.
+    One int16 lane of the kernel holds output channel ``oi``'s products with ``lane_inputs``
+    adjacent input channels of each block (AVX2 and NEON's ``mla``: a pair; NEON's ``smlal``:
+    one), summed over every kernel position: this is what it adds per input block, in units of
+    the largest activation code.
     """
     blocked = blocked_conv_weights(weights, "16x4").astype(np.int64)  # (OB, CB, KH, KW, 64)
     blocks_out, blocks_in = blocked.shape[:2]
-    lanes = np.abs(blocked).reshape(blocks_out, blocks_in, -1, BLOCK_OUT, BLOCK_IN // PAIR, PAIR)
-    return lanes.sum(axis=(2, 5))  # (OB, CB, 16, 2)
+    shape = (blocks_out, blocks_in, -1, BLOCK_OUT, BLOCK_IN // lane_inputs, lane_inputs)
+    return np.abs(blocked).reshape(shape).sum(axis=(2, 5))  # (OB, CB, 16, 4 / lane_inputs)
 
 
-def int16_chunk(weights: np.ndarray, act_max: int, group: int = 1) -> int:
+def int16_chunk(weights: np.ndarray, act_max: int, group: int = 1, lane_inputs: int = PAIR) -> int:
     """Input blocks per int16 chunk, the most that is proven exact; 0 when none is.
 
     ``weights`` are the signed (O, C, KH, KW) integers, ``act_max`` the largest activation
-    code the kernel multiplies (after any shift to unsigned; the padding value included), and
-    ``group`` the packed storage's blocks per group: a chunk is a whole number of groups and
-    divides the layer's input blocks, so every chunk has the same length.
+    code the kernel multiplies (after any shift to unsigned; the padding value included),
+    ``group`` the packed storage's blocks per group (a chunk is a whole number of groups and
+    divides the layer's input blocks, so every chunk has the same length) and ``lane_inputs``
+    the input channels whose products share an int16 lane.
     """
     if act_max <= 0:
         return 0
-    bounds = lane_bounds(weights) * act_max
+    bounds = lane_bounds(weights, lane_inputs) * act_max
     blocks_in = bounds.shape[1]
     for chunk in range(blocks_in, 0, -1):
         if blocks_in % chunk or chunk % group:

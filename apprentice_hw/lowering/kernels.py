@@ -118,7 +118,8 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
 
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
                        bits: int, weight_sums=None, order: str = "16x4",
-                       int16_chunk: int = 0):  # fmt: skip
+                       int16_chunk: int = 0, lane_inputs: int = 2,
+                       signed_codes: bool = False, code_shift: int | None = None):  # fmt: skip
     """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx).
 
     Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
@@ -143,7 +144,16 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     is computed in two stages, as AVX2's ``vpmaddubsw`` does it: ``conv_int16`` sums the
     products of Q input blocks in int16, per output channel and pair of input channels
     (``vpmaddubsw`` adds each pair into one lane), and ``conv_blocked`` adds those partial sums
-    in int32 (``vpmaddwd`` by ones).
+    in int32 (``vpmaddwd`` by ones). ``lane_inputs`` is the input channels of a block whose
+    products share one int16 lane: 2 (the pairs above; NEON's 16-bit ``mla``) or 1 (NEON's
+    ``smlal``, one product per lane).
+
+    With ``signed_codes``, ``pad_blocked`` holds signed bytes for signed-byte instructions
+    (SDOT, ``smlal``): the codes plus ``code_shift`` (-128 where uint8 codes exceed 127, so
+    they fit; the zero point x weight sums correction takes the shift back out). It becomes
+    an attribute of that block, which the schedules read; it is left out otherwise, so other
+    kernels keep their structural hash (the key of shipped tuning tables). Without it, codes
+    are unsigned bytes: int8 codes shifted by 128 (``code_shift`` None: that default).
     """
     from tvm import te, tirx
 
@@ -156,30 +166,33 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
         group = blocks_per_group(bits)
         blocks_in = -(-blocks_in // group) * group
     blocks_out = -(-geometry.out_channels // VNNI_LANES)
-    shift = 128 if data.dtype == "int8" else 0
+    shift = code_shift if code_shift is not None else (128 if data.dtype == "int8" else 0)
     zero = zero_point + shift
+    operand = "int8" if signed_codes else "uint8"
     rows, columns = height + top + bottom, width + left + right
     nhwc = geometry.layout == "NHWC"
+    signed = {"signed_codes": 1} if signed_codes else {}
 
     def pad_value(n, cb, y, x, ci):
         c = cb * VNNI_DEPTH + ci
         inside = tirx.all(c < channels, y >= top, y < height + top, x >= left, x < width + left)
         value = geometry.read(data, n, tirx.min(c, channels - 1), y - top, x - left)
-        return tirx.if_then_else(inside, value.astype("int32") + shift, zero).astype("uint8")
+        return tirx.if_then_else(inside, value.astype("int32") + shift, zero).astype(operand)
 
     if nhwc:
         padded = te.compute(
             (batch, rows, columns, blocks_in, VNNI_DEPTH),
             lambda n, y, x, cb, ci: pad_value(n, cb, y, x, ci), name="pad_blocked",
-            attrs={"layout": "NHWC"},  # what the schedules read to pick the loops
+            attrs={"layout": "NHWC", **signed},  # what the schedules read
         )  # fmt: skip
 
         def padded_at(n, cb, y, x, ci):
             return padded[n, y, x, cb, ci]
     else:
         padded = te.compute(
-            (batch, blocks_in, rows, columns, VNNI_DEPTH), pad_value, name="pad_blocked"
-        )
+            (batch, blocks_in, rows, columns, VNNI_DEPTH), pad_value, name="pad_blocked",
+            **({"attrs": signed} if signed else {}),
+        )  # fmt: skip
 
         def padded_at(n, cb, y, x, ci):
             return padded[n, cb, y, x, ci]
@@ -194,7 +207,7 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
         if blocks_in % int16_chunk:  # int16_sums chooses chunks that divide the blocks
             raise ValueError(f"an int16 chunk of {int16_chunk} blocks does not divide {blocks_in}")
         accumulated = _int16_chunked_sums(padded_at, decoded, geometry, (batch, out_h, out_w),
-                                          blocks_in, int16_chunk)  # fmt: skip
+                                          blocks_in, int16_chunk, lane_inputs)  # fmt: skip
         return _unblocked(accumulated, geometry, zero, weight_sums, storage)
     rc = te.reduce_axis((0, blocks_in), name="rc")
     ri = te.reduce_axis((0, VNNI_DEPTH), name="ri")
@@ -210,12 +223,10 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     return _unblocked(accumulated, geometry, zero, weight_sums, storage)
 
 
-PAIR = 2  # input channels ``vpmaddubsw`` adds into one int16 lane
-
-
 def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[int, int, int],
-                        blocks_in: int, chunk: int):  # fmt: skip
-    """``conv_blocked`` from int16 partial sums over chunks of ``chunk`` input blocks."""
+                        blocks_in: int, chunk: int, lane_inputs: int):  # fmt: skip
+    """``conv_blocked`` from int16 partial sums over chunks of ``chunk`` input blocks, one
+    int16 lane per output channel and ``lane_inputs`` adjacent input channels."""
     from tvm import te
 
     batch, out_h, out_w = out
@@ -224,7 +235,7 @@ def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[i
     rq = te.reduce_axis((0, chunk), name="rq")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
-    rr = te.reduce_axis((0, PAIR), name="rr")
+    rr = te.reduce_axis((0, lane_inputs), name="rr")
 
     def product(n, q, y, x, ob, oi, ci):
         cb = q * chunk + rq
@@ -232,14 +243,15 @@ def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[i
         return code * decoded[ob, cb, ry, rx, oi, ci].astype("int16")
 
     partial = te.compute(
-        (batch, blocks_out, out_h, out_w, blocks_in // chunk, VNNI_LANES, VNNI_DEPTH // PAIR),
+        (batch, blocks_out, out_h, out_w, blocks_in // chunk, VNNI_LANES,
+         VNNI_DEPTH // lane_inputs),
         lambda n, ob, i, j, q, oi, p: te.sum(
-            product(n, q, i, j, ob, oi, p * PAIR + rr), axis=[rq, ry, rx, rr]
+            product(n, q, i, j, ob, oi, p * lane_inputs + rr), axis=[rq, ry, rx, rr]
         ),
         name="conv_int16",
     )  # fmt: skip
     rc = te.reduce_axis((0, blocks_in // chunk), name="rc")
-    rp = te.reduce_axis((0, VNNI_DEPTH // PAIR), name="rp")
+    rp = te.reduce_axis((0, VNNI_DEPTH // lane_inputs), name="rp")
     return te.compute(
         (batch, blocks_out, out_h, out_w, VNNI_LANES),
         lambda n, ob, i, j, oi: te.sum(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from apprentice_hw.lowering.channels_last import static_shape
-from apprentice_hw.lowering.int16_sums import int16_chunk
+from apprentice_hw.lowering.int16_sums import PAIR, SIGNED_CODE_MAX, int16_chunk
 from apprentice_hw.lowering.kernels import ConvGeometry
 from apprentice_hw.lowering.packing import blocks_per_group, signed_bits_needed
 from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
@@ -59,9 +59,11 @@ class LoweredLayer:
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
     # ``precision.py``) or "affine float32" / "affine float64" (two operations, requantize.py)
     requantization: str = "float64"
-    # conv on AVX2 without VNNI: input blocks whose products are summed in int16 before the
-    # int32 sum (``int16_sums.py``: vpmaddubsw); 0 where products are int32 (vpmaddwd, VNNI)
+    # conv on AVX2 without VNNI or NEON: input blocks whose products are summed in int16 before
+    # the int32 sum (``int16_sums.py``); 0 where products are int32 (vpmaddwd, VNNI, SDOT)
     int16_chunk: int = 0
+    # input channels whose products share an int16 lane: 2 (vpmaddubsw, NEON's mla), 1 (smlal)
+    int16_lane_inputs: int = 2
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -76,8 +78,12 @@ class LoweringOptions:
     layer_names: dict[str, str] = field(default_factory=dict)  # weight digest -> ONNX node name
     dot_order: str = "16x4"  # conv weight block order the target's kernels read
     # conv kernels may add small products in int16 where ``int16_sums`` proves it exact
-    # (x86 with AVX2 but no VNNI: ``vpmaddubsw``); such layers store their blocks as 16x4
+    # (x86 with AVX2 but no VNNI: ``vpmaddubsw``; NEON); such layers store their blocks as 16x4
     int16_sums: bool = False
+    # int16 lanes hold one product each where codes fit a signed byte (NEON's ``smlal``)
+    int16_signed_lanes: bool = False
+    # a signed-byte dot product (SDOT): every conv layer uses it, codes shifted to signed bytes
+    signed_dot: bool = False
     # requantization divides by a multiply and two FMAs (exact, cheaper on CPUs); GPUs divide
     fma_division: bool = True
     # integer-to-integer requantizations as two operations proven at compile time
@@ -318,6 +324,7 @@ def _make_pass():
                 storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
                 weight_bytes=int(strategy.weight_bytes(layer)),
                 int16_chunk=layer.int16_chunk if strategy.name in ("int8", "packed") else 0,
+                int16_lane_inputs=layer.int16_lane_inputs,
                 # scalars are immediates
                 scale_bytes=0 if uniform else int(scale_const.size * REQUANT_BYTES),
             )  # fmt: skip
@@ -542,19 +549,39 @@ def _make_pass():
             if bits > 8:
                 return self._keep_float(kind, call, f"weights need {bits} bits")
             act_dtype = str(codes.ty.dtype)
-            chunk = 0
-            if kind == "conv2d" and self.options.int16_sums:
-                shift = 128 if act_dtype == "int8" else 0  # the kernel's unsigned codes
-                act_max = max(code_range[1], act_zero) + shift
-                chunk = int16_chunk(integers, act_max, blocks_per_group(bits))
             layer = QuantLayer(
                 name=self._name(kind, integers), kind=kind, weights=integers,
                 weight_bits=bits, act_dtype=act_dtype, act_zero_point=act_zero,
-                act_range=code_range, geometry=geometry, int16_chunk=chunk,
+                act_range=code_range, geometry=geometry,
+            )  # fmt: skip
+            chunk, lane_inputs, signed = self._dot_choices(layer)
+            layer = replace(
+                layer, int16_chunk=chunk, int16_lane_inputs=lane_inputs, signed_codes=signed,
                 dot_order="16x4" if chunk else self.options.dot_order,
             )  # fmt: skip
             rank = 4 if kind == "conv2d" else 2
             return self._lower(codes, layer, act_scale, weight_scales, rank=rank)
+
+        def _dot_choices(self, layer: QuantLayer) -> tuple[int, int, bool]:
+            """How the conv's products are summed: its int16 chunk (0: int32 products), the
+            input channels per int16 lane, and whether its codes are signed bytes.
+
+            SDOT cores take every conv layer in SDOT (codes shifted to signed bytes); NEON
+            without it sums in int16 where proven, one product per lane (``smlal``, signed)
+            where codes are at most 127; AVX2 in pairs (``vpmaddubsw``).
+            """
+            options = self.options
+            if layer.kind != "conv2d":
+                return 0, PAIR, False
+            if options.signed_dot:
+                return 0, PAIR, True
+            if not options.int16_sums:
+                return 0, PAIR, False
+            small = layer.code_max <= SIGNED_CODE_MAX
+            lane_inputs = 1 if options.int16_signed_lanes and small else PAIR
+            group = blocks_per_group(layer.weight_bits)
+            chunk = int16_chunk(layer.weights, layer.code_max, group, lane_inputs)
+            return chunk, lane_inputs, chunk > 0 and lane_inputs == 1
 
         def _visit_matmul(self, call):
             if len(call.args[0].ty.shape) != 2 or len(call.args[1].ty.shape) != 2:

@@ -44,8 +44,26 @@ class QuantLayer:
     geometry: kernels.ConvGeometry | None = None  # conv2d only
     dot_order: str = "16x4"  # order of a conv weight block in storage (packing.DOT_ORDERS)
     # input blocks whose products the conv kernel may sum in int16 before widening (proven by
-    # ``int16_sums``; 0: int32 products throughout)
+    # ``int16_sums``; 0: int32 products throughout), and the input channels per int16 lane
     int16_chunk: int = 0
+    int16_lane_inputs: int = 2
+    # the conv kernel multiplies signed bytes (SDOT; smlal where codes are at most 127)
+    signed_codes: bool = False
+
+    @property
+    def code_shift(self) -> int:
+        """What the conv kernel adds to each code: unsigned operands take int8 codes to uint8
+        (+128); signed ones take uint8 codes that exceed 127 to int8 (-128)."""
+        if self.signed_codes:
+            return -128 if self.act_dtype == "uint8" and self.code_max > 127 else 0
+        return 128 if self.act_dtype == "int8" else 0
+
+    @property
+    def code_max(self) -> int:
+        """The largest code the conv kernel multiplies: int8 codes shifted to unsigned, the
+        zero point (the padding value) included."""
+        shift = 128 if self.act_dtype == "int8" else 0
+        return max(self.act_range[1], self.act_zero_point) + shift
 
     @property
     def out_channels(self) -> int:
@@ -120,14 +138,15 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str):
         # per output channel afterwards (int8 codes are shifted to uint8, zero point with them);
         # with a zero point of 0 the sums are not needed and not stored.
         inputs = [data, _const(weights)]
-        if zero_point + (128 if layer.act_dtype == "int8" else 0):
+        if zero_point + layer.code_shift:
             sums = layer.weights.reshape(layer.out_channels, -1).sum(axis=1).astype(np.int32)
             inputs.append(_const(sums))
 
         def conv(x, w, *sums):
             return kernels.conv2d_int_blocked(
                 x, w, layer.geometry, zero_point, storage, bits, *sums, order=layer.dot_order,
-                int16_chunk=layer.int16_chunk,
+                int16_chunk=layer.int16_chunk, lane_inputs=layer.int16_lane_inputs,
+                signed_codes=layer.signed_codes, code_shift=layer.code_shift,
             )  # fmt: skip
 
         return bb.emit_te(conv, *inputs, primfunc_name_hint=f"conv2d_int_{storage}")

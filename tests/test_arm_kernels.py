@@ -1,0 +1,124 @@
+"""The AArch64 conv kernels: which NEON instructions each layer gets, and that they are exact.
+
+Every case is one quantized conv layer, cross-compiled for an Arm target. The fast tests
+disassemble the module (``aarch64-linux-gnu-objdump``, from the cross toolchain) and require
+the instructions its kernel was designed around; the slow ones run it in the emulated Pi's
+Python under qemu as the target's core and require ONNX Runtime's outputs bit for bit, with
+codes pushed to their clip limits (``make test-pi`` sets the emulated Pi up).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_lowering import _qcdq_layer, _scheduled_functions
+
+from apprentice_hw.compiler import compile_module, prepare_module
+from apprentice_hw.compiler.tvm_build import export_module
+from apprentice_hw.deploy.emulated_pi import EmulatedPi, default_dir
+from apprentice_hw.hardware import get_target
+from apprentice_hw.verify import run_onnxruntime_outputs
+
+PI = EmulatedPi(default_dir())  # read at import, before the session moves the cache
+OBJDUMP = "aarch64-linux-gnu-objdump"
+QEMU_CPU = {"arm-a72": "cortex-a72", "arm-a76": "cortex-a76"}
+
+# target, weight bits, activation bits, zero point, the kernel's telltale in TIR, instructions
+CASES = {
+    # codes <= 127 on a core without SDOT: one product per int16 lane, smlal, widened by saddlp
+    "a72-w4a4-smlal": ("arm-a72", 4, 4, 0, "saddlp", ["smlal", "saddlp"]),
+    # 8-bit codes: pairs of products per int16 lane, 16-bit mla
+    "a72-w2a8-mla16": ("arm-a72", 2, 8, 0, "int16x32", [r"mla\s+v\d+\.8h"]),
+    # 8-bit weights and codes: int16 is not proven, 32-bit mla
+    "a72-w8a8-mla32": ("arm-a72", 8, 8, 0, "int32x16", [r"mla\s+v\d+\.4s"]),
+    # a core with SDOT: codes <= 127 as they are ...
+    "a76-w4a4-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s"]),
+    # ... and 8-bit codes shifted by -128 to signed bytes, zero point in the padding
+    "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
+}
+
+
+def _layer_model(weight_bits: int, act_bits: int, zero_point: int):
+    rng = np.random.default_rng(weight_bits * 10 + act_bits)
+    high = (1 << (weight_bits - 1)) - 1
+    weights = rng.integers(-high - 1, high + 1, size=(24, 32, 3, 3))
+    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    return _qcdq_layer("conv", weights, act_bits, zero_point=zero_point, conv=conv)
+
+
+def _build(case: str, tmp_path: Path) -> tuple[object, Path, object]:
+    target_name, weight_bits, act_bits, zero_point, telltale, _ = CASES[case]
+    target = get_target(target_name)
+    model = _layer_model(weight_bits, act_bits, zero_point)
+    prepared = prepare_module(model, target, batch=1)
+    [conv_function] = [
+        f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_int" in name
+    ]
+    assert telltale in conv_function.script()  # scheduled as designed, not left naive
+    library = tmp_path / f"{case}.so"
+    export_module(compile_module(prepared.mod, target, use_tuning=False), target, library)
+    return model, library, prepared
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_arm_conv_kernels_use_their_neon_instructions(case, tmp_path):
+    if shutil.which(OBJDUMP) is None:
+        pytest.skip(f"{OBJDUMP} not installed (Debian's binutils-aarch64-linux-gnu)")
+    _, library, _ = _build(case, tmp_path)
+    listing = subprocess.run(
+        [OBJDUMP, "-d", str(library)], capture_output=True, text=True, check=True
+    ).stdout
+    for instruction in CASES[case][5]:
+        assert re.search(rf"\t{instruction}", listing), f"no {instruction} in {case}"
+
+
+def test_neon_layers_get_the_lane_layout_their_codes_allow():
+    """The lowering picks the lane layout and the proof for it: smlal lanes where codes fit a
+    signed byte, pairs where 8-bit codes do not; SDOT cores take SDOT, no int16 sums."""
+    for case, lane_inputs, chunked in (
+        ("a72-w4a4-smlal", 1, True),
+        ("a72-w2a8-mla16", 2, True),
+        ("a72-w8a8-mla32", 2, False),
+        ("a76-w4a4-sdot", 2, False),
+        ("a76-w8a8-sdot", 2, False),
+    ):
+        target_name, weight_bits, act_bits, zero_point, *_ = CASES[case]
+        model = _layer_model(weight_bits, act_bits, zero_point)
+        [layer] = prepare_module(model, get_target(target_name)).layers
+        assert (layer.int16_chunk > 0, layer.int16_lane_inputs) == (chunked, lane_inputs), case
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_arm_conv_kernels_are_exact_on_the_emulated_core(case, tmp_path):
+    if not PI.ready:
+        message = f"no emulated Pi in {PI.folder}; 'make test-pi' sets it up"
+        if os.environ.get("APPRENTICE_HW_REQUIRE_PI") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    model, library, _ = _build(case, tmp_path)
+    # codes up to 30 x 16 = 480: most 2- and 4-bit codes and about half the 8-bit ones clip
+    inputs = np.random.default_rng(3).random((1, 32, 9, 9), dtype=np.float32) * 30
+    np.save(tmp_path / "inputs.npy", inputs)
+    expected = run_onnxruntime_outputs(model, inputs)[0]
+    script = (
+        "import numpy as np, tvm\n"
+        "from tvm.runtime.vm import VirtualMachine\n"
+        f"vm = VirtualMachine(tvm.runtime.load_module('{library}'), tvm.cpu())\n"
+        f"x = tvm.runtime.tensor(np.load('{tmp_path / 'inputs.npy'}'))\n"
+        f"np.save('{tmp_path / 'outputs.npy'}', vm['main'](x).numpy())\n"
+    )
+    # the static qemu the emulated Pi runs, as this target's core (SDOT faults on an A72)
+    root = PI.folder / "root"
+    command = ["qemu-aarch64-static", "-cpu", QEMU_CPU[CASES[case][0]], "-L", str(root),
+               str(root / "usr/bin/python3.11"), "-c", script]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(PI.folder / "site"), "TVM_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "outputs.npy"), expected)
