@@ -64,6 +64,7 @@ from latency import (  # beside this script
 from timing import summary
 
 from apprentice_hw.atomic import write_json
+from apprentice_hw.hardware import cpu_model_name
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import FloatLayers
 from apprentice_hw.resources import cache_root
@@ -455,6 +456,7 @@ def main() -> None:
                         "(1 + N calls) - (1 call); cycles modeled by llvm-mca per executed block",
               "labels": "modeled: not measured on a board",
               "calls": CALLS, "coverage": COVERAGE, "versions": _versions(),
+              "machine": {"cpu": cpu_model_name(), "cores": len(os.sched_getaffinity(0))},
               "cores": {name: core.__dict__ for name, core in CORES.items()},
               "rows": [], "x86_check": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:  # untuned modules: no tuning cache is read
