@@ -35,12 +35,23 @@ CASES = {
     "a72-w4a4-smlal": ("arm-a72", 4, 4, 0, "saddlp", ["smlal", "saddlp"]),
     # 8-bit codes: pairs of products per int16 lane, 16-bit mla
     "a72-w2a8-mla16": ("arm-a72", 2, 8, 0, "int16x32", [r"mla\s+v\d+\.8h"]),
-    # 8-bit weights and codes: int16 is not proven, 32-bit mla
-    "a72-w8a8-mla32": ("arm-a72", 8, 8, 0, "int32x16", [r"mla\s+v\d+\.4s"]),
+    # 8-bit weights and codes: int16 sums are not proven; codes shifted to signed bytes, each
+    # product exact in int16 (smull), pairs added into int32 lanes (sadalp), zero point 9
+    "a72-w8a8-smull": ("arm-a72", 8, 8, 9, "smull", [r"smull2?\s+v\d+\.8h", r"sadalp"]),
     # a core with SDOT: codes <= 127 as they are ...
     "a76-w4a4-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s"]),
     # ... and 8-bit codes shifted by -128 to signed bytes, zero point in the padding
     "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
+    # 2-bit weights (two's complement planes) and 2-bit codes on a core without SDOT:
+    # bit-serial, and + cnt + uadalp on 16-bit counts, bit planes gathered by one multiply
+    "a72-w2a2-bitserial": (
+        "arm-a72",
+        2,
+        2,
+        0,
+        "uaddlp",
+        [r"cnt\s+v\d+\.16b", r"uadalp\s+v\d+\.8h", r"ld1r\s"],
+    ),
 }
 
 
@@ -58,7 +69,7 @@ def _build(case: str, tmp_path: Path) -> tuple[object, Path, object]:
     model = _layer_model(weight_bits, act_bits, zero_point)
     prepared = prepare_module(model, target, batch=1)
     [conv_function] = [
-        f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_int" in name
+        f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_" in name
     ]
     assert telltale in conv_function.script()  # scheduled as designed, not left naive
     library = tmp_path / f"{case}.so"
@@ -84,7 +95,7 @@ def test_neon_layers_get_the_lane_layout_their_codes_allow():
     for case, lane_inputs, chunked in (
         ("a72-w4a4-smlal", 1, True),
         ("a72-w2a8-mla16", 2, True),
-        ("a72-w8a8-mla32", 2, False),
+        ("a72-w8a8-smull", 2, False),
         ("a76-w4a4-sdot", 2, False),
         ("a76-w8a8-sdot", 2, False),
     ):

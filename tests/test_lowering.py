@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from apprentice_hw.compiler import compile_module, prepare_module
 from apprentice_hw.hardware import get_target
 from apprentice_hw.lowering.packing import (
+    bitserial_conv_weights,
     pack_channel_bits,
     pack_rows,
     packed_row_bytes,
@@ -127,6 +128,26 @@ def _qcdq_layer(kind, weights, act_bits, zero_point=0, conv=None, per_channel=Tr
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
 
 
+@settings(max_examples=50, deadline=None)
+@given(
+    hnp.arrays(np.int8, st.tuples(st.integers(1, 20), st.integers(1, 40), st.integers(1, 3),
+                                  st.integers(1, 3)), elements=st.integers(-2, 1))
+)  # fmt: skip
+def test_bitserial_weight_blocks_hold_every_weight_once(weights):
+    """The bit-serial kernel's blocks (8 output x 16 input channels, two bytes per plane)
+    unpack to the weights, zeros in the padding."""
+    coefficients, blocks = bitserial_conv_weights(weights)
+    out_ch, in_ch, kh, kw = weights.shape
+    assert blocks.shape == (-(-out_ch // 8), -(-in_ch // 16), kh, kw, len(coefficients), 8, 2)
+    bits = np.unpackbits(blocks[..., None], axis=-1, bitorder="little")  # (..., P, 8, 2, 8)
+    # (OB, CB, KH, KW, P, 8, 16) -> (P, OB x 8, CB x 16, KH, KW)
+    masks = bits.reshape(*blocks.shape[:-1], 16).transpose(4, 0, 5, 1, 6, 2, 3)
+    masks = masks.reshape(len(coefficients), blocks.shape[0] * 8, blocks.shape[1] * 16, kh, kw)
+    total = sum(c * m.astype(np.int64) for c, m in zip(coefficients, masks, strict=True))
+    np.testing.assert_array_equal(total[:out_ch, :in_ch], weights)
+    assert not total[out_ch:].any() and not total[:, in_ch:].any()
+
+
 def _run_both(model, kernel, shape):
     inputs = np.random.default_rng(0).random((4, *shape), dtype=np.float32) * 2
     expected = run_onnxruntime_outputs(model, inputs)[0]
@@ -154,6 +175,46 @@ def test_conv_kernels_are_exact(kernel, weight_bits, act_bits, conv):
     expected, got, layers = _run_both(model, kernel, (10, 9, 9))
     assert [layer.strategy for layer in layers] == [kernel]
     np.testing.assert_array_equal(got, expected)
+
+
+BITSERIAL_CASES = {
+    # ternary weights, input channels short of one 16-channel block, 12 = 8 + 4 outputs
+    "ternary-3x3": (10, 3, {"pads": [1, 1, 1, 1]}, 2, (-1, 2)),
+    # two's complement planes (-2 .. 1); 1x1 stride 2: no loop over kernel positions
+    "2bit-1x1-stride2": (40, 1, {"strides": [2, 2]}, 2, (-2, 2)),
+    # one-bit activations: no loop over activation bits either
+    "a1-dilated": (16, 3, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, 1, (-1, 2)),
+}
+
+
+@pytest.mark.parametrize("case", list(BITSERIAL_CASES))
+def test_bitserial_convs_are_scheduled_and_exact(case):
+    """Every bit-serial layer gets its schedule (NEON: the and + cnt + uadalp intrinsic,
+    checked in the TIR), and the x86 module equals the float graph bit for bit."""
+    in_ch, size, conv, act_bits, (low, high) = BITSERIAL_CASES[case]
+    weights = np.random.default_rng(in_ch).integers(low, high, size=(12, in_ch, size, size))
+    model = _qcdq_layer("conv", weights, act_bits, conv={"kernel_shape": [size, size], **conv})
+    for target_name in ("x86-host", "arm-a72"):
+        target = get_target(target_name)
+        functions = _scheduled_functions(prepare_module(model, target, kernel="bitserial"), target)
+        [conv_function] = [f for name, f in functions.items() if "bitserial" in name]
+        assert "tirx.is_scheduled" in conv_function.attrs, target_name
+        assert ("uaddlp" in conv_function.script()) == (target_name == "arm-a72")
+    expected, got, layers = _run_both(model, "bitserial", (in_ch, 9, 9))
+    assert [layer.strategy for layer in layers] == ["bitserial"]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_bitserial_refuses_counts_beyond_16_bits():
+    from apprentice_hw.lowering.strategies import KERNEL_STRATEGIES, QuantLayer
+
+    def layer(in_ch: int) -> QuantLayer:
+        return QuantLayer("c", "conv2d", np.ones((8, in_ch, 3, 3), np.int8), 2, "uint8", 0,
+                          (0, 3))  # fmt: skip
+
+    refuse = KERNEL_STRATEGIES.get("bitserial").unsupported
+    assert refuse(layer(7280)) is None  # 7280 x 9 = 65520 products per output
+    assert "16-bit counts" in refuse(layer(7281))
 
 
 def test_activation_zero_point_pads_with_zero():

@@ -73,61 +73,6 @@ def register_vnni() -> str:
     return VNNI_16X4
 
 
-NEON_16X4 = "apprentice_hw_dot_16x4_int32_mla"
-
-
-def _byte(T, weights, k: int):
-    """Byte ``k`` of each of 16 int32 lanes, sign-extended: shifted to the top and back."""
-    lanes = T.reinterpret(weights, dtype="int32x16")
-    if k < 3:
-        lanes = T.shift_left(lanes, T.broadcast(T.int32(24 - 8 * k), 16))
-    return T.shift_right(lanes, T.broadcast(T.int32(24), 16))
-
-
-def _code(T, codes, k: int):
-    """Code ``k`` of four, in all 16 int32 lanes: the 32-bit word broadcast, then shifted and
-    masked as vectors (a broadcast byte load became 16 lane inserts on AArch64)."""
-    lanes = T.broadcast(T.reinterpret(codes, dtype="int32"), 16)
-    if k > 0:
-        lanes = T.shift_right(lanes, T.broadcast(T.int32(8 * k), 16))
-    return T.bitwise_and(lanes, T.broadcast(T.int32(255), 16))
-
-
-@cache
-def register_neon_int32() -> str:
-    """Register the 16x4 int32 dot product for NEON (no SDOT) once; returns its name.
-
-    Plain vector arithmetic that LLVM turns into 32-bit multiply-accumulates (``mla .4s``: four
-    products per instruction, against one scalar ``madd`` per product before, 2026-12-07). The
-    64 weight bytes are read as 16 int32 lanes, one per output channel, and each of a lane's
-    four bytes is sign-extended by shifting it to the top and arithmetically back; the four
-    codes are one 32-bit word, broadcast, and each is shifted and masked out of it. Exact for
-    every layer: products and sums are int32, as in the description.
-    """
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    @T.prim_func(s_tir=True)
-    def neon_impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            C[T.ramp(T.int32(0), 1, 16)] = (
-                C.vload([0], dtype="int32x16")
-                + _byte(T, B.vload([0, 0], "int8x64"), 0) * _code(T, A.vload([0], "uint8x4"), 0)
-                + _byte(T, B.vload([0, 0], "int8x64"), 1) * _code(T, A.vload([0], "uint8x4"), 1)
-                + _byte(T, B.vload([0, 0], "int8x64"), 2) * _code(T, A.vload([0], "uint8x4"), 2)
-                + _byte(T, B.vload([0, 0], "int8x64"), 3) * _code(T, A.vload([0], "uint8x4"), 3)
-            )
-
-    TensorIntrin.register(NEON_16X4, _dot_16x4_description(), neon_impl)
-    return NEON_16X4
-
-
 AVX2_16X4 = "apprentice_hw_dot_16x4_avx2_pmaddwd"
 
 
@@ -525,6 +470,244 @@ def register_neon_int16_long() -> tuple[str, str]:
     TensorIntrin.register(NEON_16X4_INT16_LONG, product_desc, product_impl)
     TensorIntrin.register(NEON_WIDEN_INT16_LONG, widen_desc, widen_impl)
     return NEON_16X4_INT16_LONG, NEON_WIDEN_INT16_LONG
+
+
+@cache
+def register_neon_bitserial(act_bits: int, planes: int) -> str:
+    """Register the bit-serial block product for NEON once per (activation bits, weight
+    planes); returns its name.
+
+    For one pixel, one block of 8 output x 16 input channels and one kernel position
+    (``kernels.conv2d_bitserial``): each activation plane's two bytes are broadcast as one
+    16-bit value to all eight channels (``ld1r``), ANDed with each weight plane's 16 bytes,
+    counted per byte (``cnt``) and added pairwise into the channels' eight 16-bit counts
+    (``uadalp``): 3 instructions per 128 one-bit products.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    name = f"apprentice_hw_bitserial_{act_bits}x{planes}_uadalp"
+
+    @T.prim_func(s_tir=True)
+    def bits_desc(
+        A: T.Buffer((act_bits, 2), "uint8", offset_factor=1),
+        W: T.Buffer((planes, 8, 2), "uint8", offset_factor=1),
+        C: T.Buffer((act_bits, planes, 8), "uint16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:act_bits, 0:planes, 0:8], A[0:act_bits, 0:2], W[0:planes, 0:8, 0:2])
+            T.writes(C[0:act_bits, 0:planes, 0:8])
+            for b, p, o, t in T.grid(act_bits, planes, 8, 2):
+                with T.sblock("update"):
+                    vb, vp, vo, vt = T.axis.remap("SSSR", [b, p, o, t])
+                    C[vb, vp, vo] = C[vb, vp, vo] + T.cast(
+                        T.popcount(A[vb, vt] & W[vp, vo, vt]), "uint16"
+                    )
+
+    # One-bit activations: the schedule has no loop over the single bit (compute_at makes
+    # none for a unit extent), so neither may the description.
+    @T.prim_func(s_tir=True)
+    def one_bit_desc(
+        A: T.Buffer((1, 2), "uint8", offset_factor=1),
+        W: T.Buffer((planes, 8, 2), "uint8", offset_factor=1),
+        C: T.Buffer((1, planes, 8), "uint16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:1, 0:planes, 0:8], A[0:1, 0:2], W[0:planes, 0:8, 0:2])
+            T.writes(C[0:1, 0:planes, 0:8])
+            for p, o, t in T.grid(planes, 8, 2):
+                with T.sblock("update"):
+                    vp, vo, vt = T.axis.remap("SSR", [p, o, t])
+                    C[0, vp, vo] = C[0, vp, vo] + T.cast(
+                        T.popcount(A[0, vt] & W[vp, vo, vt]), "uint16"
+                    )
+
+    @T.prim_func(s_tir=True)
+    def bits_impl(
+        A: T.Buffer((act_bits, 2), "uint8", offset_factor=1),
+        W: T.Buffer((planes, 8, 2), "uint8", offset_factor=1),
+        C: T.Buffer((act_bits, planes, 8), "uint16", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:act_bits, 0:planes, 0:8], A[0:act_bits, 0:2], W[0:planes, 0:8, 0:2])
+            T.writes(C[0:act_bits, 0:planes, 0:8])
+            for b in T.unroll(0, act_bits):
+                for p in T.unroll(0, planes):
+                    C[b, p, T.ramp(0, 1, 8)] = C.vload([b, p, 0], "uint16x8") + (
+                        T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.uaddlp.v8i16.v16i8"),
+                            T.popcount(
+                                T.reinterpret(
+                                    T.broadcast(
+                                        T.reinterpret(A.vload([b, 0], "uint8x2"), dtype="uint16"), 8
+                                    ),
+                                    dtype="uint8x16",
+                                )
+                                & W.vload([p, 0, 0], "uint8x16")
+                            ),
+                            dtype="uint16x8",
+                        )
+                    )
+
+    TensorIntrin.register(name, bits_desc if act_bits > 1 else one_bit_desc, bits_impl)
+    return name
+
+
+BIT_GATHER = "apprentice_hw_bit_gather_8x2"
+# x * GATHER_MULTIPLIER >> 56 moves bit 8i of x to bit i of the top byte: every partial
+# product 2^(8i) x 2^(56-7j) is a distinct power of two, so nothing carries.
+GATHER_MULTIPLIER = sum(1 << (56 - 7 * i) for i in range(8))
+
+
+@cache
+def register_bit_gather() -> str:
+    """Register the bit-plane packing of 16 channels (``kernels.conv2d_bitserial``) once.
+
+    Sixteen bytes of 0 or 1 become two bytes, bit i of byte t from byte 8t+i: each half read
+    as one 64-bit word and gathered by one multiply (``GATHER_MULTIPLIER``) and shift, against
+    about 20 byte loads, shifts and ors per byte that LLVM made of the sum.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def gather_desc(
+        A: T.Buffer((16,), "uint8", offset_factor=1),
+        P: T.Buffer((2,), "uint8", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:16])
+            T.writes(P[0:2])
+            for t in T.serial(0, 2):
+                with T.sblock("pack"):
+                    vt = T.axis.remap("S", [t])
+                    P[vt] = (
+                        A[vt * 8]
+                        + (A[vt * 8 + 1] << T.uint8(1))
+                        + (A[vt * 8 + 2] << T.uint8(2))
+                        + (A[vt * 8 + 3] << T.uint8(3))
+                        + (A[vt * 8 + 4] << T.uint8(4))
+                        + (A[vt * 8 + 5] << T.uint8(5))
+                        + (A[vt * 8 + 6] << T.uint8(6))
+                        + (A[vt * 8 + 7] << T.uint8(7))
+                    )
+
+    @T.prim_func(s_tir=True)
+    def gather_impl(
+        A: T.Buffer((16,), "uint8", offset_factor=1),
+        P: T.Buffer((2,), "uint8", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:16])
+            T.writes(P[0:2])
+            for t in T.unroll(0, 2):
+                P[t] = T.Cast(
+                    "uint8",
+                    T.shift_right(
+                        T.reinterpret(A.vload([t * 8], "uint8x8"), dtype="uint64")
+                        * T.uint64(GATHER_MULTIPLIER),
+                        T.uint64(56),
+                    ),
+                )
+
+    TensorIntrin.register(BIT_GATHER, gather_desc, gather_impl)
+    return BIT_GATHER
+
+
+NEON_16X4_WIDE_PAIRS = "apprentice_hw_dot_16x4_smull_sadalp"
+NEON_WIDEN_WIDE_PAIRS = "apprentice_hw_widen_16x2_addp"
+
+
+@cache
+def register_neon_wide_pairs() -> tuple[str, str]:
+    """Register NEON's 8-bit product without SDOT once: (product, widen) intrinsic names.
+
+    ``product``: a block of 16 output x 4 input channels of signed bytes into 16 x 2 int32
+    lanes (one per output channel and pair of inputs): ``smull`` / ``smull2`` make the 64
+    products in int16 (exact: |code x weight| <= 128 x 128), ``sadalp`` adds each adjacent
+    pair into its int32 lane. Eight of each per block, against about forty instructions of
+    the 32-bit ``mla`` path with its byte extraction (2026-12-07). ``widen``: each channel's
+    two lanes added into its int32 accumulator (``addp``), once per tile.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def product_desc(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        P: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(P[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(P[0:16, 0:2])
+            for i, p, r in T.grid(16, 2, 2):
+                with T.sblock("update"):
+                    vi, vp, vr = T.axis.remap("SSR", [i, p, r])
+                    P[vi, vp] = P[vi, vp] + T.cast(A[vp * 2 + vr], "int32") * T.cast(
+                        B[vi, vp * 2 + vr], "int32"
+                    )
+
+    @T.prim_func(s_tir=True)
+    def product_impl(
+        A: T.Buffer((4,), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        P: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(P[0:16, 0:2], A[0:4], B[0:16, 0:4])
+            T.writes(P[0:16, 0:2])
+            for h in T.unroll(0, 8):  # output channels 2h, 2h+1: eight products, four lanes
+                P[h * 2, T.ramp(0, 1, 4)] = P.vload([h * 2, 0], "int32x4") + (
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"),
+                        T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"),
+                            B.vload([h * 2, 0], "int8x8"),
+                            T.reinterpret(
+                                T.broadcast(
+                                    T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 2
+                                ),
+                                dtype="int8x8",
+                            ),
+                            dtype="int16x8",
+                        ),
+                        dtype="int32x4",
+                    )
+                )
+
+    @T.prim_func(s_tir=True)
+    def widen_desc(
+        P: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            for i, p in T.grid(16, 2):
+                with T.sblock("update"):
+                    vi, vp = T.axis.remap("SR", [i, p])
+                    C[vi] = C[vi] + P[vi, vp]
+
+    @T.prim_func(s_tir=True)
+    def widen_impl(
+        P: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], P[0:16, 0:2])
+            T.writes(C[0:16])
+            for q in T.unroll(0, 4):
+                C[q * 4 : q * 4 + 4] = C.vload([q * 4], "int32x4") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.addp.v4i32"),
+                    P.vload([q * 4, 0], "int32x4"),
+                    P.vload([q * 4 + 2, 0], "int32x4"),
+                    dtype="int32x4",
+                )
+
+    TensorIntrin.register(NEON_16X4_WIDE_PAIRS, product_desc, product_impl)
+    TensorIntrin.register(NEON_WIDEN_WIDE_PAIRS, widen_desc, widen_impl)
+    return NEON_16X4_WIDE_PAIRS, NEON_WIDEN_WIDE_PAIRS
 
 
 DP4A_U8S8 = "apprentice_hw_dp4a_u8s8_local"

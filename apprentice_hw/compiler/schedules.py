@@ -11,10 +11,15 @@ that schedules each function by what it contains (a registry of rules, first mat
   VNNI, as two ``vpmaddubsw`` adding into int16 partial sums where the lowering proved they
   fit (low-bit layers, ``lowering/int16_sums.py``; widened to int32 once per chunk of input
   blocks), else as four ``vpmaddwd`` on int16 pairs (the weights stored in pair order for
-  it); and unrolled for LLVM to vectorize elsewhere (NEON); rows of the output are
-  spread over threads; the fused epilogue runs on each finished tile from the accumulators.
+  it); on NEON as ``sdot`` (``+dotprod``), else ``smlal`` or 16-bit ``mla`` int16 sums where
+  proven and ``smull`` + ``sadalp`` into int32 lanes elsewhere; unrolled on other CPUs; rows
+  of the output are spread over threads; the fused epilogue runs on each finished tile from
+  the accumulators.
   The tile's size and the prologue's threading are ``ConvKnobs``: a heuristic picks them
   untuned, ``apprentice-hw tune`` measures the alternatives (``compiler/tuning.py``).
+* ``bitserial_conv``: ``kernels.conv2d_bitserial``: a tile of pixels x 8-channel blocks of
+  16-bit popcount sums in registers (NEON: ``and`` + ``cnt`` + ``uadalp``), the activation's
+  bit planes gathered per row, the fused epilogue per tile.
 * ``elementwise``: every function of spatial blocks only (quantize, dequantize, adds, casts):
   inlined into one loop, split into threads and vector lanes.
 * ``spatial_outer``: anything else with a reduction (dense, pooling, mean): its outer spatial
@@ -45,6 +50,9 @@ NEON_ACCUMULATORS = 4  # NEON's int32 sums: four q registers per pixel x block, 
 NEON_MAX_ACCUMULATORS = 8  # searched at most on NEON
 # NEON's smlal int16 sums: one lane per product, eight q registers per pixel x block
 NEON_LONG_INT16_ACCUMULATORS = 3
+# NEON's bit-serial counts: q registers of 16-bit counts per tile (one per pixel, 8-channel
+# block, activation bit and weight plane), of 32
+BITSERIAL_ACCUMULATORS = 16
 PAIRS_ACCUMULATORS = 8  # AVX2's vpmaddwd: two ymm of int32 sums per pixel x block
 AVX2_MAX_ACCUMULATORS = 8  # searched at most on AVX2 (VNNI: MAX_ACCUMULATORS)
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
@@ -66,7 +74,8 @@ class ScheduleRule:
 
 
 SCHEDULE_RULES: Registry[ScheduleRule] = Registry("schedule rule")
-RULE_ORDER = ("blocked_conv", "elementwise", "spatial_outer")  # the first that applies wins
+# the first that applies wins
+RULE_ORDER = ("blocked_conv", "bitserial_conv", "elementwise", "spatial_outer")
 
 
 def _has_feature(target, feature: str) -> bool:
@@ -155,7 +164,7 @@ def _try_inline(sch, block) -> bool:
     return True
 
 
-def inline_around(sch, first: str, last: str) -> list:
+def inline_around(sch, first: str, last: str, kernel: str = "conv_blocked") -> list:
     """Inline the blocks TVM fused around the kernel; returns the blocks left after ``last``.
 
     Blocks before ``first`` (an elementwise producer) go into it. Blocks after ``last`` are
@@ -168,7 +177,7 @@ def inline_around(sch, first: str, last: str) -> list:
     for name in names[names.index(last) :]:
         _try_inline(sch, sch.get_sblock(name))
     names = [sch.get(block).name_hint for block in _blocks(sch)]
-    return [sch.get_sblock(name) for name in names[names.index("conv_blocked") + 1 :]]
+    return [sch.get_sblock(name) for name in names[names.index(kernel) + 1 :]]
 
 
 def _output_dtype_bytes(sch, block) -> int:
@@ -240,7 +249,7 @@ def default_conv_knobs(sch, target) -> ConvKnobs:
             budget = {"avx2": INT16_ACCUMULATORS, "neon": NEON_INT16_ACCUMULATORS}[
                 int16_product(target)
             ]
-            if int16_lane_inputs(sch) == 1:
+            if int16_lane_inputs(sch) == 1 or has_wide_pairs(sch):  # 8 q registers each
                 budget = NEON_LONG_INT16_ACCUMULATORS
         pixels = max(_divisors(shape["columns"], budget))
         blocks = max(_divisors(shape["out_blocks"], max(1, budget // pixels)))
@@ -357,12 +366,7 @@ def _vectorize_epilogue(sch, output) -> None:
 
 
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
-    from apprentice_hw.compiler.intrinsics import (
-        register_avx2,
-        register_neon_int32,
-        register_sdot,
-        register_vnni,
-    )
+    from apprentice_hw.compiler.intrinsics import register_avx2, register_sdot, register_vnni
 
     knobs = knobs or default_conv_knobs(sch, target)
     outputs = inline_around(sch, "pad_blocked", "conv2d_int")
@@ -404,15 +408,15 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     sch.vectorize(sch.get_loops(init)[-1])
     if dot == "vnni":
         sch.tensorize(oi, register_vnni())
-    elif dot == "neon":
-        signed = has_signed_dot(target) and has_signed_codes(sch)
-        sch.tensorize(oi, register_sdot() if signed else register_neon_int32())
+    elif dot == "neon" and has_signed_dot(target) and has_signed_codes(sch):
+        sch.tensorize(oi, register_sdot())
     elif dot == "avx2":
         sch.tensorize(rp, register_avx2())
     else:
         # TVM refuses to vectorize a spatial loop inside the reduction loop ``ri``; unrolled,
         # the 16 x 4 products are straight-line code that LLVM's SLP vectorizer may pack (on
-        # AArch64 it did not: one scalar madd per product, hence the 'neon' intrinsic).
+        # AArch64 it did not: one scalar madd per product; NEON convs without SDOT take the
+        # int16 sums or the wide pairs of ``_schedule_int16_sums`` instead).
         sch.unroll(ri)
         sch.unroll(oi)
     sch.unroll(ji)
@@ -420,7 +424,7 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     _schedule_tile_epilogue(sch, outputs, jo)
 
 
-def _schedule_tile_epilogue(sch, outputs: list, tile) -> None:
+def _schedule_tile_epilogue(sch, outputs: list, tile, local: str = "conv_blocked_local") -> None:
     """The epilogue (requantization, residual add, ReLU, next quantize) on each finished tile,
     straight from the accumulators: no int32 output buffer, one parallel loop less (ResNet-20
     W4A4: 0.459 -> 0.429 ms, 2026-11-25). ``tile`` is the loop over tiles; the accumulators'
@@ -428,7 +432,7 @@ def _schedule_tile_epilogue(sch, outputs: list, tile) -> None:
     for output in outputs:
         sch.reverse_compute_at(output, tile)
         _vectorize_epilogue(sch, output)
-    sch.compute_inline(sch.get_sblock("conv_blocked_local"))
+    sch.compute_inline(sch.get_sblock(local))
 
 
 def _int16_stage_loops(sch, partial, depth: int, knobs: ConvKnobs) -> dict:
@@ -456,6 +460,11 @@ def has_int16_sums(sch) -> bool:
     return "conv_int16" in _block_names(sch)
 
 
+def has_wide_pairs(sch) -> bool:
+    """Whether the conv sums pairs of products in int32 lanes (``kernels``' ``wide_pairs``)."""
+    return str(sch.get(sch.get_sblock("conv_int16")).writes[0].source.dtype) == "int32"
+
+
 def int16_lane_inputs(sch) -> int:
     """Input channels whose products share an int16 lane: 2 (pairs) or 1 (``smlal``)."""
     lanes = sch.get(sch.get_sblock("conv_int16")).writes[0].source.shape[-1]
@@ -478,9 +487,12 @@ def _schedule_int16_sums(sch, target, knobs: ConvKnobs):
         register_avx2_int16,
         register_neon_int16,
         register_neon_int16_long,
+        register_neon_wide_pairs,
     )
 
-    if int16_lane_inputs(sch) == 1:
+    if has_wide_pairs(sch):
+        product, widen = register_neon_wide_pairs()
+    elif int16_lane_inputs(sch) == 1:
         product, widen = register_neon_int16_long()
     elif int16_product(target) == "neon":
         product, widen = register_neon_int16()
@@ -528,6 +540,110 @@ def _schedule_int16_sums(sch, target, knobs: ConvKnobs):
     return jo
 
 
+def is_bitserial_conv(sch) -> bool:
+    """Whether the function is ``kernels.conv2d_bitserial`` (with whatever TVM fused to it)."""
+    return _block_names(sch) >= {"code_bits", "bitpack_data", "conv_bits"}
+
+
+def _schedule_bit_planes(sch) -> None:
+    """The activation's bit planes, one row of pixels at a time (rows on threads for big
+    inputs): per pixel and 16 channels, each bit of the codes as one vector, then each plane's
+    two bytes gathered by the ``register_bit_gather`` intrinsic (one multiply per byte)."""
+    from apprentice_hw.compiler.intrinsics import register_bit_gather
+
+    bits = sch.get_sblock("code_bits")
+    pack = sch.get_sblock("bitpack_data")
+    size = math.prod(int(extent) for extent in sch.get(pack).writes[0].source.shape)
+    n, y, _x, _cb, b, t = sch.get_loops(pack)
+    rows = sch.fuse(n, y)
+    sch.compute_at(bits, b)
+    sch.vectorize(sch.get_loops(bits)[-1])
+    sch.tensorize(t, register_bit_gather())
+    sch.unroll(b)
+    if size * 8 >= PARALLEL_PAD_BYTES:  # the codes' bytes (eight per plane byte and bit)
+        sch.parallel(rows)
+
+
+def _bitserial_stage_loops(sch, conv, depth: int, extents: dict[str, int]) -> dict:
+    """The loops ``compute_at`` made for ``conv_bits`` below ``depth``, by role (None for a
+    role of extent one, which gets no loop; see ``_int16_stage_loops``)."""
+    loops = iter(sch.get_loops(conv)[depth:])
+    return {role: next(loops) if extent > 1 else None for role, extent in extents.items()}
+
+
+def schedule_bitserial_conv(sch, target) -> None:
+    """``kernels.conv2d_bitserial``: a tile of pixels x 8-channel output blocks whose 16-bit
+    counts (one q register per activation bit and weight plane) stay in registers over the
+    whole reduction; on NEON each (block, kernel position, 16 input channels) is the
+    ``and`` + ``cnt`` + ``uadalp`` intrinsic. Rows of the output on threads.
+
+    The tile is set on ``conv2d_bitserial`` (the counts' weighted sum) and the counts are
+    computed under it: its reads of the counts name each bit and plane by a constant, which
+    TVM cannot solve the other way round (``reverse_compute_at``). The fused epilogue then
+    runs on each finished tile, as in the blocked conv.
+    """
+    from apprentice_hw.compiler.intrinsics import register_neon_bitserial
+
+    names = [sch.get(block).name_hint for block in _blocks(sch)]
+    for name in names[: names.index("code_bits")]:
+        sch.compute_inline(sch.get_sblock(name))
+    for name in names[names.index("conv2d_bitserial") + 1 :]:
+        _try_inline(sch, sch.get_sblock(name))
+    names = [sch.get(block).name_hint for block in _blocks(sch)]
+    outputs = [sch.get_sblock(name) for name in names[names.index("conv2d_bitserial") + 1 :]]
+    _schedule_bit_planes(sch)
+
+    conv = sch.get_sblock("conv_bits")
+    _, _, out_w, out_blocks, act_bits, planes, lanes = (
+        int(extent) for extent in sch.get(conv).writes[0].source.shape
+    )
+    per_pixel = act_bits * planes  # count vectors per pixel and block
+    budget = max(1, BITSERIAL_ACCUMULATORS // per_pixel)
+    pixels = max(_divisors(out_w, budget))
+    blocks = max(_divisors(out_blocks, max(1, budget // pixels)))
+    combine = sch.get_sblock("conv2d_bitserial")
+    if str(sch.get(combine).annotations["layout"]) == "NHWC":
+        n, i, j, o = sch.get_loops(combine)
+        oo, oi = sch.split(o, factors=[None, blocks * lanes])
+        jo, ji = sch.split(j, factors=[None, pixels])
+        sch.reorder(n, oo, i, jo, ji, oi)
+    else:
+        n, o, i, j = sch.get_loops(combine)
+        oo, oi = sch.split(o, factors=[None, blocks * lanes])
+        jo, ji = sch.split(j, factors=[None, pixels])
+        sch.reorder(n, oo, i, jo, oi, ji)
+    sch.parallel(sch.fuse(n, oo, i))
+    sch.compute_at(conv, jo)
+    sch.set_scope(conv, 0, "local")
+    sch.set_scope(combine, 0, "local")
+    depth = 1 + [sch.get(loop) for loop in sch.get_loops(conv)].index(sch.get(jo))
+    kh, kw = (int(extent) for extent in sch.get(conv).reads[-1].source.shape[2:4])
+    blocks_in = int(sch.get(conv).reads[-1].source.shape[1])
+    extents = {"pixels": pixels, "blocks": blocks, "bits": act_bits, "planes": planes,
+               "lanes": lanes, "rc": blocks_in, "ry": kh, "rx": kw, "rt": 2}  # fmt: skip
+    loops = _bitserial_stage_loops(sch, conv, depth, extents)
+    order = [loops[role] for role in
+             ("rc", "ry", "rx", "pixels", "blocks", "bits", "planes", "lanes", "rt")]  # fmt: skip
+    order = [loop for loop in order if loop is not None]
+    sch.reorder(*order)
+    init = sch.decompose_reduction(conv, order[0])  # zero the tile's counts once
+    sch.vectorize(sch.get_loops(init)[-1])
+    product = next(loops[r] for r in ("bits", "planes", "lanes") if loops[r] is not None)
+    if _dot_product(target) == "neon":
+        sch.tensorize(product, register_neon_bitserial(act_bits, planes))
+    else:
+        for role in ("rt", "lanes", "planes", "bits"):
+            if loops[role] is not None:
+                sch.unroll(loops[role])
+    for role in ("pixels", "blocks"):
+        if loops[role] is not None:
+            sch.unroll(loops[role])
+    for output in outputs:
+        sch.reverse_compute_at(output, jo)
+        _vectorize_epilogue(sch, output)
+    _try_inline(sch, combine)
+
+
 def _schedule_elementwise(sch, target) -> None:
     blocks = _blocks(sch)
     for block in blocks[:-1]:
@@ -551,6 +667,10 @@ def _schedule_spatial_outer(sch, target) -> None:
 SCHEDULE_RULES.add(
     "blocked_conv",
     ScheduleRule("blocked_conv", is_blocked_conv, schedule_blocked_conv),
+)
+SCHEDULE_RULES.add(
+    "bitserial_conv",
+    ScheduleRule("bitserial_conv", is_bitserial_conv, schedule_bitserial_conv),
 )
 SCHEDULE_RULES.add(
     "elementwise",

@@ -119,7 +119,8 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
                        bits: int, weight_sums=None, order: str = "16x4",
                        int16_chunk: int = 0, lane_inputs: int = 2,
-                       signed_codes: bool = False, code_shift: int | None = None):  # fmt: skip
+                       signed_codes: bool = False, code_shift: int | None = None,
+                       wide_pairs: bool = False):  # fmt: skip
     """Integer conv2d: int32 sum of (data - zero_point) * weight over (c, ky, kx).
 
     Computed in the blocked layout of int8 dot-product instructions (VNNI, vpmaddwd, SDOT), as
@@ -147,6 +148,11 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     in int32 (``vpmaddwd`` by ones). ``lane_inputs`` is the input channels of a block whose
     products share one int16 lane: 2 (the pairs above; NEON's 16-bit ``mla``) or 1 (NEON's
     ``smlal``, one product per lane).
+
+    With ``wide_pairs`` (signed codes), the same two stages sum pairs of products in int32
+    lanes instead, over the whole reduction (one chunk): NEON's ``smull`` makes eight exact
+    int16 products of signed bytes and ``sadalp`` adds them pairwise into int32 lanes, exact
+    for every 8-bit layer where int16 sums are not proven.
 
     With ``signed_codes``, ``pad_blocked`` holds signed bytes for signed-byte instructions
     (SDOT, ``smlal``): the codes plus ``code_shift`` (-128 where uint8 codes exceed 127, so
@@ -203,6 +209,10 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     )  # fmt: skip
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
+    if wide_pairs:
+        accumulated = _int16_chunked_sums(padded_at, decoded, geometry, (batch, out_h, out_w),
+                                          blocks_in, blocks_in, 2, lane_dtype="int32")  # fmt: skip
+        return _unblocked(accumulated, geometry, zero, weight_sums, storage)
     if int16_chunk:
         if blocks_in % int16_chunk:  # int16_sums chooses chunks that divide the blocks
             raise ValueError(f"an int16 chunk of {int16_chunk} blocks does not divide {blocks_in}")
@@ -224,9 +234,11 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
 
 
 def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[int, int, int],
-                        blocks_in: int, chunk: int, lane_inputs: int):  # fmt: skip
+                        blocks_in: int, chunk: int, lane_inputs: int,
+                        lane_dtype: str = "int16"):  # fmt: skip
     """``conv_blocked`` from int16 partial sums over chunks of ``chunk`` input blocks, one
-    int16 lane per output channel and ``lane_inputs`` adjacent input channels."""
+    int16 lane per output channel and ``lane_inputs`` adjacent input channels (``lane_dtype``
+    int32: the wide pairs' lanes)."""
     from tvm import te
 
     batch, out_h, out_w = out
@@ -239,8 +251,8 @@ def _int16_chunked_sums(padded_at, decoded, geometry: ConvGeometry, out: tuple[i
 
     def product(n, q, y, x, ob, oi, ci):
         cb = q * chunk + rq
-        code = padded_at(n, cb, y * sh + ry * dh, x * sw + rx * dw, ci).astype("int16")
-        return code * decoded[ob, cb, ry, rx, oi, ci].astype("int16")
+        code = padded_at(n, cb, y * sh + ry * dh, x * sw + rx * dw, ci).astype(lane_dtype)
+        return code * decoded[ob, cb, ry, rx, oi, ci].astype(lane_dtype)
 
     partial = te.compute(
         (batch, blocks_out, out_h, out_w, blocks_in // chunk, VNNI_LANES,
@@ -298,55 +310,85 @@ def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: Conv
                      act_bits: int):  # fmt: skip
     """Bit-serial conv2d for unsigned ``act_bits``-bit activations (zero point 0).
 
-    Activations are split into bit planes and packed eight channels per byte at run time;
-    ``planes`` holds the weight planes packed the same way, shape (P, O, ceil(C/8), KH, KW).
-    Each output is sum_p coef_p * sum_b 2^b * popcount(act_plane_b & weight_plane_p).
+    Each output is sum_p coef_p * sum_b 2^b * popcount(activation plane b & weight plane p),
+    over input channels and kernel positions: exact, since a code is sum_b 2^b x bit b and a
+    weight sum_p coef_p x mask p (``packing.weight_planes``). As stages the schedules read:
+
+    * ``code_bits``: bit b of each code, padded with 0 (the zero point), channels to a
+      multiple of 16;
+    * ``bitpack_data``: the bit planes, (N, H+pad, W+pad, C/16, B, 2): for each pixel,
+      block of 16 input channels and bit b, two bytes, channel 8t+i in bit i of byte t;
+    * ``conv_bits``: per (pixel, block of 8 output channels, bit b, weight plane p) the 16-bit
+      count of set bits of plane b AND plane p over (C/16, KH, KW, 2): one NEON ``and`` + ``cnt``
+      + ``uadalp`` per block, plane pair and kernel position, the two activation bytes
+      broadcast to the eight channels' pairs of weight bytes (``planes``, laid out by
+      ``packing.bitserial_conv_weights``);
+    * ``conv2d_bitserial``: the weighted sum of the counts in int32, in the data's layout.
+
+    Counts stay below 2^16: at most C x KH x KW per lane (``strategies`` refuses more).
     """
     from tvm import te, tirx
 
+    from apprentice_hw.lowering.packing import BITSERIAL_IN, BITSERIAL_OUT
+
     batch, channels, height, width = geometry.data_shape(data)
-    words = -(-channels // 8)
+    blocks_in = -(-channels // BITSERIAL_IN)
+    blocks_out = int(planes.shape[0])
     out_h, out_w = geometry.output_hw(height, width)
     (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
     top, left, bottom, right = geometry.padding
     one = tirx.const(1, "uint8")
+    rows, columns = height + top + bottom, width + left + right
 
-    def code(n, c, y, x):
-        """The activation code at padded position (y, x); 0 (zero point) outside."""
+    def code(n, y, x, c):
+        """The activation code at padded position (y, x); 0 (the zero point) outside."""
         inside = tirx.all(c < channels, y >= top, y < height + top, x >= left, x < width + left)
         value = geometry.read(data, n, tirx.min(c, channels - 1), y - top, x - left)
         return tirx.if_then_else(inside, value.astype("uint8"), tirx.const(0, "uint8"))
 
-    def pack(n, b, w, y, x):
-        bits = [((code(n, w * 8 + i, y, x) >> b) & one) << i for i in range(8)]
-        word = bits[0]
-        for bit in bits[1:]:
-            word = word | bit
+    # Each code's bits first (16 channels as one vector), then each plane byte sums eight
+    # consecutive ones: a form the schedules compute as one 64-bit multiply per byte.
+    code_bits = te.compute(
+        (batch, rows, columns, blocks_in, act_bits, BITSERIAL_IN),
+        lambda n, y, x, cb, b, k: (code(n, y, x, cb * BITSERIAL_IN + k) >> b.astype("uint8"))
+        & one,
+        name="code_bits",
+    )  # fmt: skip
+
+    def pack(n, y, x, cb, b, t):
+        word = code_bits[n, y, x, cb, b, t * 8]
+        for i in range(1, 8):  # disjoint bits
+            word = word + (code_bits[n, y, x, cb, b, t * 8 + i] << tirx.const(i, "uint8"))
         return word
 
-    packed = te.compute(
-        (batch, act_bits, words, height + top + bottom, width + left + right), pack,
-        name="bitpack_data",
-    )  # fmt: skip
-    rw = te.reduce_axis((0, words), name="rw")
+    packed = te.compute((batch, rows, columns, blocks_in, act_bits, 2), pack, name="bitpack_data")
+    rc = te.reduce_axis((0, blocks_in), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
+    rt = te.reduce_axis((0, 2), name="rt")
+    counts = te.compute(
+        (batch, out_h, out_w, blocks_out, act_bits, len(coefficients), BITSERIAL_OUT),
+        lambda n, i, j, ob, b, p, oi: te.sum(
+            tirx.popcount(
+                packed[n, i * sh + ry * dh, j * sw + rx * dw, rc, b, rt]
+                & planes[ob, rc, ry, rx, p, oi, rt]
+            ).astype("uint16"),
+            axis=[rc, ry, rx, rt],
+        ),
+        name="conv_bits",
+    )  # fmt: skip
 
-    def compute(*index):
+    def combine(*index):
         n, o, i, j = geometry.output_index(index)
-        terms = []
+        ob, oi = tirx.indexdiv(o, BITSERIAL_OUT), tirx.indexmod(o, BITSERIAL_OUT)
+        total = None
         for p, coefficient in enumerate(coefficients):
             for b in range(act_bits):
-                word = (
-                    packed[n, b, rw, i * sh + ry * dh, j * sw + rx * dw] & planes[p, o, rw, ry, rx]
-                )
-                terms.append(tirx.popcount(word).astype("int32") * (coefficient << b))
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return te.sum(total, axis=[rw, ry, rx])
+                term = counts[n, i, j, ob, b, p, oi].astype("int32") * (coefficient << b)
+                total = term if total is None else total + term
+        return total
 
     return te.compute(
-        geometry.output_shape(batch, out_h, out_w), compute, name="conv2d_bitserial",
-        tag="conv2d_bitserial",
+        geometry.output_shape(batch, out_h, out_w), combine, name="conv2d_bitserial",
+        tag="conv2d_bitserial", attrs={"layout": geometry.layout},  # what the schedule reads
     )  # fmt: skip

@@ -103,6 +103,34 @@ def pack_channel_bits(masks: np.ndarray) -> np.ndarray:
     return np.bitwise_or.reduce(grouped << shifts, axis=2).astype(np.uint8)
 
 
+# -- conv weight planes in the blocks of the bit-serial kernel ---------------------------------
+BITSERIAL_OUT = 8  # output channels per block: one vector of eight 16-bit counts
+BITSERIAL_IN = 16  # input channels per block: two bytes of each plane, one 16-bit broadcast
+
+
+def bitserial_conv_weights(weights: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """Conv weights (O, C, KH, KW) as bit planes in the bit-serial kernel's blocks.
+
+    Returns the planes' coefficients (``weight_planes``) and a uint8 array of shape
+    (O/8, C/16, KH, KW, P, 8, 2): for each block of 8 output x 16 input channels, kernel
+    position and plane, the 16 bytes the kernel ANDs with one broadcast pair of activation
+    bytes (byte ``t`` of output channel ``oi`` holds input channels 8t..8t+7, lowest bit
+    first). Padded channels are zero in every plane, so they add nothing.
+    """
+    planes = weight_planes(weights)
+    out_ch, in_ch, kh, kw = weights.shape
+    blocks_out = -(-out_ch // BITSERIAL_OUT)
+    blocks_in = -(-in_ch // BITSERIAL_IN)
+    stacked = []
+    for _, mask in planes:
+        padded = np.zeros((blocks_out * BITSERIAL_OUT, blocks_in * BITSERIAL_IN, kh, kw), np.uint8)
+        padded[:out_ch, :in_ch] = mask
+        stacked.append(pack_channel_bits(padded))  # (O', C'/8, KH, KW)
+    grid = np.stack(stacked).reshape(len(planes), blocks_out, BITSERIAL_OUT, blocks_in, 2, kh, kw)
+    blocked = grid.transpose(1, 3, 5, 6, 0, 2, 4)  # (OB, CB, KH, KW, P, 8, 2)
+    return tuple(coefficient for coefficient, _ in planes), np.ascontiguousarray(blocked)
+
+
 # -- conv weights in the blocked order of the int8 dot-product kernels ------------------------
 BLOCK_OUT = 16  # output channels per block: one 512-bit register of int32 accumulators
 BLOCK_IN = 4  # input channels per block: the four uint8 x int8 products one lane sums

@@ -554,34 +554,39 @@ def _make_pass():
                 weight_bits=bits, act_dtype=act_dtype, act_zero_point=act_zero,
                 act_range=code_range, geometry=geometry,
             )  # fmt: skip
-            chunk, lane_inputs, signed = self._dot_choices(layer)
+            chunk, lane_inputs, signed, wide = self._dot_choices(layer)
             layer = replace(
                 layer, int16_chunk=chunk, int16_lane_inputs=lane_inputs, signed_codes=signed,
-                dot_order="16x4" if chunk else self.options.dot_order,
+                wide_pairs=wide, dot_order="16x4" if chunk or wide else self.options.dot_order,
             )  # fmt: skip
             rank = 4 if kind == "conv2d" else 2
             return self._lower(codes, layer, act_scale, weight_scales, rank=rank)
 
-        def _dot_choices(self, layer: QuantLayer) -> tuple[int, int, bool]:
+        def _dot_choices(self, layer: QuantLayer) -> tuple[int, int, bool, bool]:
             """How the conv's products are summed: its int16 chunk (0: int32 products), the
-            input channels per int16 lane, and whether its codes are signed bytes.
+            input channels per int16 lane, whether its codes are signed bytes, and whether
+            pairs of products go into int32 lanes (``wide_pairs``).
 
             SDOT cores take every conv layer in SDOT (codes shifted to signed bytes); NEON
             without it sums in int16 where proven, one product per lane (``smlal``, signed)
-            where codes are at most 127; AVX2 in pairs (``vpmaddubsw``).
+            where codes are at most 127, and elsewhere multiplies signed bytes into int16
+            products added pairwise into int32 lanes (``smull`` + ``sadalp``: exact for every
+            8-bit layer); AVX2 in pairs (``vpmaddubsw``).
             """
             options = self.options
             if layer.kind != "conv2d":
-                return 0, PAIR, False
+                return 0, PAIR, False, False
             if options.signed_dot:
-                return 0, PAIR, True
+                return 0, PAIR, True, False
             if not options.int16_sums:
-                return 0, PAIR, False
+                return 0, PAIR, False, False
             small = layer.code_max <= SIGNED_CODE_MAX
             lane_inputs = 1 if options.int16_signed_lanes and small else PAIR
             group = blocks_per_group(layer.weight_bits)
             chunk = int16_chunk(layer.weights, layer.code_max, group, lane_inputs)
-            return chunk, lane_inputs, chunk > 0 and lane_inputs == 1
+            if chunk == 0 and options.int16_signed_lanes:
+                return 0, PAIR, True, True
+            return chunk, lane_inputs, chunk > 0 and lane_inputs == 1, False
 
         def _visit_matmul(self, call):
             if len(call.args[0].ty.shape) != 2 or len(call.args[1].ty.shape) != 2:

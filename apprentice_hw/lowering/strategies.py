@@ -16,14 +16,14 @@ import numpy as np
 
 from apprentice_hw.lowering import kernels
 from apprentice_hw.lowering.packing import (
+    BITSERIAL_IN,
     BLOCK_IN,
     BLOCK_OUT,
+    bitserial_conv_weights,
     blocked_conv_weights,
     container_bits,
     pack_blocked,
-    pack_channel_bits,
     pack_rows,
-    weight_planes,
 )
 from apprentice_hw.registry import Registry
 
@@ -49,6 +49,8 @@ class QuantLayer:
     int16_lane_inputs: int = 2
     # the conv kernel multiplies signed bytes (SDOT; smlal where codes are at most 127)
     signed_codes: bool = False
+    # pairs of int16 products summed in int32 lanes (NEON's smull + sadalp; signed codes)
+    wide_pairs: bool = False
 
     @property
     def code_shift(self) -> int:
@@ -147,6 +149,7 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str):
                 x, w, layer.geometry, zero_point, storage, bits, *sums, order=layer.dot_order,
                 int16_chunk=layer.int16_chunk, lane_inputs=layer.int16_lane_inputs,
                 signed_codes=layer.signed_codes, code_shift=layer.code_shift,
+                wide_pairs=layer.wide_pairs,
             )  # fmt: skip
 
         return bb.emit_te(conv, *inputs, primfunc_name_hint=f"conv2d_int_{storage}")
@@ -179,6 +182,9 @@ def _emit_packed(bb, data, layer: QuantLayer):
     return _emit_dense_or_conv(bb, data, layer, "packed")
 
 
+BITSERIAL_MAX_COUNT = (1 << 16) - 1  # the kernel's per-lane counts are uint16
+
+
 def _bitserial_unsupported(layer: QuantLayer) -> str | None:
     if layer.kind != "conv2d":
         return "only conv2d has a bit-serial kernel"
@@ -188,22 +194,19 @@ def _bitserial_unsupported(layer: QuantLayer) -> str | None:
         return f"activations have {layer.act_bits} bits; bit-serial pays off only up to 2"
     if layer.weight_bits > 2:
         return f"weights have {layer.weight_bits} bits; bit-serial takes ternary or 2-bit"
+    _, in_ch, kh, kw = layer.weights.shape
+    if -(-in_ch // BITSERIAL_IN) * BITSERIAL_IN * kh * kw > BITSERIAL_MAX_COUNT:
+        return f"{in_ch} x {kh} x {kw} inputs per output overflow the kernel's 16-bit counts"
     return None
 
 
-def _bitplanes(layer: QuantLayer) -> tuple[tuple[int, ...], np.ndarray]:
-    planes = weight_planes(layer.weights)
-    packed = np.stack([pack_channel_bits(mask) for _, mask in planes])
-    return tuple(coefficient for coefficient, _ in planes), packed
-
-
 def _emit_bitserial(bb, data, layer: QuantLayer):
-    coefficients, packed = _bitplanes(layer)
+    coefficients, planes = bitserial_conv_weights(layer.weights)
 
     def conv(x, w):
         return kernels.conv2d_bitserial(x, w, coefficients, layer.geometry, layer.act_bits)
 
-    return bb.emit_te(conv, data, _const(packed), primfunc_name_hint="conv2d_bitserial")
+    return bb.emit_te(conv, data, _const(planes), primfunc_name_hint="conv2d_bitserial")
 
 
 KERNEL_STRATEGIES.add(
@@ -234,11 +237,11 @@ KERNEL_STRATEGIES.add(
     KernelStrategy(
         name="bitserial",
         description=(
-            "popcount over activation and weight bit planes (activations <= 2 bits; no schedule "
-            "yet, so slower than packed on CPUs)"
+            "popcount over activation and weight bit planes, 16 input channels per pair of "
+            "bytes (ternary or 2-bit weights, unsigned activations of at most 2 bits)"
         ),
         unsupported=_bitserial_unsupported,
-        weight_bytes=lambda layer: int(_bitplanes(layer)[1].size),
+        weight_bytes=lambda layer: int(bitserial_conv_weights(layer.weights)[1].nbytes),
         emit=_emit_bitserial,
     ),
 )
