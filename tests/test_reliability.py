@@ -177,6 +177,25 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_stores_valid(
         tuning.check_database(get_target("x86-host"))
 
 
+def test_ctrl_c_inside_an_exec_still_exits_130_under_python_m(tmp_path):
+    """A Ctrl-C that lands in an ``exec`` of a string (dataclasses build their methods so; it
+    happened during an import in ``verify``) leaves CPython's "unhandled interrupt" flag set,
+    and ``python -m`` then died by SIGINT (-2) after the one-line error instead of exit 130."""
+    (tmp_path / "ctrl_c_in_exec.py").write_text(
+        "import sys\n"
+        "from apprentice_hw import cli\n"
+        "@cli.cli.command('interrupt-in-exec')\n"
+        "def interrupt_in_exec():\n"
+        "    exec('import os, signal\\nos.kill(os.getpid(), signal.SIGINT)\\n'\n"
+        "         'for _ in range(10**7): pass')\n"
+        "sys.exit(cli.main(['interrupt-in-exec']))\n"
+    )
+    completed = subprocess.run([sys.executable, "-m", "ctrl_c_in_exec"], cwd=tmp_path,
+                               capture_output=True, text=True)  # fmt: skip
+    assert completed.returncode == 130, completed.stderr[-2000:]
+    assert completed.stderr.strip() == "error: interrupted; nothing was written"
+
+
 def test_ctrl_c_during_deploy_writes_nothing(reference, tmp_path):
     import shutil
 
