@@ -38,8 +38,10 @@ CASES = {
     # 8-bit weights and codes: int16 sums are not proven; codes shifted to signed bytes, each
     # product exact in int16 (smull), pairs added into int32 lanes (sadalp), zero point 9
     "a72-w8a8-smull": ("arm-a72", 8, 8, 9, "smull", [r"smull2?\s+v\d+\.8h", r"sadalp"]),
-    # a core with SDOT: codes <= 127 as they are ...
+    # a core with SDOT: codes <= 127 as they are (4-bit weights stored as int8: the target
+    # prefers it), or with 4-bit weights unpacked in registers (--kernel packed) ...
     "a76-w4a4-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s"]),
+    "a76-w4a4-packed-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s", r"usra\s"]),
     # ... and 8-bit codes shifted by -128 to signed bytes, zero point in the padding
     "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
     # 2-bit weights (two's complement planes) and 2-bit codes on a core without SDOT:
@@ -55,6 +57,11 @@ CASES = {
 }
 
 
+# the strategy a case's conv must get: the target's preference, or the one the case forces
+STRATEGY = {"a76-w4a4-sdot": "int8", "a76-w8a8-sdot": "int8", "a76-w4a4-packed-sdot": "packed"}
+FORCED = {"a76-w4a4-packed-sdot"}
+
+
 def _layer_model(weight_bits: int, act_bits: int, zero_point: int):
     rng = np.random.default_rng(weight_bits * 10 + act_bits)
     high = (1 << (weight_bits - 1)) - 1
@@ -67,7 +74,11 @@ def _build(case: str, tmp_path: Path) -> tuple[object, Path, object]:
     target_name, weight_bits, act_bits, zero_point, telltale, _ = CASES[case]
     target = get_target(target_name)
     model = _layer_model(weight_bits, act_bits, zero_point)
-    prepared = prepare_module(model, target, batch=1)
+    prepared = prepare_module(
+        model, target, batch=1, kernel=STRATEGY.get(case) if case in FORCED else None
+    )
+    if case in STRATEGY:
+        assert [layer.strategy for layer in prepared.layers] == [STRATEGY[case]]
     [conv_function] = [
         f for name, f in _scheduled_functions(prepared, target).items() if "conv2d_" in name
     ]

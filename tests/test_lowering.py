@@ -6,6 +6,8 @@ ONNX Runtime is exact too: the integer module must then equal it bit for bit.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -410,6 +412,25 @@ def test_every_x86_dot_product_path_is_exact(path):
     prepared = prepare_module(model, target, batch=1)
     got = run_module_outputs(compile_module(prepared.mod, target), inputs)[0]
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("target_name", ["x86-host", "arm-a76"])
+def test_the_input_transpose_is_vectorized_along_its_contiguous_reads(target_name):
+    """The input quantize (NCHW floats -> NHWC codes) loops with the input's rows innermost:
+    fused in the output's order its innermost loop ran over three channels, scalar code with
+    a division and a modulo per element on AArch64."""
+    weights = np.random.default_rng(2).integers(-8, 8, size=(16, 3, 3, 3))
+    model = _qcdq_layer("conv", weights, 8, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    target = get_target(target_name)
+    functions = _scheduled_functions(prepare_module(model, target), target)
+    [transpose] = [f for name, f in functions.items() if "transpose" in name and "divide" in name]
+    assert "tirx.is_scheduled" in transpose.attrs
+    script = transpose.script()
+    # the vectorized loop runs over the 9 columns of a row: the last axis of x's read
+    loop = re.search(r"for (\w+) in T\.vectorized\(T\.int64\(9\)\)", script)
+    assert loop, script
+    column = re.search(rf"(v_\w+) = T\.axis\.spatial\(T\.int64\(9\), [^\n]*\b{loop[1]}\b", script)
+    assert column and re.search(rf"x\[v_\w+, v_\w+, v_\w+, {column[1]}\]", script), script
 
 
 @pytest.mark.parametrize(
