@@ -660,6 +660,66 @@ def test_affine_requantization_is_refused_where_the_roundings_differ():
     assert np.any(naive.codes(acc) != chain.codes(acc))
 
 
+def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
+    """Quantize -> Clip(0, 3) -> Dequantize after a conv (a 2-bit activation in QCDQ): the
+    requantization clips to the Clip's bounds itself, so its proof covers 4 levels, not the
+    256 of uint8; the module still equals ONNX Runtime."""
+    weights = np.random.default_rng(4).integers(-7, 8, size=(8, 5, 3, 3))
+    model = _qcdq_layer("conv", weights, 4, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(np.float32(2.0**-2)), "ys"),
+        numpy_helper.from_array(np.array(0, np.uint8), "yz"),
+        numpy_helper.from_array(np.array(3, np.uint8), "yhi"),
+    ])  # fmt: skip
+    model.graph.node.extend([
+        helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+        helper.make_node("Clip", ["yq", "yz", "yhi"], ["yc"]),
+        helper.make_node("DequantizeLinear", ["yc", "ys", "yz"], ["out"]),
+    ])  # fmt: skip
+    model.graph.output[0].name = "out"
+    target = get_target("x86-host")
+    prepared = prepare_module(model, target)
+    [layer] = prepared.layers
+    assert layer.requantization.startswith("affine")
+    [conv] = [f for name, f in _scheduled_functions(prepared, target).items() if "conv" in name]
+    assert re.search(r"T\.min\(T\.round\([^\n]*, T\.float(32|64)\(3(\.0)?\)\)", conv.script())
+    inputs = np.random.default_rng(1).random((2, 5, 9, 9), dtype=np.float32) * 8
+    got = run_module_outputs(compile_module(prepared.mod, target), inputs)[0]
+    np.testing.assert_array_equal(got, run_onnxruntime_outputs(model, inputs)[0])
+    assert set(np.unique(got)) <= {0.0, 0.25, 0.5, 0.75}
+
+
+def test_float32_constants_are_nudged_off_near_ties():
+    """Five channels of a ResNet-18 W4A4 layer (4-bit codes, accumulators up to +-127,000):
+    rounded to float32, the constants of the first put a level start one accumulator off (the
+    exact value sits within an ulp of a tie); constants an ulp or two away are proven, and
+    they give the float64 chain's code for every accumulator of the range."""
+    from pathlib import Path
+
+    from apprentice_hw.lowering.requantize import (
+        AffineRequantization,
+        Requantization,
+        fit_affine_requantization,
+    )
+
+    data = np.load(Path(__file__).parent / "data" / "requantization_near_ties.npz")
+    chain = Requantization(
+        data["multiplier"], data["offset"], bool(data["relu"]), float(data["scale"]),
+        int(data["zero_point"]), int(data["low"]), int(data["high"]),
+    )  # fmt: skip
+    acc = np.arange(data["acc_low"].min(), data["acc_high"].max() + 1)[:, None]
+    naive = AffineRequantization(
+        data["offset"] / data["multiplier"], data["multiplier"] / chain.scale, chain.low,
+        chain.high,
+    ).in_dtype("float32")  # fmt: skip
+    assert np.any(naive.codes(acc)[:, 0] != chain.codes(acc)[:, 0])
+    affine = fit_affine_requantization(chain, data["acc_low"], data["acc_high"])
+    assert affine is not None and affine.dtype == "float32"
+    assert affine.multiplier[0] != naive.multiplier[0] or affine.offset[0] != naive.offset[0]
+    inside = (acc >= data["acc_low"]) & (acc <= data["acc_high"])  # each channel's range
+    np.testing.assert_array_equal(affine.codes(acc)[inside], chain.codes(acc)[inside])
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_residual_sum_requantization_matches_the_float64_chain(relu):
     """quantize(relu?(dequantize(a) + dequantize(b))) from the integer a + b: every pair of
