@@ -24,7 +24,9 @@ counts instead of timing, deterministically:
 Runtimes, each on the same fp32 network (zoo ResNet-20 32x32 and ResNet-18 224, batch 1): ONNX
 Runtime's aarch64 wheel (``ORT_ARM``: later wheels crash on import under qemu 7.2) on the fp32
 model and on its own ``quantize_static`` int8 QDQ model (MLAS's NEON kernels; on a core with
-``dotprod`` its SDOT ones), and apprentice-hw W8A8, W4A4, W2A8 and W2A2 modules for the target.
+``dotprod`` its SDOT ones); LiteRT's aarch64 wheel (``LITERT_ARM``, XNNPACK) on its own
+full-integer int8 model (``litert_int8.py``, made in a converter environment of its own in the
+cache); and apprentice-hw W8A8, W4A4, W2A8 and W2A2 modules for the target.
 Counts are cached in ``~/.cache/apprentice-hw/arm-cost`` by file hash, so an interrupted run
 continues where it stopped.
 
@@ -75,6 +77,11 @@ TIMING = Path(__file__).with_name("timing.py")
 QEMU = {"aarch64": "qemu-aarch64", "x86_64": "qemu-x86_64"}  # Debian's qemu-user (loads plugins)
 LLVM_MC, LLVM_MCA = "llvm-mc-19", "llvm-mca-19"
 ORT_ARM = "1.19.2"
+# LiteRT's aarch64 wheel for the emulated Pi (2.2.0 and 2.3.0 crash under qemu 7.2 when the
+# interpreter starts: cpuinfo_arm_linux_init), and the environment that makes its int8 models
+LITERT_ARM = "2.1.6"
+LITERT_CONVERTER = ("torch==2.13.0", "litert-torch==0.10.0")
+LITERT_SCRIPT = Path(__file__).with_name("litert_int8.py")
 CALLS = {"resnet20": 10, "resnet18": 2}  # extra calls counted; the count is exact, so few do
 COVERAGE = 0.995  # share of the instructions whose blocks llvm-mca models
 MCA_ITERATIONS = 100
@@ -129,17 +136,48 @@ def build_plugin() -> Path:
     return plugin
 
 
-def arm_onnxruntime() -> Path:
-    """ONNX Runtime's aarch64 wheel for the emulated Python, unpacked once."""
-    site = cache_dir() / f"onnxruntime-{ORT_ARM}-aarch64"
-    if not (site / "onnxruntime").exists():
+def arm_wheel(package: str, version: str, module: str) -> Path:
+    """A package's aarch64 wheel for the emulated Python, unpacked once (no dependencies: the
+    emulated Pi's own numpy serves both runtimes)."""
+    site = cache_dir() / f"{package}-{version}-aarch64"
+    if not (site / module).exists():
         platforms = ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux2014_aarch64"]
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                         "--disable-pip-version-check", "--target", str(site),
                         *[arg for p in platforms for arg in ("--platform", p)],
                         "--python-version", "3.11", "--implementation", "cp",
-                        "--only-binary=:all:", f"onnxruntime=={ORT_ARM}"], check=True)  # fmt: skip
+                        "--only-binary=:all:", f"{package}=={version}"], check=True)  # fmt: skip
     return site
+
+
+def arm_onnxruntime() -> Path:
+    return arm_wheel("onnxruntime", ORT_ARM, "onnxruntime")
+
+
+def arm_litert() -> Path:
+    return arm_wheel("ai-edge-litert", LITERT_ARM, "ai_edge_litert")
+
+
+def litert_python() -> Path:
+    """The converter's own environment (about 2 GB: torch, jax, litert-torch), made once."""
+    folder = cache_dir() / "litert-converter"
+    python = folder / "bin" / "python"
+    if not (folder / "READY").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", *LITERT_CONVERTER], check=True)  # fmt: skip
+        (folder / "READY").write_text(" ".join(LITERT_CONVERTER) + "\n")
+    return python
+
+
+def litert_int8_model(name: str, out: Path) -> Path:
+    """LiteRT's int8 model of ``name`` (``litert_int8.py``), made in the converter's environment
+    with this checkout's model zoo."""
+    if not out.exists():
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        subprocess.run([str(litert_python()), str(LITERT_SCRIPT), name, str(out)], env=env,
+                       check=True)  # fmt: skip
+    return out
 
 
 def emulated_pi() -> Path:
@@ -174,7 +212,8 @@ def _command(arch: str, qemu_cpu: str, plugin: Path, out: Path, calls: int, case
     prefix = ["taskset", "-c", "0", QEMU[arch], "-cpu", qemu_cpu, "-plugin", f"{plugin},out={out}"]
     if arch == "aarch64":
         pi = emulated_pi()
-        env["PYTHONPATH"] = f"{arm_onnxruntime()}:{pi / 'site'}:{TIMING.parent}"
+        runtime = arm_litert() if case["runtime"] == "litert" else arm_onnxruntime()
+        env["PYTHONPATH"] = f"{runtime}:{pi / 'site'}:{TIMING.parent}"
         return [*prefix, "-L", str(pi / "root"), str(pi / "root/usr/bin/python3.11"), *runner], env
     site = next(Path(sys.prefix).glob("lib/python3*/site-packages"))
     env["PYTHONPATH"] = f"{site}:{TIMING.parent}"
@@ -289,8 +328,9 @@ def model_cost(blocks: dict[Block, float], arch: str, mca_cpu: str) -> Cost:
 
 
 # -- the cases --------------------------------------------------------------------------------
-def build_cases(name: str, target_name: str, tmp: Path) -> list[dict]:
-    """ORT fp32, ORT int8 (its own quantize_static) and the four students, as files."""
+def build_cases(name: str, target_name: str, tmp: Path, litert: bool = True) -> list[dict]:
+    """ORT fp32, ORT int8 (its own quantize_static), LiteRT int8 (its own quantizer) and the
+    four students, as files."""
     from apprentice_hw.compiler import compile_module, prepare_module
     from apprentice_hw.compiler.tvm_build import export_module
     from apprentice_hw.hardware import get_target
@@ -309,6 +349,10 @@ def build_cases(name: str, target_name: str, tmp: Path) -> list[dict]:
         onnx.save(with_batch(onnx.load(str(tmp / f"{name}_{label}.onnx")), 1), str(path))
         cases.append({"model": name, "input": size, "batch": 1, "runtime": "onnxruntime",
                       "precision": label, "path": str(path)})  # fmt: skip
+    if litert:
+        tflite = litert_int8_model(name, tmp / f"{name}_int8.tflite")
+        cases.append({"model": name, "input": size, "batch": 1, "runtime": "litert",
+                      "precision": "int8", "path": str(tflite)})  # fmt: skip
     for label in STUDENTS:
         prepared = prepare_module(student_onnx(name, label, tmp), target, batch=1)
         library = tmp / f"{name}_{label}_{target_name}.so"
@@ -337,7 +381,7 @@ def cost_rows(cases: list[dict], target_name: str, arch: str, core: Core) -> lis
         print(f"{target_name} {case['model']} {case['runtime']:<14} {case['precision']:<5} "
               f"{cost.instructions / 1e6:9.2f} M instructions {cost.modeled_cycles / 1e6:9.2f} M "
               f"modeled cycles", flush=True)  # fmt: skip
-    best_int8 = min(r["modeled_cycles"] for r in rows if r["runtime"] == "onnxruntime"
+    best_int8 = min(r["modeled_cycles"] for r in rows if r["runtime"] != "apprentice-hw"
                     and r["precision"] == "int8")  # fmt: skip
     fp32 = next(r["modeled_cycles"] for r in rows if r["precision"] == "fp32")
     for row in rows:
@@ -370,7 +414,7 @@ def x86_check(name: str, tmp: Path) -> dict:
     from apprentice_hw.hardware import get_target
 
     mca_cpu = tuning.cpu_key(get_target("x86-host").tvm_target())
-    cases = build_cases(name, "x86-host", tmp)
+    cases = build_cases(name, "x86-host", tmp, litert=False)  # LiteRT: not in this venv
     rows = cost_rows(cases, "x86-host", "x86_64", Core("max", mca_cpu))
     measured = measured_single_thread(cases)
     fp32_ms = measured[0]
@@ -423,6 +467,8 @@ def _versions() -> dict[str, str]:
         "qemu": _version_line(QEMU["aarch64"]),
         "llvm-mca": _version_line(LLVM_MCA),
         "onnxruntime (aarch64)": ORT_ARM,
+        "ai-edge-litert (aarch64)": LITERT_ARM,
+        "litert converter": " ".join(LITERT_CONVERTER),
         "apache-tvm": metadata.version("apache-tvm"),
     }
 

@@ -51,6 +51,22 @@ def _openvino(path: str, batch_input: np.ndarray):
     return lambda: request.infer({0: batch_input})
 
 
+def _litert(path: str, batch_input: np.ndarray):
+    from ai_edge_litert.interpreter import Interpreter  # XNNPACK, LiteRT's default delegate
+
+    interpreter = Interpreter(model_path=path, num_threads=len(os.sched_getaffinity(0)))
+    interpreter.allocate_tensors()
+    source, result = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    data = np.ascontiguousarray(batch_input.transpose(0, 2, 3, 1))  # its models take NHWC
+
+    def call():
+        interpreter.set_tensor(source["index"], data)
+        interpreter.invoke()
+        return interpreter.get_tensor(result["index"])
+
+    return call
+
+
 def _tvm(path: str, batch_input: np.ndarray):
     # as apprentice-hw's runtime does: one TVM worker per usable core (TVM halves it on x86)
     os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
@@ -67,6 +83,8 @@ def _loader(runtime: str):
         return _onnxruntime
     if runtime == "openvino":
         return _openvino
+    if runtime == "litert":
+        return _litert
     return _tvm  # "tvm-default" and the apprentice-hw builds
 
 

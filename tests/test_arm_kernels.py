@@ -44,6 +44,10 @@ CASES = {
     "a76-w4a4-packed-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s", r"usra\s"]),
     # ... and 8-bit codes shifted by -128 to signed bytes, zero point in the padding
     "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
+    # an RGB 7x7 stride-2 stem, kernel columns folded into channels (21 codes per kernel
+    # row in 6 blocks): smull + sadalp on the A72, SDOT on the A76
+    "a72-stem-folded": ("arm-a72", 8, 8, 9, "smull", [r"smull2?\s+v\d+\.8h", r"sadalp"]),
+    "a76-stem-folded": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
     # 2-bit weights (two's complement planes) and 2-bit codes on a core without SDOT:
     # bit-serial, and + cnt + uadalp on 16-bit counts, bit planes gathered by one multiply
     "a72-w2a2-bitserial": (
@@ -60,20 +64,23 @@ CASES = {
 # the strategy a case's conv must get: the target's preference, or the one the case forces
 STRATEGY = {"a76-w4a4-sdot": "int8", "a76-w8a8-sdot": "int8", "a76-w4a4-packed-sdot": "packed"}
 FORCED = {"a76-w4a4-packed-sdot"}
+# (input channels, kernel size, stride, padding) of the layer; others: (32, 3, 1, 1)
+LAYERS = {"a72-stem-folded": (3, 7, 2, 3), "a76-stem-folded": (3, 7, 2, 3)}
 
 
-def _layer_model(weight_bits: int, act_bits: int, zero_point: int):
+def _layer_model(weight_bits: int, act_bits: int, zero_point: int, case: str = ""):
+    in_ch, size, stride, pad = LAYERS.get(case, (32, 3, 1, 1))
     rng = np.random.default_rng(weight_bits * 10 + act_bits)
     high = (1 << (weight_bits - 1)) - 1
-    weights = rng.integers(-high - 1, high + 1, size=(24, 32, 3, 3))
-    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    weights = rng.integers(-high - 1, high + 1, size=(24, in_ch, size, size))
+    conv = {"kernel_shape": [size, size], "pads": [pad] * 4, "strides": [stride] * 2}
     return _qcdq_layer("conv", weights, act_bits, zero_point=zero_point, conv=conv)
 
 
 def _build(case: str, tmp_path: Path) -> tuple[object, Path, object]:
     target_name, weight_bits, act_bits, zero_point, telltale, _ = CASES[case]
     target = get_target(target_name)
-    model = _layer_model(weight_bits, act_bits, zero_point)
+    model = _layer_model(weight_bits, act_bits, zero_point, case)
     prepared = prepare_module(
         model, target, batch=1, kernel=STRATEGY.get(case) if case in FORCED else None
     )
@@ -126,7 +133,8 @@ def test_arm_conv_kernels_are_exact_on_the_emulated_core(case, tmp_path):
         pytest.skip(message)
     model, library, _ = _build(case, tmp_path)
     # codes up to 30 x 16 = 480: most 2- and 4-bit codes and about half the 8-bit ones clip
-    inputs = np.random.default_rng(3).random((1, 32, 9, 9), dtype=np.float32) * 30
+    in_ch = LAYERS.get(case, (32,))[0]
+    inputs = np.random.default_rng(3).random((1, in_ch, 9, 9), dtype=np.float32) * 30
     np.save(tmp_path / "inputs.npy", inputs)
     expected = run_onnxruntime_outputs(model, inputs)[0]
     script = (

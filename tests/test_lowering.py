@@ -179,6 +179,26 @@ def test_conv_kernels_are_exact(kernel, weight_bits, act_bits, conv):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize(
+    ("in_ch", "size", "blocks"),
+    # RGB 7x7 (ResNet-18's stem): 21 codes per kernel row in 6 blocks, not 7 x 1;
+    # grey 3x3 (an MNIST stem): 1 block per kernel row, not 3
+    [(3, 7, 6 * 7), (1, 3, 1 * 3)],
+)
+def test_few_channel_convs_fold_kernel_columns_into_channels(in_ch, size, blocks):
+    """A conv with fewer input channels than a block reduces over (kernel column, channel):
+    the module stores a quarter fewer padded weight blocks for an RGB stem, and stays exact
+    at every border (stride 2, padding 3)."""
+    weights = np.random.default_rng(size).integers(-127, 128, size=(20, in_ch, size, size))
+    pad = size // 2
+    conv = {"kernel_shape": [size, size], "pads": [pad] * 4, "strides": [2, 2]}
+    model = _qcdq_layer("conv", weights, 8, zero_point=3, conv=conv)
+    expected, got, layers = _run_both(model, "int8", (in_ch, 9, 9))
+    [layer] = layers
+    assert layer.weight_bytes == 2 * blocks * 64  # 2 blocks of 16 outputs x 64 weights each
+    np.testing.assert_array_equal(got, expected)
+
+
 BITSERIAL_CASES = {
     # ternary weights, input channels short of one 16-channel block, 12 = 8 + 4 outputs
     "ternary-3x3": (10, 3, {"pads": [1, 1, 1, 1]}, 2, (-1, 2)),

@@ -340,12 +340,18 @@ def _schedule_padding(sch, parallel: bool) -> None:
     channels are copied as vectors of at most ``VECTOR_BYTES``.
     """
     pad = sch.get_sblock("pad_blocked")
+    if "pad_rows" in _block_names(sch):  # kernel columns folded into channels: rows first
+        n, y, _x, _c = sch.get_loops(sch.get_sblock("pad_rows"))
+        if parallel:
+            sch.parallel(sch.fuse(n, y))
     if is_channels_last(sch):
         n, y, _x, cb, ci = sch.get_loops(pad)
         rows = sch.fuse(n, y)
         pixel = sch.fuse(cb, ci)
-        if (loop_extent(sch, pixel) or 0) > VECTOR_BYTES:
-            pixel = sch.split(pixel, factors=[None, VECTOR_BYTES])[1]
+        extent = loop_extent(sch, pixel) or 0
+        if extent > VECTOR_BYTES:  # whole vectors: a folded pixel holds 24 codes, say
+            lanes = max(d for d in _divisors(extent, VECTOR_BYTES) if d & (d - 1) == 0)
+            pixel = sch.split(pixel, factors=[None, lanes])[1]
         sch.vectorize(pixel)
     else:
         n, cb, y, x, ci = sch.get_loops(pad)
@@ -369,7 +375,8 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     from apprentice_hw.compiler.intrinsics import register_avx2, register_sdot, register_vnni
 
     knobs = knobs or default_conv_knobs(sch, target)
-    outputs = inline_around(sch, "pad_blocked", "conv2d_int")
+    first = "pad_rows" if "pad_rows" in _block_names(sch) else "pad_blocked"
+    outputs = inline_around(sch, first, "conv2d_int")
 
     _schedule_padding(sch, knobs.parallel_prologue)
     if has_int16_sums(sch):

@@ -621,7 +621,7 @@ def _make_pass():
             small = layer.code_max <= SIGNED_CODE_MAX
             lane_inputs = 1 if options.int16_signed_lanes and small else PAIR
             group = blocks_per_group(layer.weight_bits)
-            chunk = int16_chunk(layer.weights, layer.code_max, group, lane_inputs)
+            chunk = int16_chunk(layer.kernel_weights, layer.code_max, group, lane_inputs)
             if chunk == 0 and options.int16_signed_lanes:
                 return 0, PAIR, True, True
             return chunk, lane_inputs, chunk > 0 and lane_inputs == 1, False

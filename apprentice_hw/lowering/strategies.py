@@ -79,6 +79,16 @@ class QuantLayer:
         return 1
 
     @property
+    def kernel_weights(self) -> np.ndarray:
+        """The conv weights as the blocked integer kernel reduces over them: (O, KW * C, KH, 1),
+        channel ``kx * C + c``, where its geometry folds kernel columns into channels
+        (``ConvGeometry.folds_columns``); otherwise the weights themselves."""
+        if self.geometry is None or not self.geometry.folds_columns:
+            return self.weights
+        out_ch, in_ch, kh, kw = self.weights.shape
+        return self.weights.transpose(0, 3, 1, 2).reshape(out_ch, kw * in_ch, kh, 1)
+
+    @property
     def reduction(self) -> int:
         """Weights per output channel (the length of one dot product)."""
         return int(np.prod(self.weights.shape[1:]))
@@ -120,7 +130,7 @@ def stored_weights(layer: QuantLayer, storage: str) -> np.ndarray:
     channels, zero-padded to whole blocks); dense weights are (O, K) rows.
     """
     if layer.kind == "conv2d":
-        blocked = blocked_conv_weights(layer.weights, layer.dot_order)
+        blocked = blocked_conv_weights(layer.kernel_weights, layer.dot_order)
         if storage == "packed":
             return pack_blocked(blocked, layer.weight_bits)
         if layer.dot_order == "pairs":
