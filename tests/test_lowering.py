@@ -682,8 +682,8 @@ def test_affine_requantization_is_refused_where_the_roundings_differ():
 
 def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
     """Quantize -> Clip(0, 3) -> Dequantize after a conv (a 2-bit activation in QCDQ): the
-    requantization clips to the Clip's bounds itself, so its proof covers 4 levels, not the
-    256 of uint8; the module still equals ONNX Runtime."""
+    requantization covers the Clip's 4 levels, not the 256 of uint8, so it is three integer
+    thresholds per channel; the module still equals ONNX Runtime."""
     weights = np.random.default_rng(4).integers(-7, 8, size=(8, 5, 3, 3))
     model = _qcdq_layer("conv", weights, 4, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
     model.graph.initializer.extend([
@@ -700,13 +700,65 @@ def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
     target = get_target("x86-host")
     prepared = prepare_module(model, target)
     [layer] = prepared.layers
-    assert layer.requantization.startswith("affine")
+    assert layer.requantization == "thresholds"
+    assert layer.scale_bytes == 3 * 8 * 4  # three int32 thresholds per output channel
     [conv] = [f for name, f in _scheduled_functions(prepared, target).items() if "conv" in name]
-    assert re.search(r"T\.min\(T\.round\([^\n]*, T\.float(32|64)\(3(\.0)?\)\)", conv.script())
+    # the requantization is three integer compares per code, fused into the conv
+    assert len(re.findall(r"param_\d+\[v_ax3\] <= conv_blocked", conv.script())) == 3
     inputs = np.random.default_rng(1).random((2, 5, 9, 9), dtype=np.float32) * 8
     got = run_module_outputs(compile_module(prepared.mod, target), inputs)[0]
     np.testing.assert_array_equal(got, run_onnxruntime_outputs(model, inputs)[0])
     assert set(np.unique(got)) <= {0.0, 0.25, 0.5, 0.75}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.floats(0.05, 50), st.floats(-30, 30), st.booleans(), st.sampled_from([-1.0, 1.0]),
+    st.sampled_from([(0, 3), (0, 1), (-2, 1), (0, 255)]), st.integers(0, 2),
+)  # fmt: skip
+def test_thresholds_equal_the_chain_on_every_accumulator(a, b, relu, sign, bounds, zero):
+    """Codes of at most two bits as integer thresholds: equal to the float64 chain at every
+    accumulator value of the range (both signs of the scale, with and without ReLU); more
+    levels than that are refused (the affine form takes them)."""
+    from apprentice_hw.lowering.requantize import (
+        MAX_THRESHOLD_LEVELS,
+        Requantization,
+        fit_thresholds,
+    )
+
+    low, high = bounds
+    chain = Requantization(
+        np.array([sign * a, a]), np.array([b, -b]), relu, 1.0, low + zero, low, high
+    )
+    acc_low, acc_high = np.array([-400, -90]), np.array([300, 500])
+    form = fit_thresholds(chain, acc_low, acc_high)
+    if not 0 < high - max(low, low + zero if relu else low) <= MAX_THRESHOLD_LEVELS:
+        assert form is None
+        return
+    assert form is not None
+    acc = np.stack([np.arange(-400, 301), np.arange(-90, 611)], axis=1)
+    acc = np.minimum(acc, acc_high)
+    np.testing.assert_array_equal(form.codes(acc), chain.codes(acc))
+    rows, masks = form.kernel_constants()  # the kernel's form: ~t and s - 1 where sign is -1
+    u = acc if masks is None else acc ^ masks
+    np.testing.assert_array_equal(form.low + sum(u >= row for row in rows), chain.codes(acc))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_residual_sum_thresholds_equal_the_chain(relu):
+    """A residual add of two 2-bit code tensors re-quantized to 2 bits, as thresholds on the
+    integer sum: equal to the float64 chain on every pair of codes."""
+    from apprentice_hw.lowering.requantize import fit_threshold_sum
+
+    scale, zero, out_scale = 0.37, 1, 0.55
+    form = fit_threshold_sum(scale, zero, [(0, 3), (0, 3)], relu, out_scale, 0, 0, 3)
+    assert form is not None
+    a, b = np.meshgrid(np.arange(4), np.arange(4))
+    x = (a - zero) * scale + (b - zero) * scale
+    x = np.maximum(x, 0.0) if relu else x
+    expected = np.clip(np.rint(x / out_scale), 0, 3)
+    t = ((a - zero) + (b - zero)).reshape(-1, 1)
+    np.testing.assert_array_equal(form.codes(t).reshape(a.shape), expected)
 
 
 def test_float32_constants_are_nudged_off_near_ties():

@@ -30,7 +30,10 @@ from apprentice_hw.lowering.requantize import (
     accumulator_range,
     fit_affine_requantization,
     fit_affine_sum,
+    fit_threshold_sum,
+    fit_thresholds,
     requantize_accumulator,
+    threshold_requantize,
 )
 from apprentice_hw.lowering.strategies import (
     QuantLayer,
@@ -57,7 +60,8 @@ class LoweredLayer:
     reason: str | None = None  # why a layer stayed float
     folded_batch_norm: bool = False  # the following BatchNorm is part of the requantization
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
-    # ``precision.py``) or "affine float32" / "affine float64" (two operations, requantize.py)
+    # ``precision.py``), "affine float32" / "affine float64" (two operations, requantize.py)
+    # or "thresholds" (integer compares, codes of at most two bits)
     requantization: str = "float64"
     # conv on AVX2 without VNNI or NEON: input blocks whose products are summed in int16 before
     # the int32 sum (``int16_sums.py``); 0 where products are int32 (vpmaddwd, VNNI, SDOT)
@@ -520,6 +524,15 @@ def _make_pass():
                 chain = Requantization(
                     multiplier, offset, with_relu, out_scale, out_zero, low, high
                 )
+                thresholds = fit_thresholds(chain, requant.acc_low, requant.acc_high)
+                if thresholds is not None:
+                    self.layers[requant.layer] = replace(
+                        self.layers[requant.layer], requantization="thresholds",
+                        scale_bytes=thresholds.nbytes,
+                    )  # fmt: skip
+                    return self._emit_thresholds(
+                        [requant.accumulator], 0, thresholds, out_dtype, requant.channel_axis
+                    )
                 affine = fit_affine_requantization(chain, requant.acc_low, requant.acc_high)
                 if affine is None:
                     return None
@@ -534,12 +547,34 @@ def _make_pass():
             if summed is None:
                 return None
             terms, in_scale, in_zero, ranges = summed
+            thresholds = fit_threshold_sum(
+                in_scale, in_zero, ranges, with_relu, out_scale, out_zero, low, high
+            )
+            if thresholds is not None:
+                return self._emit_thresholds(terms, in_zero, thresholds, out_dtype, 0)
             affine = fit_affine_sum(
                 in_scale, in_zero, ranges, with_relu, out_scale, out_zero, low, high
             )
             if affine is None:
                 return None
             return self._emit_requantize(terms, in_zero, affine, out_dtype, 0)
+
+        def _emit_thresholds(self, terms, zero_point, form, out_dtype, axis):
+            rows, masks = form.kernel_constants()
+            levels = len(rows)
+
+            def codes(*tensors):
+                if masks is not None:
+                    *tensors, mask = tensors
+                return threshold_requantize(
+                    list(tensors[levels:]), tensors[:levels], form.low, out_dtype, axis,
+                    zero_point, masks=mask if masks is not None else None,
+                )  # fmt: skip
+
+            constants = [relax.const(np.ascontiguousarray(row), "int32") for row in rows]
+            if masks is not None:
+                terms = [*terms, relax.const(masks, "int32")]
+            return self.builder_.emit_te(codes, *constants, *terms, primfunc_name_hint="requantize")
 
         def _emit_requantize(self, terms, zero_point, affine, out_dtype, axis):
             def codes(offsets, multipliers, *tensors):

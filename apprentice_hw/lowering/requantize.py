@@ -21,6 +21,10 @@ once, evaluating both formulas in NumPy with the compiled module's float64 opera
 multiply, add and division, round half to even). The two operations are tried in float32
 first (sixteen lanes per vector instead of eight), then in float64; a layer where neither
 proves equal keeps the float64 chain (``None`` from ``fit_affine_requantization``).
+
+Codes of at most two bits take neither: ``ThresholdRequantization`` compares the integer
+accumulator with where each level starts (three compares and adds on integer lanes), which
+is the chain itself by construction.
 """
 
 from __future__ import annotations
@@ -191,6 +195,116 @@ def _nudged(candidate, expected, found, starts) -> AffineRequantization | None:
     return replace(candidate, offset=offset, multiplier=multiplier)
 
 
+MAX_THRESHOLD_LEVELS = 3  # code levels above the lowest where thresholds beat two float ops
+
+
+@dataclass(frozen=True)
+class ThresholdRequantization:
+    """``low + sum over levels of [sign * t >= threshold]`` per output channel: the codes of a
+    monotone requantization of the integer ``t`` as integer compares (FINN's MultiThreshold).
+
+    For codes of two bits (three levels above the lowest) this is three compares and adds on
+    integer lanes against the affine form's seven float operations (convert, add, multiply,
+    round, clip, convert back), and it is exact by construction: the thresholds are where
+    the float64 chain's levels start.
+    """
+
+    thresholds: np.ndarray  # int32 (levels, channels): where each level above ``low`` starts
+    signs: np.ndarray  # int32 (channels,): +1 where the codes increase with t, -1 where not
+    low: int
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the constants the module holds: the rows, and the masks where needed."""
+        rows, masks = self.kernel_constants()
+        return int(sum(row.nbytes for row in rows) + (0 if masks is None else masks.nbytes))
+
+    def codes(self, t: np.ndarray) -> np.ndarray:
+        """The codes of integer ``t`` (channels on the last axis)."""
+        u = t.astype(np.int64) * self.signs
+        return self.low + np.sum(u[..., None, :] >= self.thresholds, axis=-2)
+
+    def kernel_constants(self) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """(one threshold row per level, XOR masks or None) for ``threshold_requantize``: in
+        a channel whose sign is -1, ``-t >= s`` is ``~t >= s - 1`` (``~t = -t - 1``), one
+        ``eor`` instead of a multiply; None where every sign is +1."""
+        negative = self.signs < 0
+        if not negative.any():
+            return list(self.thresholds), None
+        rows = np.where(negative, self.thresholds.astype(np.int64) - 1, self.thresholds)
+        masks = np.where(negative, -1, 0).astype(np.int32)
+        return list(rows.astype(np.int32)), masks
+
+
+def _threshold_form(
+    starts: np.ndarray, signs: np.ndarray, low: int, high: int
+) -> ThresholdRequantization | None:
+    """Thresholds from level starts (levels x channels, in u = sign * t), None where there
+    are too many levels or a start does not fit int32."""
+    if high - low > MAX_THRESHOLD_LEVELS or starts.size == 0:
+        return None
+    info = np.iinfo(np.int32)
+    if starts.min() <= info.min or starts.max() > info.max:
+        return None
+    return ThresholdRequantization(starts.astype(np.int32), signs.astype(np.int32), low)
+
+
+def fit_thresholds(
+    chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
+) -> ThresholdRequantization | None:
+    """``chain`` as thresholds on the accumulator (``MAX_THRESHOLD_LEVELS`` levels at most);
+    None where the chain has more levels or is not a monotone function of acc."""
+    a = np.asarray(chain.multiplier, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a == 0) or not np.isfinite(chain.scale):
+        return None
+    low = max(chain.low, chain.zero_point) if chain.relu else chain.low
+    signs = np.where(a > 0, 1, -1).astype(np.int64)
+    u_low = np.where(signs > 0, acc_low, -acc_high).astype(np.int64)
+    u_high = np.where(signs > 0, acc_high, -acc_low).astype(np.int64)
+    levels = np.arange(low + 1, chain.high + 1, dtype=np.int64)
+    if not 0 < levels.size <= MAX_THRESHOLD_LEVELS:  # a constant, or the affine form's case
+        return None
+    starts = _level_starts(lambda u: chain.codes(u * signs), u_low, u_high, levels)
+    form = _threshold_form(starts, signs, low, chain.high)
+    # the chain is monotone in u, so level starts determine it; checked at the range's ends
+    if form is None:
+        return None
+    for u in (u_low, u_high):
+        if not np.array_equal(form.codes(u * signs), chain.codes(u * signs)):
+            return None
+    return form
+
+
+def fit_threshold_sum(
+    scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
+    out_scale: float, out_zero_point: int, low: int, high: int,
+) -> ThresholdRequantization | None:  # fmt: skip
+    """``fit_affine_sum``'s codes as thresholds on ``t = sum(code - zero_point)``: the float64
+    chain dequantizes each code exactly (a small integer times a float32 scale) and adds
+    them exactly (one scale), so its value is ``t * scale``, a function of ``t`` alone,
+    evaluated here at every ``t`` of the range."""
+    if len(ranges) not in (1, 2) or scale <= 0 or out_scale <= 0:
+        return None
+    t_low = sum(lo - zero_point for lo, _ in ranges)
+    t_high = sum(hi - zero_point for _, hi in ranges)
+    t = np.arange(t_low, t_high + 1, dtype=np.int64)
+    x = t.astype(np.float64) * scale
+    if relu:
+        x = np.maximum(x, 0.0)
+    codes = np.clip(np.rint(x / out_scale) + out_zero_point, low, high).astype(np.int64)
+    if np.any(np.diff(codes) < 0):
+        return None
+    bottom = int(codes[0])
+    levels = np.arange(bottom + 1, high + 1)
+    # where each level starts: t_high + 1 where it never does
+    starts = np.array([t[codes >= level][0] if codes[-1] >= level else t_high + 1
+                       for level in levels], dtype=np.int64)  # fmt: skip
+    form = _threshold_form(starts[:, None], np.ones(1), bottom, high)
+    if form is None or not np.array_equal(form.codes(t[:, None])[:, 0], codes):
+        return None
+    return form
+
+
 def fit_affine_sum(
     scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
     out_scale: float, out_zero_point: int, low: int, high: int,
@@ -234,6 +348,34 @@ def accumulator_range(
     low = np.minimum(rows * lo, rows * hi).sum(axis=1)
     high = np.maximum(rows * lo, rows * hi).sum(axis=1)
     return low, high
+
+
+def threshold_requantize(terms, rows, low: int, out_dtype: str, channel_axis: int,
+                         zero_point: int = 0, masks=None):  # fmt: skip
+    """TE: ``low + sum_l [u >= rows[l]]`` as ``out_dtype``, per channel, where ``u`` is the
+    int32 sum ``t`` of ``terms`` minus ``zero_point`` each, or ``t ^ masks`` where given
+    (``ThresholdRequantization.kernel_constants``: ``~t`` in channels whose codes fall as
+    ``t`` grows). ``rows`` and ``masks``: int32, one per channel or one for all; one 1-D
+    tensor per level: a read indexed by the channel alone is what lets TVM fuse the compares
+    into the conv as a broadcast (a (level, channel) table is not fused)."""
+    from tvm import te, tirx
+
+    def at(values, channel):
+        return values[0] if int(values.shape[0]) == 1 else values[channel]
+
+    def code(*index):
+        channel = index[channel_axis]
+        u = terms[0](*index).astype("int32") - zero_point
+        for term in terms[1:]:
+            u = u + (term(*index).astype("int32") - zero_point)
+        if masks is not None:
+            u = tirx.bitwise_xor(u, at(masks, channel))
+        count = tirx.const(low, "int32")
+        for row in rows:
+            count = count + (u >= at(row, channel)).astype("int32")
+        return count.astype(out_dtype)
+
+    return te.compute(terms[0].shape, code, name="requantize")
 
 
 def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_dtype: str,
