@@ -711,6 +711,47 @@ def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
     assert set(np.unique(got)) <= {0.0, 0.25, 0.5, 0.75}
 
 
+def test_bitserial_sums_and_their_thresholds_run_in_int16():
+    """A ternary conv of 2-bit codes whose sums fit int16 (6 x 9 x 3 at most) combines its
+    bit counts and compares them with the thresholds in int16 (eight lanes per vector): the
+    module equals ONNX Runtime; a layer whose sums do not fit keeps int32."""
+    from apprentice_hw.lowering.strategies import QuantLayer, sums_dtype
+
+    weights = np.random.default_rng(5).integers(-1, 2, size=(8, 6, 3, 3))
+    model = _qcdq_layer("conv", weights, 2, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    model.graph.initializer.extend([
+        numpy_helper.from_array(np.array(np.float32(2.0**-4)), "ys"),
+        numpy_helper.from_array(np.array(0, np.uint8), "yz"),
+        numpy_helper.from_array(np.array(3, np.uint8), "yhi"),
+    ])  # fmt: skip
+    model.graph.node.extend([
+        helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+        helper.make_node("Clip", ["yq", "yz", "yhi"], ["yc"]),
+        helper.make_node("DequantizeLinear", ["yc", "ys", "yz"], ["out"]),
+    ])  # fmt: skip
+    model.graph.output[0].name = "out"
+    target = get_target("arm-a72")
+    prepared = prepare_module(model, target, kernel="bitserial")
+    [layer] = prepared.layers
+    assert (layer.strategy, layer.requantization) == ("bitserial", "thresholds")
+    [conv] = [f for n, f in _scheduled_functions(prepared, target).items() if "bitserial" in n]
+    # thresholds compared with the int16 sum of the counts (their uint16 wrap-around sum)
+    assert re.search(r'param_\d+\[v_ax3\] <= T\.Cast\("int16", conv_bits', conv.script())
+    host = get_target("x86-host")
+    inputs = np.random.default_rng(2).random((2, 6, 9, 9), dtype=np.float32) * 0.3
+    host_module = prepare_module(model, host, kernel="bitserial")
+    got = run_module_outputs(compile_module(host_module.mod, host), inputs)[0]
+    np.testing.assert_array_equal(got, run_onnxruntime_outputs(model, inputs)[0])
+    assert len(set(np.unique(got))) > 2  # the test reaches several levels
+
+    def layer_of(in_ch: int) -> QuantLayer:
+        return QuantLayer("c", "conv2d", np.ones((8, in_ch, 3, 3), np.int8), 2, "uint8", 0,
+                          (0, 3))  # fmt: skip
+
+    assert sums_dtype(layer_of(1213)) == "int16"  # 1213 x 9 x 3 = 32751
+    assert sums_dtype(layer_of(1214)) == "int32"
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.floats(0.05, 50), st.floats(-30, 30), st.booleans(), st.sampled_from([-1.0, 1.0]),

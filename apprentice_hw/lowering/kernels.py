@@ -383,7 +383,7 @@ def dense_int(data, weights, out_features: int, in_features: int, zero_point: in
 
 
 def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: ConvGeometry,
-                     act_bits: int):  # fmt: skip
+                     act_bits: int, out_dtype: str = "int32"):  # fmt: skip
     """Bit-serial conv2d for unsigned ``act_bits``-bit activations (zero point 0).
 
     Each output is sum_p coef_p * sum_b 2^b * popcount(activation plane b & weight plane p),
@@ -462,15 +462,20 @@ def conv2d_bitserial(data, planes, coefficients: tuple[int, ...], geometry: Conv
         name="conv_bits",
     )  # fmt: skip
 
+    # int16 sums (``out_dtype``, where the caller proved the result fits) are added as uint16,
+    # whose wrap-around is defined: partial sums may leave int16, the total does not.
+    work = "uint16" if out_dtype == "int16" else out_dtype
+
     def combine(*index):
         n, o, i, j = geometry.output_index(index)
         ob, oi = tirx.indexdiv(o, BITSERIAL_OUT), tirx.indexmod(o, BITSERIAL_OUT)
         total = None
         for p, coefficient in enumerate(coefficients):
             for b in range(act_bits):
-                term = counts[n, i, j, ob, b, p, oi].astype("int32") * (coefficient << b)
+                factor = (coefficient << b) & 0xFFFF if work == "uint16" else coefficient << b
+                term = counts[n, i, j, ob, b, p, oi].astype(work) * tirx.const(factor, work)
                 total = term if total is None else total + term
-        return total
+        return total.astype(out_dtype)
 
     return te.compute(
         geometry.output_shape(batch, out_h, out_w), combine, name="conv2d_bitserial",

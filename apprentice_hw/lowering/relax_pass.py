@@ -562,6 +562,14 @@ def _make_pass():
         def _emit_thresholds(self, terms, zero_point, form, out_dtype, axis):
             rows, masks = form.kernel_constants()
             levels = len(rows)
+            # int16 sums (a narrow bit-serial accumulator, codes) compare in int16: eight
+            # lanes per vector. Their t and ~t lie in [-32767, 32766], so thresholds clipped
+            # to int16 decide every compare as before.
+            narrow = all(str(term.ty.dtype) in ("int16", "int8", "uint8") for term in terms)
+            dtype = "int16" if narrow else "int32"
+            if narrow:
+                rows = [np.clip(row, -32768, 32767).astype(np.int16) for row in rows]
+                masks = None if masks is None else masks.astype(np.int16)
 
             def codes(*tensors):
                 if masks is not None:
@@ -571,9 +579,9 @@ def _make_pass():
                     zero_point, masks=mask if masks is not None else None,
                 )  # fmt: skip
 
-            constants = [relax.const(np.ascontiguousarray(row), "int32") for row in rows]
+            constants = [relax.const(np.ascontiguousarray(row), dtype) for row in rows]
             if masks is not None:
-                terms = [*terms, relax.const(masks, "int32")]
+                terms = [*terms, relax.const(masks, dtype)]
             return self.builder_.emit_te(codes, *constants, *terms, primfunc_name_hint="requantize")
 
         def _emit_requantize(self, terms, zero_point, affine, out_dtype, axis):

@@ -363,16 +363,18 @@ def threshold_requantize(terms, rows, low: int, out_dtype: str, channel_axis: in
     def at(values, channel):
         return values[0] if int(values.shape[0]) == 1 else values[channel]
 
+    dtype = str(rows[0].dtype)  # int16 where the sums fit (eight lanes), else int32
+
     def code(*index):
         channel = index[channel_axis]
-        u = terms[0](*index).astype("int32") - zero_point
+        u = terms[0](*index).astype(dtype) - tirx.const(zero_point, dtype)
         for term in terms[1:]:
-            u = u + (term(*index).astype("int32") - zero_point)
+            u = u + (term(*index).astype(dtype) - tirx.const(zero_point, dtype))
         if masks is not None:
             u = tirx.bitwise_xor(u, at(masks, channel))
-        count = tirx.const(low, "int32")
+        count = tirx.const(low, dtype)
         for row in rows:
-            count = count + (u >= at(row, channel)).astype("int32")
+            count = count + (u >= at(row, channel)).astype(dtype)
         return count.astype(out_dtype)
 
     return te.compute(terms[0].shape, code, name="requantize")

@@ -25,6 +25,7 @@ from apprentice_hw.lowering.packing import (
     pack_blocked,
     pack_rows,
 )
+from apprentice_hw.lowering.requantize import accumulator_range
 from apprentice_hw.registry import Registry
 
 DEFAULT_PREFERENCE = ("bitserial", "packed", "int8")
@@ -210,11 +211,25 @@ def _bitserial_unsupported(layer: QuantLayer) -> str | None:
     return None
 
 
+INT16_SUMS = (-32767, 32766)  # sums int16 holds with room for ~t and a threshold one above
+
+
+def sums_dtype(layer: QuantLayer) -> str:
+    """int16 where every sum the layer can produce (and its complement ~t) fits: the
+    threshold requantization then compares eight lanes per vector instead of four."""
+    low, high = accumulator_range(layer.weights, layer.act_range, layer.act_zero_point)
+    fits = int(low.min(initial=0)) >= INT16_SUMS[0] and int(high.max(initial=0)) <= INT16_SUMS[1]
+    return "int16" if fits else "int32"
+
+
 def _emit_bitserial(bb, data, layer: QuantLayer):
     coefficients, planes = bitserial_conv_weights(layer.weights)
+    dtype = sums_dtype(layer)
 
     def conv(x, w):
-        return kernels.conv2d_bitserial(x, w, coefficients, layer.geometry, layer.act_bits)
+        return kernels.conv2d_bitserial(
+            x, w, coefficients, layer.geometry, layer.act_bits, out_dtype=dtype
+        )
 
     return bb.emit_te(conv, data, _const(planes), primfunc_name_hint="conv2d_bitserial")
 
