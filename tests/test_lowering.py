@@ -680,14 +680,11 @@ def test_affine_requantization_is_refused_where_the_roundings_differ():
     assert np.any(naive.codes(acc) != chain.codes(acc))
 
 
-def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
-    """Quantize -> Clip(0, 3) -> Dequantize after a conv (a 2-bit activation in QCDQ): the
-    requantization covers the Clip's 4 levels, not the 256 of uint8, so it is three integer
-    thresholds per channel; the module still equals ONNX Runtime."""
-    weights = np.random.default_rng(4).integers(-7, 8, size=(8, 5, 3, 3))
-    model = _qcdq_layer("conv", weights, 4, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+def _clip_output_to_two_bits(model, scale) -> None:
+    """Append Quantize -> Clip(0, 3) -> Dequantize to the layer's output (a 2-bit activation
+    as QCDQ writes it), as the model's new output ``out``."""
     model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(np.float32(2.0**-2)), "ys"),
+        numpy_helper.from_array(np.array(scale), "ys"),
         numpy_helper.from_array(np.array(0, np.uint8), "yz"),
         numpy_helper.from_array(np.array(3, np.uint8), "yhi"),
     ])  # fmt: skip
@@ -697,6 +694,15 @@ def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
         helper.make_node("DequantizeLinear", ["yc", "ys", "yz"], ["out"]),
     ])  # fmt: skip
     model.graph.output[0].name = "out"
+
+
+def test_requantization_is_proven_on_the_levels_its_clip_lets_through():
+    """Quantize -> Clip(0, 3) -> Dequantize after a conv (a 2-bit activation in QCDQ): the
+    requantization covers the Clip's 4 levels, not the 256 of uint8, so it is three integer
+    thresholds per channel; the module still equals ONNX Runtime."""
+    weights = np.random.default_rng(4).integers(-7, 8, size=(8, 5, 3, 3))
+    model = _qcdq_layer("conv", weights, 4, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
+    _clip_output_to_two_bits(model, np.float32(2.0**-2))
     target = get_target("x86-host")
     prepared = prepare_module(model, target)
     [layer] = prepared.layers
@@ -719,17 +725,7 @@ def test_bitserial_sums_and_their_thresholds_run_in_int16():
 
     weights = np.random.default_rng(5).integers(-1, 2, size=(8, 6, 3, 3))
     model = _qcdq_layer("conv", weights, 2, conv={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]})
-    model.graph.initializer.extend([
-        numpy_helper.from_array(np.array(np.float32(2.0**-4)), "ys"),
-        numpy_helper.from_array(np.array(0, np.uint8), "yz"),
-        numpy_helper.from_array(np.array(3, np.uint8), "yhi"),
-    ])  # fmt: skip
-    model.graph.node.extend([
-        helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
-        helper.make_node("Clip", ["yq", "yz", "yhi"], ["yc"]),
-        helper.make_node("DequantizeLinear", ["yc", "ys", "yz"], ["out"]),
-    ])  # fmt: skip
-    model.graph.output[0].name = "out"
+    _clip_output_to_two_bits(model, np.float32(2.0**-4))
     target = get_target("arm-a72")
     prepared = prepare_module(model, target, kernel="bitserial")
     [layer] = prepared.layers

@@ -571,18 +571,25 @@ def _make_pass():
                 rows = [np.clip(row, -32768, 32767).astype(np.int16) for row in rows]
                 masks = None if masks is None else masks.astype(np.int16)
 
-            def codes(*tensors):
-                if masks is not None:
-                    *tensors, mask = tensors
+            count = len(terms)
+
+            def codes(*tensors):  # the rows, the terms, then the masks where there are any
+                terms_, rest = tensors[levels : levels + count], tensors[levels + count :]
                 return threshold_requantize(
-                    list(tensors[levels:]), tensors[:levels], form.low, out_dtype, axis,
-                    zero_point, masks=mask if masks is not None else None,
-                )  # fmt: skip
+                    list(terms_),
+                    tensors[:levels],
+                    form.low,
+                    out_dtype,
+                    axis,
+                    zero_point,
+                    masks=rest[0] if rest else None,
+                )
 
             constants = [relax.const(np.ascontiguousarray(row), dtype) for row in rows]
-            if masks is not None:
-                terms = [*terms, relax.const(masks, dtype)]
-            return self.builder_.emit_te(codes, *constants, *terms, primfunc_name_hint="requantize")
+            extra = [] if masks is None else [relax.const(masks, dtype)]
+            return self.builder_.emit_te(
+                codes, *constants, *terms, *extra, primfunc_name_hint="requantize"
+            )
 
         def _emit_requantize(self, terms, zero_point, affine, out_dtype, axis):
             def codes(offsets, multipliers, *tensors):

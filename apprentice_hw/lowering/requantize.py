@@ -98,15 +98,30 @@ def _level_starts(codes, low: np.ndarray, high: np.ndarray, levels: np.ndarray) 
     return lo
 
 
+def _monotone_domain(chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray):
+    """(lowest code, sign per channel, u_low, u_high, levels above the lowest code) of
+    ``chain`` over u = sign(A) * acc, in which its codes increase; None where A is not finite
+    and nonzero."""
+    a = np.asarray(chain.multiplier, dtype=np.float64)
+    if not np.all(np.isfinite(a)) or np.any(a == 0) or not np.isfinite(chain.scale):
+        return None
+    low = max(chain.low, chain.zero_point) if chain.relu else chain.low
+    sign = np.where(a > 0, 1, -1).astype(np.int64)
+    u_low = np.where(sign > 0, acc_low, -acc_high).astype(np.int64)
+    u_high = np.where(sign > 0, acc_high, -acc_low).astype(np.int64)
+    return low, sign, u_low, u_high, np.arange(low + 1, chain.high + 1, dtype=np.int64)
+
+
 def fit_affine_requantization(
     chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
 ) -> AffineRequantization | None:
     """The two-operation form of ``chain``, or None where it does not give the same codes for
     every accumulator value in [acc_low, acc_high] (per channel)."""
-    a = np.asarray(chain.multiplier, dtype=np.float64)
-    if not np.all(np.isfinite(a)) or np.any(a == 0) or not np.isfinite(chain.scale):
+    domain = _monotone_domain(chain, acc_low, acc_high)
+    if domain is None:
         return None
-    low = max(chain.low, chain.zero_point) if chain.relu else chain.low
+    low, sign, u_low, u_high, levels = domain
+    a = np.asarray(chain.multiplier, dtype=np.float64)
     affine = AffineRequantization(
         offset=(chain.offset + chain.zero_point * chain.scale) / a,
         multiplier=a / chain.scale,
@@ -115,12 +130,8 @@ def fit_affine_requantization(
     )
     if not (np.all(np.isfinite(affine.offset)) and np.all(np.isfinite(affine.multiplier))):
         return None
-    # Both are increasing in acc where A > 0 and decreasing where A < 0: search over
+    # Both are increasing in acc where A > 0 and decreasing where A < 0: the search is over
     # u = sign(A) * acc, in which both increase.
-    sign = np.where(a > 0, 1, -1).astype(np.int64)
-    u_low = np.where(sign > 0, acc_low, -acc_high).astype(np.int64)
-    u_high = np.where(sign > 0, acc_high, -acc_low).astype(np.int64)
-    levels = np.arange(low + 1, chain.high + 1, dtype=np.int64)
     if levels.size == 0:
         return affine.in_dtype(PRECISIONS[0])
 
@@ -254,14 +265,10 @@ def fit_thresholds(
 ) -> ThresholdRequantization | None:
     """``chain`` as thresholds on the accumulator (``MAX_THRESHOLD_LEVELS`` levels at most);
     None where the chain has more levels or is not a monotone function of acc."""
-    a = np.asarray(chain.multiplier, dtype=np.float64)
-    if not np.all(np.isfinite(a)) or np.any(a == 0) or not np.isfinite(chain.scale):
+    domain = _monotone_domain(chain, acc_low, acc_high)
+    if domain is None:
         return None
-    low = max(chain.low, chain.zero_point) if chain.relu else chain.low
-    signs = np.where(a > 0, 1, -1).astype(np.int64)
-    u_low = np.where(signs > 0, acc_low, -acc_high).astype(np.int64)
-    u_high = np.where(signs > 0, acc_high, -acc_low).astype(np.int64)
-    levels = np.arange(low + 1, chain.high + 1, dtype=np.int64)
+    low, signs, u_low, u_high, levels = domain
     if not 0 < levels.size <= MAX_THRESHOLD_LEVELS:  # a constant, or the affine form's case
         return None
     starts = _level_starts(lambda u: chain.codes(u * signs), u_low, u_high, levels)
