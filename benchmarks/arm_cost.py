@@ -172,11 +172,13 @@ def litert_python() -> Path:
 
 def litert_int8_model(name: str, out: Path) -> Path:
     """LiteRT's int8 model of ``name`` (``litert_int8.py``), made in the converter's environment
-    with this checkout's model zoo."""
+    with this checkout's model zoo, calibrated on ONNX Runtime's calibration images."""
     if not out.exists():
+        images = out.with_suffix(".calibration.npy")
+        np.save(images, calibration_images(name).numpy())
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        subprocess.run([str(litert_python()), str(LITERT_SCRIPT), name, str(out)], env=env,
-                       check=True)  # fmt: skip
+        subprocess.run([str(litert_python()), str(LITERT_SCRIPT), name, str(MODELS[name][1]),
+                        str(images), str(out)], env=env, check=True)  # fmt: skip
     return out
 
 

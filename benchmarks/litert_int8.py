@@ -10,10 +10,12 @@ transformers, its own ai-edge-litert) stay out of the project's environment.
 3. TFLite's post-training full-integer quantizer (the calibrator and ``QuantizeModel`` that
    ``tf.lite.TFLiteConverter`` runs with a representative dataset), shipped in ai-edge-litert:
    per-channel int8 weights, int8 activations, int32 bias, calibrated on the images ONNX
-   Runtime's int8 model is calibrated on. Input and output stay float32 (QUANTIZE and
-   DEQUANTIZE inside the model), as ONNX Runtime's QDQ model takes floats.
+   Runtime's int8 model is calibrated on (``arm_cost.py`` saves them for this script, which
+   cannot import ``latency.py``: that needs the project's whole environment). Input and output
+   stay float32 (QUANTIZE and DEQUANTIZE inside the model), as ONNX Runtime's QDQ model takes
+   floats.
 
-    python litert_int8.py resnet20 OUT.tflite
+    python litert_int8.py resnet20 CLASSES CALIBRATION.npy OUT.tflite
 """
 
 from __future__ import annotations
@@ -27,21 +29,11 @@ import torch
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import FloatLayers
 
-# as latency.py (not imported: it needs the project's whole environment)
-MODELS = {"resnet20": (32, 10), "resnet18": (224, 1000)}
-CALIBRATION_IMAGES = 32
 
-
-def fp32_network(name: str) -> torch.nn.Module:
-    _, classes = MODELS[name]
+def fp32_network(name: str, classes: int) -> torch.nn.Module:
+    """The network ``arm_cost.py`` exports for ONNX Runtime, seeded alike."""
     torch.manual_seed(0)
     return build_model(ModelSpec(name), FloatLayers(), 3, classes).eval()
-
-
-def calibration_images(name: str) -> torch.Tensor:
-    size, _ = MODELS[name]
-    torch.manual_seed(0)
-    return torch.rand(64, 3, size, size)[:CALIBRATION_IMAGES]
 
 
 def zero_padded_max_pool(model: torch.nn.Module) -> torch.nn.Module:
@@ -109,17 +101,21 @@ def agreement(fp32_model: bytes, int8_model: bytes, x: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=list(MODELS))
+    parser.add_argument("model", help="zoo model name")
+    parser.add_argument("classes", type=int)
+    parser.add_argument("calibration", type=Path, help="calibration images, (N, 3, S, S) .npy")
     parser.add_argument("out", type=Path, help="the int8 .tflite to write")
     args = parser.parse_args()
-    size, _ = MODELS[args.model]
-    model = zero_padded_max_pool(fp32_network(args.model))
+    images = torch.from_numpy(np.load(args.calibration))
+    size = images.shape[-1]
+    model = zero_padded_max_pool(fp32_network(args.model, args.classes))
     torch.manual_seed(2)
     probe = torch.rand(2, 3, size, size)
     with torch.no_grad():
-        assert torch.equal(model(probe), fp32_network(args.model)(probe)), "max pool differs"
+        original = fp32_network(args.model, args.classes)
+        assert torch.equal(model(probe), original(probe)), "max pool differs"
     fp32_model = convert_fp32(model, size)
-    int8_model = quantize_int8(fp32_model, calibration_images(args.model))
+    int8_model = quantize_int8(fp32_model, images)
     partial = args.out.with_suffix(".partial")
     partial.write_bytes(int8_model)
     partial.replace(args.out)
