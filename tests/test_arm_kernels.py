@@ -28,6 +28,7 @@ from apprentice_hw.verify import run_onnxruntime_outputs
 PI = EmulatedPi(default_dir())  # read at import, before the session moves the cache
 OBJDUMP = "aarch64-linux-gnu-objdump"
 QEMU_CPU = {"arm-a72": "cortex-a72", "arm-a76": "cortex-a76"}
+LANE_SDOT = r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]"  # lane-indexed codes
 
 # target, weight bits, activation bits, zero point, the kernel's telltale in TIR, instructions
 CASES = {
@@ -39,15 +40,16 @@ CASES = {
     # product exact in int16 (smull), pairs added into int32 lanes (sadalp), zero point 9
     "a72-w8a8-smull": ("arm-a72", 8, 8, 9, "smull", [r"smull2?\s+v\d+\.8h", r"sadalp"]),
     # a core with SDOT: codes <= 127 as they are (4-bit weights stored as int8: the target
-    # prefers it), or with 4-bit weights unpacked in registers (--kernel packed) ...
-    "a76-w4a4-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s"]),
+    # prefers it; the codes of a pixel's input blocks from one vector load, lane-indexed
+    # SDOT), or with 4-bit weights unpacked in registers (--kernel packed) ...
+    "a76-w4a4-sdot": ("arm-a76", 4, 4, 0, "sdot", [LANE_SDOT]),
     "a76-w4a4-packed-sdot": ("arm-a76", 4, 4, 0, "sdot", [r"sdot\s+v\d+\.4s", r"usra\s"]),
     # ... and 8-bit codes shifted by -128 to signed bytes, zero point in the padding
-    "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
+    "a76-w8a8-sdot": ("arm-a76", 8, 8, 9, "sdot", [LANE_SDOT]),
     # an RGB 7x7 stride-2 stem, kernel columns folded into channels (21 codes per kernel
     # row in 6 blocks): smull + sadalp on the A72, SDOT on the A76
     "a72-stem-folded": ("arm-a72", 8, 8, 9, "smull", [r"smull2?\s+v\d+\.8h", r"sadalp"]),
-    "a76-stem-folded": ("arm-a76", 8, 8, 9, "sdot", [r"sdot\s+v\d+\.4s"]),
+    "a76-stem-folded": ("arm-a76", 8, 8, 9, "sdot", [LANE_SDOT]),
     # 2-bit weights (two's complement planes) and 2-bit codes on a core without SDOT:
     # bit-serial, and + cnt + uadalp on 16-bit counts, bit planes gathered by one multiply
     "a72-w2a2-bitserial": (

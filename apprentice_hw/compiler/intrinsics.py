@@ -1,4 +1,4 @@
-# ruff: noqa: N803, N812 - TVMScript buffers are named A, B, C and its module T by convention
+# ruff: noqa: N803, N806, N812 - TVMScript buffers are named A, B, C and its module T by convention
 """Tensor intrinsics the default schedules tensorize with.
 
 TVM 0.27 ships a VNNI 16x4 intrinsic (``dot_16x4_vnni``) whose call passes ``<16 x i32>``
@@ -372,6 +372,85 @@ def register_sdot() -> str:
 
     TensorIntrin.register(SDOT_16X4, _dot_16x4_description("int8"), sdot_impl)
     return SDOT_16X4
+
+
+SDOT_LANES = "apprentice_hw_dot_16x4x{groups}_sdot_lanes"
+
+
+@cache
+def register_sdot_lanes(groups: int) -> str:
+    """Register ``groups`` consecutive 16x4 blocks of one pixel as lane-indexed ``SDOT``; its name.
+
+    The codes of ``groups`` input blocks of a pixel are contiguous in the NHWC padded input, so
+    one vector load brings them all and each block's four codes are one 32-bit lane of it:
+    ``sdot v.4s, w.16b, a.4b[lane]``. The plain intrinsic above broadcasts each block's codes
+    with ``ld1r``, which on the Cortex-A76 / Neoverse N1 issues on the same two vector pipes as
+    ``SDOT`` itself (16 ``ld1r`` per 64 ``sdot`` in a 4-pixel tile: modeled 45 cycles per 64
+    ``sdot`` where the pipes allow 32). The blocks' weights are ``groups`` 64-byte blocks at
+    any stride (kernel positions lie between them in storage).
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    width = 4 * groups
+    copies = -(-4 // groups)  # a shuffle makes at most as many lanes as its operands hold
+
+    @T.prim_func(s_tir=True)
+    def lanes_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        stride = T.int32()
+        A = T.match_buffer(a, (groups, 4), "int8", offset_factor=1)
+        row, column = T.int32(), T.int32()
+        B = T.match_buffer(b, (groups, 1, 1, 16, 4), "int8", strides=[stride, row, column, 4, 1],
+                           offset_factor=1)  # fmt: skip
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:groups, 0:4], B[0:groups, 0, 0, 0:16, 0:4])
+            T.writes(C[0:16])
+            for g in T.serial(0, groups):
+                for i in T.serial(0, 16):
+                    for k in T.serial(0, 4):
+                        with T.sblock("update"):
+                            # the conv block's order: output channel, then reductions
+                            vi, vg, vk = T.axis.remap("SRR", [i, g, k])
+                            C[vi] = C[vi] + T.cast(A[vg, vk], "int32") * T.cast(
+                                B[vg, 0, 0, vi, vk], "int32"
+                            )
+
+    @T.prim_func(s_tir=True)
+    def lanes_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        stride = T.int32()
+        A = T.match_buffer(a, (groups, 4), "int8", offset_factor=1)
+        row, column = T.int32(), T.int32()
+        B = T.match_buffer(b, (groups, 1, 1, 16, 4), "int8", strides=[stride, row, column, 4, 1],
+                           offset_factor=1)  # fmt: skip
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:groups, 0:4], B[0:groups, 0, 0, 0:16, 0:4])
+            T.writes(C[0:16])
+            for g in T.unroll(0, groups):
+                for q in T.unroll(0, 4):
+                    C[T.ramp(q * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                        C.vload([q * 4], dtype="int32x4"),
+                        B.vload([g, 0, 0, q * 4, 0], dtype="int8x16"),
+                        T.reinterpret(
+                            T.Shuffle(
+                                [
+                                    T.reinterpret(
+                                        A.vload([0, 0], f"int8x{width}"), dtype=f"int32x{groups}"
+                                    )
+                                ]
+                                * copies,
+                                [g, g, g, g],
+                            ),
+                            dtype="int8x16",
+                        ),
+                        dtype="int32x4",
+                    )
+
+    name = SDOT_LANES.format(groups=groups)
+    TensorIntrin.register(name, lanes_desc, lanes_impl)
+    return name
 
 
 NEON_16X4_INT16_LONG = "apprentice_hw_dot_16x4_int16_smlal"

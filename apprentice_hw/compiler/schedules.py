@@ -48,6 +48,7 @@ INT16_ACCUMULATORS = 7
 NEON_INT16_ACCUMULATORS = 4
 NEON_ACCUMULATORS = 4  # NEON's int32 sums: four q registers per pixel x block, of 32
 NEON_MAX_ACCUMULATORS = 8  # searched at most on NEON
+SDOT_REGISTERS = 30  # lane-indexed SDOT tiles: q registers for sums, codes and weights (of 32)
 # NEON's smlal int16 sums: one lane per product, eight q registers per pixel x block
 NEON_LONG_INT16_ACCUMULATORS = 3
 # NEON's bit-serial counts: q registers of 16-bit counts per tile (one per pixel, 8-channel
@@ -372,7 +373,12 @@ def _vectorize_epilogue(sch, output) -> None:
 
 
 def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
-    from apprentice_hw.compiler.intrinsics import register_avx2, register_sdot, register_vnni
+    from apprentice_hw.compiler.intrinsics import (
+        register_avx2,
+        register_sdot,
+        register_sdot_lanes,
+        register_vnni,
+    )
 
     knobs = knobs or default_conv_knobs(sch, target)
     first = "pad_rows" if "pad_rows" in _block_names(sch) else "pad_blocked"
@@ -391,15 +397,22 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     jo, ji = sch.split(j, factors=[None, knobs.pixels])
     # Packed 2-bit weights come in groups of G = 4 input blocks sharing 64 bytes: the blocks
     # of a group are the innermost reduction steps (G = 1 for other storage).
-    rc, rg = sch.split(rc, factors=[None, _packed_group(sch)])
     dot = _dot_product(target)
-    if dot == "avx2":
-        rp, rr = sch.split(ri, factors=[2, 2])
-        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, rp, oi, rr)
-    elif dot in ("vnni", "neon"):
-        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, oi, ri)
+    lanes = _sdot_lane_groups(sch, target, knobs)
+    if lanes:
+        # Lane-indexed SDOT: the tile's input blocks come ``lanes`` at a time from one vector
+        # load per pixel (``register_sdot_lanes``): (rc, ry, rx) outside, then the tile.
+        rc, rl = sch.split(rc, factors=[None, lanes])
+        sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, rl, oi, ri)
     else:
-        sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, ri, oi)
+        rc, rg = sch.split(rc, factors=[None, _packed_group(sch)])
+        if dot == "avx2":
+            rp, rr = sch.split(ri, factors=[2, 2])
+            sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, rp, oi, rr)
+        elif dot in ("vnni", "neon"):
+            sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, oi, ri)
+        else:
+            sch.reorder(n, obo, i, jo, rc, ry, rx, rg, obi, ji, ri, oi)
     sch.parallel(sch.fuse(n, obo, i))
     # Weights are stored in blocks already: int8 ones are read in place, packed ones are
     # unpacked per (input block, kernel position) into registers for all the tile's pixels.
@@ -413,7 +426,9 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     sch.reverse_compute_at(local, jo)
     init = sch.decompose_reduction(conv, rc)
     sch.vectorize(sch.get_loops(init)[-1])
-    if dot == "vnni":
+    if lanes:
+        sch.tensorize(rl, register_sdot_lanes(lanes))
+    elif dot == "vnni":
         sch.tensorize(oi, register_vnni())
     elif dot == "neon" and has_signed_dot(target) and has_signed_codes(sch):
         sch.tensorize(oi, register_sdot())
@@ -429,6 +444,26 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     sch.unroll(ji)
     sch.unroll(obi)
     _schedule_tile_epilogue(sch, outputs, jo)
+
+
+def _sdot_lane_groups(sch, target, knobs: ConvKnobs) -> int:
+    """Input blocks per lane-indexed ``SDOT`` vector (``register_sdot_lanes``), 0 for none.
+
+    Only NHWC convs with int8 weights (packed ones are unpacked per group in registers) and
+    signed codes, where a pixel's blocks are contiguous; as many blocks (4 or 2, dividing
+    the input blocks) as leave the tile's accumulators, one code vector per pixel and the
+    blocks' weights (four q registers each, for every output block) within the 32 registers.
+    """
+    if not (has_signed_dot(target) and has_signed_codes(sch) and is_channels_last(sch)):
+        return 0
+    if _storage(sch) != "int8":
+        return 0
+    blocks_in = int(sch.get(sch.get_sblock("weight_blocked")).writes[0].source.shape[1])
+    accumulators = 4 * knobs.pixels * knobs.blocks + knobs.pixels
+    for groups in (4, 2):
+        if blocks_in % groups == 0 and accumulators + 4 * groups * knobs.blocks <= SDOT_REGISTERS:
+            return groups
+    return 0
 
 
 def _schedule_tile_epilogue(sch, outputs: list, tile, local: str = "conv_blocked_local") -> None:

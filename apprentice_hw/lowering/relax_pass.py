@@ -30,8 +30,12 @@ from apprentice_hw.lowering.requantize import (
     accumulator_range,
     fit_affine_requantization,
     fit_affine_sum,
+    fit_integer_requantization,
+    fit_integer_sum,
     fit_threshold_sum,
     fit_thresholds,
+    integer_accumulator_requantize,
+    integer_requantize,
     requantize_accumulator,
     threshold_requantize,
 )
@@ -534,6 +538,16 @@ def _make_pass():
                         [requant.accumulator], 0, thresholds, out_dtype, requant.channel_axis
                     )
                 affine = fit_affine_requantization(chain, requant.acc_low, requant.acc_high)
+                if affine is None or affine.dtype == "float64":
+                    integer = fit_integer_requantization(chain, requant.acc_low, requant.acc_high)
+                    if integer is not None:
+                        self.layers[requant.layer] = replace(
+                            self.layers[requant.layer], requantization="integer",
+                            scale_bytes=integer.nbytes,
+                        )  # fmt: skip
+                        return self._emit_integer(
+                            requant.accumulator, integer, out_dtype, requant.channel_axis
+                        )
                 if affine is None:
                     return None
                 self.layers[requant.layer] = replace(
@@ -552,6 +566,14 @@ def _make_pass():
             )
             if thresholds is not None:
                 return self._emit_thresholds(terms, in_zero, thresholds, out_dtype, 0)
+            integer = fit_integer_sum(
+                in_scale, in_zero, ranges, with_relu, out_scale, out_zero, low, high
+            )
+            if integer is not None:
+                return self.builder_.emit_te(
+                    lambda *tensors: integer_requantize(list(tensors), integer, out_dtype, in_zero),
+                    *terms, primfunc_name_hint="requantize",
+                )  # fmt: skip
             affine = fit_affine_sum(
                 in_scale, in_zero, ranges, with_relu, out_scale, out_zero, low, high
             )
@@ -589,6 +611,17 @@ def _make_pass():
             extra = [] if masks is None else [relax.const(masks, dtype)]
             return self.builder_.emit_te(
                 codes, *constants, *terms, *extra, primfunc_name_hint="requantize"
+            )
+
+        def _emit_integer(self, accumulator, form, out_dtype, axis):
+            def codes(*tensors):
+                return integer_accumulator_requantize(
+                    tensors[-1], list(tensors[:-1]), form.shift, out_dtype, axis
+                )
+
+            constants = [relax.const(a, str(a.dtype)) for a in form.kernel_constants()]
+            return self.builder_.emit_te(
+                codes, *constants, accumulator, primfunc_name_hint="requantize"
             )
 
         def _emit_requantize(self, terms, zero_point, affine, out_dtype, axis):

@@ -312,6 +312,203 @@ def fit_threshold_sum(
     return form
 
 
+@dataclass(frozen=True)
+class IntegerRequantization:
+    """``clip((t * multiplier + offset) >> shift, low, high)``: the codes of a re-quantized
+    small integer ``t`` (a residual add's two codes, or one code tensor moved to another
+    scale) in integer lanes, exact on every ``t`` of the range it was fitted on.
+
+    Against the float form's widening, convert, add, multiply, clip, round and narrowing
+    (about 22 vector operations per 8 codes on NEON, where four bits of ``t`` go through
+    four widenings to 32-bit floats), a multiply-add and a shift on 16-bit lanes where the
+    products fit (``dtype``), 32-bit lanes where not.
+    """
+
+    multiplier: int
+    offset: int
+    shift: int
+    low: int
+    high: int
+    dtype: str  # int16 or int32: the lanes the products fit
+
+    def codes(self, t: np.ndarray) -> np.ndarray:
+        y = (t.astype(np.int64) * self.multiplier + self.offset) >> self.shift
+        return np.clip(y, self.low, self.high)
+
+
+INTEGER_MAX_SHIFT = 24  # shifts tried; the multiplier grows as 2^shift times the scale ratio
+
+
+def _integer_form(t: np.ndarray, expected: np.ndarray, ratio: float, low: int, high: int):
+    """The first (smallest shift) ``IntegerRequantization`` equal to ``expected`` (int64, one
+    per value of ``t``), or None. For a given multiplier M and shift S the offsets B that
+    work form one interval: where the code is above ``low`` it needs
+    ``t*M + B >= code << S``, where below ``high`` ``t*M + B < (code + 1) << S``."""
+    above, below = expected > low, expected < high
+    for shift in range(INTEGER_MAX_SHIFT + 1):
+        center = ratio * 2.0**shift
+        for multiplier in range(int(np.floor(center)) - 1, int(np.ceil(center)) + 2):
+            if multiplier <= 0:
+                continue
+            product = t * multiplier
+            lower = (expected << shift) - product
+            upper = ((expected + 1) << shift) - product - 1
+            b_low = int(lower[above].max()) if above.any() else int(upper.min())
+            b_high = int(upper[below].min()) if below.any() else b_low
+            if b_low > b_high:
+                continue
+            largest = int(max(abs(product + b_low).max(), abs(b_low)))
+            dtype = "int16" if largest < 2**15 else "int32"
+            if largest >= 2**31:
+                return None
+            form = IntegerRequantization(multiplier, b_low, shift, low, high, dtype)
+            if np.array_equal(form.codes(t), expected):
+                return form
+    return None
+
+
+ACCUMULATOR_SHIFT = 48  # fraction bits of the fixed point at most (products stay below 2^62)
+INTEGER_SEARCH = (64, 1024, 8192)  # multipliers tried on either side of the exact slope
+
+
+@dataclass(frozen=True)
+class IntegerAccumulatorRequantization:
+    """``(int64(clip(acc, low_acc, high_acc)) * multiplier + offset) >> shift`` per output
+    channel: a requantization of accumulators as one 32 x 32 -> 64-bit multiply-add
+    (``smlal`` on NEON) and a shift, exact on every accumulator value (checked at every
+    level start and the range's ends).
+
+    Where float32's 24-bit mantissa cannot tell an 8-bit code's level starts from the
+    float64 chain's (one to five levels per channel of ResNet-20 W8A8 land an accumulator
+    step off), the chain would stay in float64: two lanes per vector, and a widening and
+    two conversions of every accumulator. With the multiplier as wide as int32 allows (about
+    40 fraction bits for a ResNet's 8-bit layers) the line places every level start where
+    the float64 chain does.
+    """
+
+    low_acc: np.ndarray  # int32 per channel: the accumulator clipped to the levels' span
+    high_acc: np.ndarray
+    multiplier: np.ndarray  # int32 per channel (negative where codes fall as acc grows)
+    offset: np.ndarray  # int64 per channel
+    shift: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.kernel_constants()))
+
+    def kernel_constants(self) -> list[np.ndarray]:
+        return [self.low_acc, self.high_acc, self.multiplier, self.offset]
+
+    def codes(self, acc: np.ndarray) -> np.ndarray:
+        """The codes of int ``acc`` (channels on the last axis)."""
+        clipped = np.clip(acc.astype(np.int64), self.low_acc, self.high_acc)
+        return (clipped * self.multiplier + self.offset) >> self.shift
+
+
+def _fit_line(starts: np.ndarray, base: int, top: int, span: int, slope: float, shift: int):
+    """Integer (M, B) with ``floor((d*M + B) / 2^shift)`` equal to ``base`` at d = 0, rising
+    by one at every d in ``starts`` (increasing, in (0, span]) and at most ``top`` at
+    ``span``; None where no M near ``slope * 2^shift`` works."""
+    unit = 1 << shift
+    levels = base + 1 + np.arange(starts.size, dtype=np.int64)
+    for width in INTEGER_SEARCH:
+        center = round(slope * unit)
+        m = np.arange(max(1, center - width), center + width + 1, dtype=np.int64)[:, None]
+        # level v starts at s: s*M + B >= v << shift and (s - 1)*M + B < v << shift
+        b_low = np.full(m.shape[0], base * unit, dtype=np.int64)
+        b_high = np.full(m.shape[0], (top + 1) * unit - 1, dtype=np.int64) - span * m[:, 0]
+        if starts.size:
+            b_low = np.maximum(b_low, ((levels << shift) - starts * m).max(axis=1))
+            b_high = np.minimum(b_high, ((levels << shift) - 1 - (starts - 1) * m).min(axis=1))
+        b_high = np.minimum(b_high, (base + 1) * unit - 1)  # the code at d = 0 is base
+        fits = np.flatnonzero(b_low <= b_high)
+        if fits.size:
+            best = fits[np.argmin(np.abs(m[fits, 0] - center))]
+            return int(m[best, 0]), int(b_low[best])
+    return None
+
+
+def fit_integer_requantization(
+    chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
+) -> IntegerAccumulatorRequantization | None:
+    """``chain`` as ``IntegerAccumulatorRequantization``, or None where a channel has no
+    such line or a constant would not fit int32."""
+    domain = _monotone_domain(chain, acc_low, acc_high)
+    if domain is None:
+        return None
+    _, sign, u_low, u_high, levels = domain
+    if levels.size == 0:
+        return None
+    slope = np.abs(np.asarray(chain.multiplier, dtype=np.float64)) / chain.scale
+    # as many fraction bits as the largest multiplier, about slope x 2^shift, leaves in int32
+    shift = min(ACCUMULATOR_SHIFT, int(np.floor(np.log2(2**30 / slope.max()))))
+    if shift < 16:
+        return None
+    starts = _level_starts(lambda u: chain.codes(u * sign), u_low, u_high, levels)
+    # per channel, u clipped to [first - 1, last]: below it the code is the lowest, above it
+    # the highest it reaches
+    first = np.maximum(starts[0] - 1, u_low)
+    last = np.minimum(starts[-1], u_high)
+    base = chain.codes(first * sign).astype(np.int64)
+    top = chain.codes(last * sign).astype(np.int64)
+    channels = starts.shape[1]
+    multiplier = np.zeros(channels, dtype=np.int64)
+    offset = np.zeros(channels, dtype=np.int64)
+    for c in range(channels):
+        inside = (starts[:, c] > first[c]) & (starts[:, c] <= last[c])
+        line = _fit_line(starts[inside, c] - first[c], int(base[c]), int(top[c]),
+                         int(last[c] - first[c]), float(slope[c]), shift)  # fmt: skip
+        if line is None:
+            return None
+        multiplier[c], offset[c] = line
+    low_acc = np.where(sign > 0, first, -last)
+    high_acc = np.where(sign > 0, last, -first)
+    # d = sign * acc - first, so d * M + B = acc * (sign * M) + (B - first * M): one
+    # sign-extended 32 x 32-bit product (``smull``) and a 64-bit offset
+    constants = (low_acc, high_acc, sign * multiplier)
+    offset = offset - first * multiplier
+    info = np.iinfo(np.int32)
+    if any(a.min() < info.min or a.max() > info.max for a in constants):
+        return None
+    if np.abs(offset).max() >= 2**62 or np.abs((last - first) * multiplier).max() >= 2**62:
+        return None
+    form = IntegerAccumulatorRequantization(
+        *(np.ascontiguousarray(a, dtype=np.int32) for a in constants),
+        offset=np.ascontiguousarray(offset, dtype=np.int64),
+        shift=shift,
+    )
+    # equal at every level start, the accumulator before it and the range's ends: both are
+    # monotone, so equal everywhere in between
+    probes = [starts, starts - 1, u_low[None, :], u_high[None, :]]
+    for u in probes:
+        u = np.clip(u, u_low, u_high)
+        if not np.array_equal(form.codes(u * sign), chain.codes(u * sign)):
+            return None
+    return form
+
+
+def fit_integer_sum(
+    scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
+    out_scale: float, out_zero_point: int, low: int, high: int,
+) -> IntegerRequantization | None:  # fmt: skip
+    """``fit_threshold_sum``'s codes as ``IntegerRequantization`` of ``t``, checked at every
+    ``t`` of the range; None where no multiplier and shift up to ``INTEGER_MAX_SHIFT`` give
+    them (or the codes do not increase with ``t``)."""
+    if len(ranges) not in (1, 2) or scale <= 0 or out_scale <= 0:
+        return None
+    t_low = sum(lo - zero_point for lo, _ in ranges)
+    t_high = sum(hi - zero_point for _, hi in ranges)
+    t = np.arange(t_low, t_high + 1, dtype=np.int64)
+    x = t.astype(np.float64) * scale
+    if relu:
+        x = np.maximum(x, 0.0)
+    expected = np.clip(np.rint(x / out_scale) + out_zero_point, low, high).astype(np.int64)
+    if np.any(np.diff(expected) < 0):
+        return None
+    bottom = max(low, out_zero_point) if relu else low  # ReLU's floor: the clip's, not the line's
+    return _integer_form(t, expected, scale / out_scale, bottom, high)
+
+
 def fit_affine_sum(
     scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
     out_scale: float, out_zero_point: int, low: int, high: int,
@@ -387,6 +584,62 @@ def threshold_requantize(terms, rows, low: int, out_dtype: str, channel_axis: in
     return te.compute(terms[0].shape, code, name="requantize")
 
 
+# 1.5 x 2^(mantissa bits): adding it rounds any |x| < 2^(mantissa bits - 1) to the nearest
+# integer, ties to even (the spacing of floats there is exactly 1), and leaves that integer
+# in the low bits of the sum's representation.
+ROUNDING_MAGIC = {"float32": (1.5 * 2.0**23, "int32"), "float64": (1.5 * 2.0**52, "int64")}
+
+
+def _rounded_bits(x):
+    """``rint(x)`` for |x| <= 255 (a clipped code) in the low bits of an integer: one float add
+    and a reinterpret, where ``round`` then a float-to-int conversion take two conversions
+    (``frinti`` + ``fcvtzs`` on NEON, which the Cortex-A76 issues on one pipe of its two).
+    A cast to 8 or 16 bits keeps exactly the code. The add must not be contracted with the
+    multiply before it into an FMA: the clip between them prevents that."""
+    from tvm import tirx
+
+    dtype = str(x.ty.dtype)
+    magic, bits = ROUNDING_MAGIC[dtype]
+    return tirx.reinterpret(bits, x + tirx.const(magic, dtype))
+
+
+def integer_requantize(terms, form: IntegerRequantization, out_dtype: str, zero_point: int = 0):
+    """TE: ``IntegerRequantization`` of ``t = sum(term - zero_point)``, in ``form.dtype``."""
+    from tvm import te, tirx
+
+    dtype = form.dtype
+
+    def code(*index):
+        t = terms[0](*index).astype(dtype) - tirx.const(zero_point, dtype)
+        for term in terms[1:]:
+            t = t + (term(*index).astype(dtype) - tirx.const(zero_point, dtype))
+        y = tirx.shift_right(
+            t * tirx.const(form.multiplier, dtype) + tirx.const(form.offset, dtype),
+            tirx.const(form.shift, dtype),
+        )
+        clipped = tirx.max(tirx.min(y, tirx.const(form.high, dtype)), tirx.const(form.low, dtype))
+        return clipped.astype(out_dtype)
+
+    return te.compute(terms[0].shape, code, name="requantize")
+
+
+def integer_accumulator_requantize(acc, constants, shift: int, out_dtype: str,
+                                   channel_axis: int):  # fmt: skip
+    """TE: ``IntegerAccumulatorRequantization`` of the accumulator ``acc`` (``constants``:
+    its ``kernel_constants``, 1-D int32 tensors indexed by the channel)."""
+    from tvm import te, tirx
+
+    low_acc, high_acc, multiplier, offset = constants
+
+    def code(*index):
+        c = index[channel_axis]
+        clipped = tirx.max(tirx.min(acc(*index).astype("int32"), high_acc[c]), low_acc[c])
+        y = clipped.astype("int64") * multiplier[c].astype("int64") + offset[c]
+        return tirx.shift_right(y, tirx.const(shift, "int64")).astype(out_dtype)
+
+    return te.compute(acc.shape, code, name="requantize")
+
+
 def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_dtype: str,
                            channel_axis: int, zero_point: int = 0):  # fmt: skip
     """TE: ``clip(round((float(t) + offset) * multiplier), low, high)`` as ``out_dtype``, in
@@ -409,7 +662,7 @@ def requantize_accumulator(terms, offset, multiplier, low: int, high: int, out_d
         for term in terms[1:]:
             total = total + (term(*index).astype("int32") - zero_point)
         x = (total.astype(offset.dtype) + at(offset, channel)) * at(multiplier, channel)
-        clipped = tirx.max(tirx.min(tirx.round(x), float(high)), float(low))
-        return clipped.astype(out_dtype)
+        clipped = tirx.max(tirx.min(x, float(high)), float(low))
+        return _rounded_bits(clipped).astype(out_dtype)
 
     return te.compute(terms[0].shape, code, name="requantize")
