@@ -589,8 +589,10 @@ def test_channels_last_transposes_a_resnet_once_and_changes_no_bit(tmp_path):
     _, _, nchw = _compiled(model, target, channels_last=False)
     assert [shape for shape in _permutes(nhwc_mod) if len(shape) == 4] == [(1, 3, 32, 32)]
     assert all(layer.strategy != "float" for layer in nhwc_layers)
-    # every layer's codes come from its accumulators in two operations (requantize.py)
-    assert all(layer.requantization.startswith("affine") for layer in nhwc_layers)
+    # every layer's codes come from its accumulators in two float operations or, for 8-bit
+    # codes float32 cannot place, an integer line (requantize.py)
+    kinds = {layer.requantization for layer in nhwc_layers}
+    assert kinds <= {"affine float32", "affine float64", "integer"}, kinds
     inputs = images.numpy()
     np.testing.assert_array_equal(
         run_module_outputs(nhwc, inputs)[0], run_module_outputs(nchw, inputs)[0]

@@ -395,8 +395,6 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     n, ob, i, j, oi, rc, ry, rx, ri = sch.get_loops(conv)
     obo, obi = sch.split(ob, factors=[None, knobs.blocks])
     jo, ji = sch.split(j, factors=[None, knobs.pixels])
-    # Packed 2-bit weights come in groups of G = 4 input blocks sharing 64 bytes: the blocks
-    # of a group are the innermost reduction steps (G = 1 for other storage).
     dot = _dot_product(target)
     lanes = _sdot_lane_groups(sch, target, knobs)
     if lanes:
@@ -405,6 +403,8 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
         rc, rl = sch.split(rc, factors=[None, lanes])
         sch.reorder(n, obo, i, jo, rc, ry, rx, obi, ji, rl, oi, ri)
     else:
+        # Packed 2-bit weights come in groups of G = 4 input blocks sharing 64 bytes: the
+        # blocks of a group are the innermost reduction steps (G = 1 for other storage).
         rc, rg = sch.split(rc, factors=[None, _packed_group(sch)])
         if dot == "avx2":
             rp, rr = sch.split(ri, factors=[2, 2])

@@ -64,8 +64,9 @@ class LoweredLayer:
     reason: str | None = None  # why a layer stayed float
     folded_batch_norm: bool = False  # the following BatchNorm is part of the requantization
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
-    # ``precision.py``), "affine float32" / "affine float64" (two operations, requantize.py)
-    # or "thresholds" (integer compares, codes of at most two bits)
+    # ``precision.py``), "affine float32" / "affine float64" (two operations, requantize.py),
+    # "thresholds" (integer compares, codes of at most two bits) or "integer" (a 64-bit
+    # fixed-point line, where float32 is not proven)
     requantization: str = "float64"
     # conv on AVX2 without VNNI or NEON: input blocks whose products are summed in int16 before
     # the int32 sum (``int16_sums.py``); 0 where products are int32 (vpmaddwd, VNNI, SDOT)
@@ -502,8 +503,9 @@ def _make_pass():
             return codes, scale, zero, ranges
 
         def _requantize(self, call):
-            """``quantize`` of a requantization as two float64 operations on integers, where
-            ``requantize.py`` proves the codes the same as the float64 chain's:
+            """``quantize`` of a requantization as thresholds, two float operations or an
+            integer line on integers, where ``requantize.py`` proves the codes the same as the
+            float64 chain's:
             ``relu?(float(acc) * A + B)`` straight from a layer's accumulators, and
             ``relu?(dequantize(a) [+ dequantize(b)])`` from the integer sum of the codes."""
             out_dtype = str(call.attrs.out_dtype)

@@ -357,7 +357,8 @@ def _integer_form(t: np.ndarray, expected: np.ndarray, ratio: float, low: int, h
             b_high = int(upper[below].min()) if below.any() else b_low
             if b_low > b_high:
                 continue
-            largest = int(max(abs(product + b_low).max(), abs(b_low)))
+            # every intermediate in the lanes' type: t, t * M, t * M + B
+            largest = int(max(abs(product).max(), abs(product + b_low).max(), abs(t).max()))
             dtype = "int16" if largest < 2**15 else "int32"
             if largest >= 2**31:
                 return None
@@ -626,7 +627,9 @@ def integer_requantize(terms, form: IntegerRequantization, out_dtype: str, zero_
 def integer_accumulator_requantize(acc, constants, shift: int, out_dtype: str,
                                    channel_axis: int):  # fmt: skip
     """TE: ``IntegerAccumulatorRequantization`` of the accumulator ``acc`` (``constants``:
-    its ``kernel_constants``, 1-D int32 tensors indexed by the channel)."""
+    its ``kernel_constants``, 1-D tensors indexed by the channel: int32 clip bounds and
+    multipliers, int64 offsets). The clip in int32 comes before the widening: without it
+    LLVM widens the accumulator's own terms and multiplies in scalar 64-bit registers."""
     from tvm import te, tirx
 
     low_acc, high_acc, multiplier, offset = constants
