@@ -357,8 +357,9 @@ def _integer_form(t: np.ndarray, expected: np.ndarray, ratio: float, low: int, h
             b_high = int(upper[below].min()) if below.any() else b_low
             if b_low > b_high:
                 continue
-            # every intermediate in the lanes' type: t, t * M, t * M + B
-            largest = int(max(abs(product).max(), abs(product + b_low).max(), abs(t).max()))
+            # every value in the lanes' type: t, t * M, B, t * M + B
+            largest = int(max(abs(product).max(), abs(product + b_low).max(), abs(t).max(),
+                              abs(b_low)))  # fmt: skip
             dtype = "int16" if largest < 2**15 else "int32"
             if largest >= 2**31:
                 return None
