@@ -387,7 +387,9 @@ def register_sdot_lanes(groups: int) -> str:
     with ``ld1r``, which on the Cortex-A76 / Neoverse N1 issues on the same two vector pipes as
     ``SDOT`` itself (16 ``ld1r`` per 64 ``sdot`` in a 4-pixel tile: modeled 45 cycles per 64
     ``sdot`` where the pipes allow 32). The blocks' weights are ``groups`` 64-byte blocks at
-    any stride (kernel positions lie between them in storage).
+    any stride (kernel positions lie between them in storage); their buffer keeps the kernel
+    row and column as unit dimensions, because tensorize matches a region dimension by
+    dimension from the last one.
     """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T

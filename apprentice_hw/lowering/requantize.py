@@ -381,8 +381,8 @@ class IntegerAccumulatorRequantization:
     level start and the range's ends).
 
     Where float32's 24-bit mantissa cannot tell an 8-bit code's level starts from the
-    float64 chain's (one to five levels per channel of ResNet-20 W8A8 land an accumulator
-    step off), the chain would stay in float64: two lanes per vector, and a widening and
+    float64 chain's (in most channels of ResNet-20 W8A8 one level or more lands an
+    accumulator step off), the chain would stay in float64: two lanes per vector, and a widening and
     two conversions of every accumulator. With the multiplier as wide as int32 allows (about
     40 fraction bits for a ResNet's 8-bit layers) the line places every level start where
     the float64 chain does.
