@@ -532,10 +532,7 @@ def _make_pass():
                 )
                 thresholds = fit_thresholds(chain, requant.acc_low, requant.acc_high)
                 if thresholds is not None:
-                    self.layers[requant.layer] = replace(
-                        self.layers[requant.layer], requantization="thresholds",
-                        scale_bytes=thresholds.nbytes,
-                    )  # fmt: skip
+                    self._record(requant.layer, "thresholds", thresholds.nbytes)
                     return self._emit_thresholds(
                         [requant.accumulator], 0, thresholds, out_dtype, requant.channel_axis
                     )
@@ -543,19 +540,14 @@ def _make_pass():
                 if affine is None or affine.dtype == "float64":
                     integer = fit_integer_requantization(chain, requant.acc_low, requant.acc_high)
                     if integer is not None:
-                        self.layers[requant.layer] = replace(
-                            self.layers[requant.layer], requantization="integer",
-                            scale_bytes=integer.nbytes,
-                        )  # fmt: skip
+                        self._record(requant.layer, "integer", integer.nbytes)
                         return self._emit_integer(
                             requant.accumulator, integer, out_dtype, requant.channel_axis
                         )
                 if affine is None:
                     return None
-                self.layers[requant.layer] = replace(
-                    self.layers[requant.layer], requantization=f"affine {affine.dtype}",
-                    scale_bytes=int(affine.offset.nbytes + affine.multiplier.nbytes),
-                )  # fmt: skip
+                nbytes = int(affine.offset.nbytes + affine.multiplier.nbytes)
+                self._record(requant.layer, f"affine {affine.dtype}", nbytes)
                 return self._emit_requantize(
                     [requant.accumulator], 0, affine, out_dtype, requant.channel_axis
                 )
@@ -582,6 +574,12 @@ def _make_pass():
             if affine is None:
                 return None
             return self._emit_requantize(terms, in_zero, affine, out_dtype, 0)
+
+        def _record(self, layer: int, requantization: str, scale_bytes: int) -> None:
+            """The layer record's requantization kind and the bytes of its constants."""
+            self.layers[layer] = replace(
+                self.layers[layer], requantization=requantization, scale_bytes=scale_bytes
+            )
 
         def _emit_thresholds(self, terms, zero_point, form, out_dtype, axis):
             rows, masks = form.kernel_constants()

@@ -282,14 +282,15 @@ def fit_thresholds(
     return form
 
 
-def fit_threshold_sum(
+def _sum_codes(
     scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
     out_scale: float, out_zero_point: int, low: int, high: int,
-) -> ThresholdRequantization | None:  # fmt: skip
-    """``fit_affine_sum``'s codes as thresholds on ``t = sum(code - zero_point)``: the float64
-    chain dequantizes each code exactly (a small integer times a float32 scale) and adds
-    them exactly (one scale), so its value is ``t * scale``, a function of ``t`` alone,
-    evaluated here at every ``t`` of the range."""
+) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """(every ``t = sum(code - zero_point)`` of ``ranges``, the float64 chain's code at each)
+    for a sum of one or two code tensors, or None where the codes do not increase with t.
+
+    The chain dequantizes each code exactly (a small integer times a float32 scale) and adds
+    them exactly (one scale), so its value is ``t * scale``, a function of ``t`` alone."""
     if len(ranges) not in (1, 2) or scale <= 0 or out_scale <= 0:
         return None
     t_low = sum(lo - zero_point for lo, _ in ranges)
@@ -301,6 +302,20 @@ def fit_threshold_sum(
     codes = np.clip(np.rint(x / out_scale) + out_zero_point, low, high).astype(np.int64)
     if np.any(np.diff(codes) < 0):
         return None
+    return t, codes
+
+
+def fit_threshold_sum(
+    scale: float, zero_point: int, ranges: list[tuple[int, int]], relu: bool,
+    out_scale: float, out_zero_point: int, low: int, high: int,
+) -> ThresholdRequantization | None:  # fmt: skip
+    """``fit_affine_sum``'s codes as thresholds on ``t = sum(code - zero_point)``, from the
+    float64 chain at every ``t`` of the range (``_sum_codes``)."""
+    found = _sum_codes(scale, zero_point, ranges, relu, out_scale, out_zero_point, low, high)
+    if found is None:
+        return None
+    t, codes = found
+    t_high = int(t[-1])
     bottom = int(codes[0])
     levels = np.arange(bottom + 1, high + 1)
     # where each level starts: t_high + 1 where it never does
@@ -496,17 +511,10 @@ def fit_integer_sum(
     """``fit_threshold_sum``'s codes as ``IntegerRequantization`` of ``t``, checked at every
     ``t`` of the range; None where no multiplier and shift up to ``INTEGER_MAX_SHIFT`` give
     them (or the codes do not increase with ``t``)."""
-    if len(ranges) not in (1, 2) or scale <= 0 or out_scale <= 0:
+    found = _sum_codes(scale, zero_point, ranges, relu, out_scale, out_zero_point, low, high)
+    if found is None:
         return None
-    t_low = sum(lo - zero_point for lo, _ in ranges)
-    t_high = sum(hi - zero_point for _, hi in ranges)
-    t = np.arange(t_low, t_high + 1, dtype=np.int64)
-    x = t.astype(np.float64) * scale
-    if relu:
-        x = np.maximum(x, 0.0)
-    expected = np.clip(np.rint(x / out_scale) + out_zero_point, low, high).astype(np.int64)
-    if np.any(np.diff(expected) < 0):
-        return None
+    t, expected = found
     bottom = max(low, out_zero_point) if relu else low  # ReLU's floor: the clip's, not the line's
     return _integer_form(t, expected, scale / out_scale, bottom, high)
 
