@@ -20,6 +20,7 @@ import pytest
 from test_lowering import _qcdq_layer, _scheduled_functions
 
 from apprentice_hw.compiler import compile_module, prepare_module
+from apprentice_hw.compiler.runtime import run_module
 from apprentice_hw.compiler.tvm_build import export_module
 from apprentice_hw.deploy.emulated_pi import EmulatedPi, default_dir
 from apprentice_hw.hardware import get_target
@@ -137,20 +138,74 @@ def test_arm_conv_kernels_are_exact_on_the_emulated_core(case, tmp_path):
     # codes up to 30 x 16 = 480: most 2- and 4-bit codes and about half the 8-bit ones clip
     in_ch = LAYERS.get(case, (32,))[0]
     inputs = np.random.default_rng(3).random((1, in_ch, 9, 9), dtype=np.float32) * 30
-    np.save(tmp_path / "inputs.npy", inputs)
     expected = run_onnxruntime_outputs(model, inputs)[0]
+    # the static qemu the emulated Pi runs, as this target's core (SDOT faults on an A72)
+    outputs = _run_on_emulated_core(library, inputs, QEMU_CPU[CASES[case][0]], tmp_path)
+    np.testing.assert_array_equal(outputs, expected)
+
+
+def _requantized_conv_model():
+    """The 8-bit conv of ``a76-w8a8-sdot`` with its output quantized to 8-bit codes, weight
+    scales that are not powers of two: the codes come from the accumulators by an integer
+    line (float32 cannot place 255 levels of accumulators this wide)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = _layer_model(8, 8, 9)
+    graph = model.graph
+    [scales] = [init for init in graph.initializer if init.name == "ws"]
+    values = np.random.default_rng(11).uniform(0.002, 0.01, 24).astype(np.float32)
+    scales.CopyFrom(numpy_helper.from_array(values, "ws"))
+    graph.initializer.extend([numpy_helper.from_array(np.array(0.0371, np.float32), "ys"),
+                              numpy_helper.from_array(np.array(131, np.uint8), "yz")])  # fmt: skip
+    quantize = helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"])
+    graph.node.extend([quantize, helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["z"])])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    return model
+
+
+def _run_on_emulated_core(library: Path, inputs: np.ndarray, qemu_cpu: str, folder: Path):
+    """The module's outputs for ``inputs`` in the emulated Pi's Python, one thread."""
+    np.save(folder / "inputs.npy", inputs)
     script = (
         "import numpy as np, tvm\n"
         "from tvm.runtime.vm import VirtualMachine\n"
         f"vm = VirtualMachine(tvm.runtime.load_module('{library}'), tvm.cpu())\n"
-        f"x = tvm.runtime.tensor(np.load('{tmp_path / 'inputs.npy'}'))\n"
-        f"np.save('{tmp_path / 'outputs.npy'}', vm['main'](x).numpy())\n"
+        f"x = tvm.runtime.tensor(np.load('{folder / 'inputs.npy'}'))\n"
+        f"np.save('{folder / 'outputs.npy'}', vm['main'](x).numpy())\n"
     )
-    # the static qemu the emulated Pi runs, as this target's core (SDOT faults on an A72)
     root = PI.folder / "root"
-    command = ["qemu-aarch64-static", "-cpu", QEMU_CPU[CASES[case][0]], "-L", str(root),
+    command = ["qemu-aarch64-static", "-cpu", qemu_cpu, "-L", str(root),
                str(root / "usr/bin/python3.11"), "-c", script]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(PI.folder / "site"), "TVM_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    np.testing.assert_array_equal(np.load(tmp_path / "outputs.npy"), expected)
+    return np.load(folder / "outputs.npy")
+
+
+def test_8_bit_requantization_runs_as_sqdmulh_on_aarch64(tmp_path):
+    """AArch64 targets requantize 8-bit codes as the high half of 32 x 32-bit products
+    (``sqdmulh``, four lanes per vector); x86 keeps the 64-bit line. The A76 module is
+    exact on the emulated core: its codes are the x86 module's, bit for bit, with the
+    accumulators pushed to both clip limits."""
+    model = _requantized_conv_model()
+    libraries = {}
+    for name in ("arm-a76", "x86-host"):
+        target = get_target(name)
+        prepared = prepare_module(model, target)
+        kind = "integer sqdmulh" if name == "arm-a76" else "integer"
+        assert [layer.requantization for layer in prepared.layers] == [kind], name
+        libraries[name] = tmp_path / f"{name}.so"
+        export_module(compile_module(prepared.mod, target, use_tuning=False), target,
+                      libraries[name])  # fmt: skip
+    if shutil.which(OBJDUMP) is not None:
+        listing = subprocess.run([OBJDUMP, "-d", str(libraries["arm-a76"])],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert re.search(r"\tsqdmulh\s+v\d+\.4s", listing)
+    if not PI.ready:
+        pytest.skip(f"no emulated Pi in {PI.folder}; 'make test-pi' sets it up")
+    inputs = np.random.default_rng(4).random((1, 32, 9, 9), dtype=np.float32) * 16
+    expected = run_module(libraries["x86-host"], inputs)
+    codes = _run_on_emulated_core(libraries["arm-a76"], inputs, "cortex-a76", tmp_path)
+    assert len(np.unique(expected)) > 50  # many levels, both clip limits
+    np.testing.assert_array_equal(codes, expected)

@@ -592,7 +592,7 @@ def test_channels_last_transposes_a_resnet_once_and_changes_no_bit(tmp_path):
     # every layer's codes come from its accumulators in two float operations or, for 8-bit
     # codes float32 cannot place, an integer line (requantize.py)
     kinds = {layer.requantization for layer in nhwc_layers}
-    assert kinds <= {"affine float32", "affine float64", "integer"}, kinds
+    assert kinds <= {"affine float32", "affine float64", "integer"}, kinds  # x86: no sqdmulh
     inputs = images.numpy()
     np.testing.assert_array_equal(
         run_module_outputs(nhwc, inputs)[0], run_module_outputs(nchw, inputs)[0]
@@ -908,16 +908,17 @@ def test_integer_accumulator_requantization_equals_the_chain(a, b, relu, sign, z
 
 def test_integer_accumulator_requantization_takes_8_bit_layers_float32_cannot():
     """Layers like ResNet-20 W8A8's (float32 scales, accumulators up to +-1.5 million, 255
-    levels): float32 misplaces level starts in most of them, the integer form fits every
-    channel of nearly all."""
+    levels): float32 misplaces level starts in most of them, the integer forms (64-bit, and
+    AArch64's 32-bit high half) fit every channel of nearly all."""
     from apprentice_hw.lowering.requantize import (
         Requantization,
         fit_affine_requantization,
+        fit_high_half_requantization,
         fit_integer_requantization,
     )
 
     rng = np.random.default_rng(8)
-    integer = float32 = 0
+    integer = float32 = high_half = 0
     for _ in range(8):
         channels = 16
         a = rng.uniform(2e-5, 4e-5, channels).astype(np.float32).astype(np.float64)
@@ -927,11 +928,42 @@ def test_integer_accumulator_requantization_takes_8_bit_layers_float32_cannot():
         form = fit_integer_requantization(chain, acc_low, acc_high)
         affine = fit_affine_requantization(chain, acc_low, acc_high)
         float32 += affine is not None and affine.dtype == "float32"
+        acc = np.arange(-300_000, 400_001)[:, None]  # every accumulator, every channel
         if form is not None:
             integer += 1
-            acc = np.arange(-300_000, 400_001)[:, None]  # every accumulator, every channel
             np.testing.assert_array_equal(form.codes(acc), chain.codes(acc))
-    assert integer >= 7 and float32 <= 4
+        high = fit_high_half_requantization(chain, acc_low, acc_high)  # AArch64's sqdmulh
+        if high is not None:
+            high_half += 1
+            np.testing.assert_array_equal(high.codes(acc), chain.codes(acc))
+    assert integer >= 7 and high_half >= 7 and float32 <= 4
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.floats(1e-5, 0.05), st.floats(-3, 3), st.booleans(), st.integers(0, 20),
+    st.integers(1_000, 400_000),
+)  # fmt: skip
+def test_high_half_requantization_equals_the_chain(a, b, relu, zero, reach):
+    """The same line as AArch64's ``sqdmulh`` (the high half of a 32 x 32-bit product, a
+    shift, a per-channel zero, the clip on codes): where the fit gives one, equal to the
+    float64 chain at every accumulator value of the range, its constants in int32 and
+    ``acc + offset`` never leaving int32."""
+    from apprentice_hw.lowering.requantize import Requantization, fit_high_half_requantization
+
+    chain = Requantization(
+        np.array([a, 0.7 * a, 1.3 * a]), np.array([b, -b, 0.0]), relu, 1.0, zero, 0, 255
+    )
+    acc_low, acc_high = np.array([-reach, -reach // 2, -7]), np.array([reach, reach, reach])
+    form = fit_high_half_requantization(chain, acc_low, acc_high)
+    assume(form is not None)
+    assert all(str(constant.dtype) == "int32" for constant in form.kernel_constants())
+    assert np.all(np.abs(acc_high.astype(np.int64) + form.offset) < 2**31)
+    assert np.all(np.abs(acc_low.astype(np.int64) + form.offset) < 2**31)
+    for c in range(3):
+        acc = np.zeros((acc_high[c] - acc_low[c] + 1, 3), dtype=np.int64)
+        acc[:, c] = np.arange(acc_low[c], acc_high[c] + 1)
+        np.testing.assert_array_equal(form.codes(acc)[:, c], chain.codes(acc)[:, c])
 
 
 # -- AVX2 without VNNI: products summed in int16 where proven ---------------------------------

@@ -35,6 +35,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from apprentice_hw.lowering.requantize import HIGH_HALF_STAGE
 from apprentice_hw.registry import Registry
 
 LOG = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ PAIRS_ACCUMULATORS = 8  # AVX2's vpmaddwd: two ymm of int32 sums per pixel x blo
 AVX2_MAX_ACCUMULATORS = 8  # searched at most on AVX2 (VNNI: MAX_ACCUMULATORS)
 PARALLEL_PAD_BYTES = 128 * 1024  # pad on threads from this input size on
 VNNI_LANES = 16  # int32 accumulators per vector: the output channels of one conv block
+INTRINSIC_LANES = 4  # int32 lanes of a 128-bit NEON intrinsic in an epilogue
 MAX_TUNED_PIXELS = 16  # tuning tries row tiles up to this many pixels
 MAX_TUNED_BLOCKS = 4  # and up to this many 16-channel output blocks
 MAX_ACCUMULATORS = 24  # pixels x blocks searched at most (AVX-512 has 32 vector registers;
@@ -170,13 +172,17 @@ def inline_around(sch, first: str, last: str, kernel: str = "conv_blocked") -> l
 
     Blocks before ``first`` (an elementwise producer) go into it. Blocks after ``last`` are
     inlined forward into their consumers, ``last`` included, so what stays are the blocks that
-    write the function's outputs, each computing the whole epilogue from the int32 sums.
+    write the function's outputs, each computing the whole epilogue from the int32 sums, and
+    the ``sqdmulh`` stages of ``requantize.high_half_requantize`` (local, computed per tile).
     """
     names = [sch.get(block).name_hint for block in _blocks(sch)]
     for name in names[: names.index(first)]:
         sch.compute_inline(sch.get_sblock(name))
     for name in names[names.index(last) :]:
-        _try_inline(sch, sch.get_sblock(name))
+        if name.startswith(HIGH_HALF_STAGE):  # a stage of four-lane intrinsic calls
+            sch.set_scope(sch.get_sblock(name), 0, "local")
+        else:
+            _try_inline(sch, sch.get_sblock(name))
     names = [sch.get(block).name_hint for block in _blocks(sch)]
     return [sch.get_sblock(name) for name in names[names.index(kernel) + 1 :]]
 
@@ -364,11 +370,19 @@ def _schedule_padding(sch, parallel: bool) -> None:
 
 def _vectorize_epilogue(sch, output) -> None:
     """Vectorize an epilogue block computed under a tile: over output channels, 16 at a time
-    (NHWC: contiguous in the accumulators and the output), or over a row's pixels (NCHW)."""
+    (NHWC: contiguous in the accumulators and the output), or over a row's pixels (NCHW).
+
+    The ``sqdmulh`` stage (``requantize.high_half_requantize``) gets vectors of the
+    intrinsic's own width, 4 int32 lanes, or none: LLVM splits a 16-lane add into four, but
+    cannot split or widen a call of an AArch64 intrinsic ("Do not know how to split")."""
+    high_half = sch.get(output).name_hint.startswith(HIGH_HALF_STAGE)
+    lanes = INTRINSIC_LANES if high_half else VNNI_LANES
     inner = sch.get_loops(output)[-1]
     extent = loop_extent(sch, inner) or 0
-    if extent > VNNI_LANES and extent % VNNI_LANES == 0:
-        inner = sch.split(inner, factors=[None, VNNI_LANES])[1]
+    if extent > lanes and extent % lanes == 0:
+        inner = sch.split(inner, factors=[None, lanes])[1]
+    elif high_half and extent != lanes:
+        return  # scalar calls
     sch.vectorize(inner)
 
 

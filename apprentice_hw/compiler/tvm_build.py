@@ -122,9 +122,10 @@ def dot_order(target: Target) -> str:
 
 
 def dot_product_options(target: Target) -> dict[str, bool]:
-    """The lowering options that follow from ``target``'s dot-product instructions: int16 sums
+    """The lowering options that follow from ``target``'s vector instructions: int16 sums
     where proven exact (AVX2 without VNNI; NEON), one product per int16 lane where codes fit
-    a signed byte (NEON's ``smlal``), and SDOT for every conv layer where the CPU has it."""
+    a signed byte (NEON's ``smlal``), SDOT for every conv layer where the CPU has it, and
+    integer requantization lines as ``sqdmulh`` on AArch64."""
     if target.device != "cpu":
         return {}
     from apprentice_hw.compiler.schedules import has_signed_dot, int16_product
@@ -132,7 +133,8 @@ def dot_product_options(target: Target) -> dict[str, bool]:
     tvm_target = target.tvm_target()
     kind = int16_product(tvm_target)
     return {"int16_sums": kind is not None, "int16_signed_lanes": kind == "neon",
-            "signed_dot": has_signed_dot(tvm_target)}  # fmt: skip
+            "signed_dot": has_signed_dot(tvm_target),
+            "high_half_multiply": kind == "neon"}  # fmt: skip
 
 
 def prepare_module(

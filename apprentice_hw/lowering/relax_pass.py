@@ -30,10 +30,12 @@ from apprentice_hw.lowering.requantize import (
     accumulator_range,
     fit_affine_requantization,
     fit_affine_sum,
+    fit_high_half_requantization,
     fit_integer_requantization,
     fit_integer_sum,
     fit_threshold_sum,
     fit_thresholds,
+    high_half_requantize,
     integer_accumulator_requantize,
     integer_requantize,
     requantize_accumulator,
@@ -65,8 +67,9 @@ class LoweredLayer:
     folded_batch_norm: bool = False  # the following BatchNorm is part of the requantization
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
     # ``precision.py``), "affine float32" / "affine float64" (two operations, requantize.py),
-    # "thresholds" (integer compares, codes of at most two bits) or "integer" (a 64-bit
-    # fixed-point line, where float32 is not proven)
+    # "thresholds" (integer compares, codes of at most two bits), "integer" (a 64-bit
+    # fixed-point line, where float32 is not proven) or "integer sqdmulh" (the same line as
+    # AArch64's 32-bit high-half product)
     requantization: str = "float64"
     # conv on AVX2 without VNNI or NEON: input blocks whose products are summed in int16 before
     # the int32 sum (``int16_sums.py``); 0 where products are int32 (vpmaddwd, VNNI, SDOT)
@@ -98,6 +101,8 @@ class LoweringOptions:
     # integer-to-integer requantizations as two operations proven at compile time
     # (``requantize.py``); the proof models LLVM's CPU code (round half to even)
     proven_requantization: bool = True
+    # integer lines as AArch64's ``sqdmulh`` (``HighHalfRequantization``) where they fit
+    high_half_multiply: bool = False
 
 
 @dataclass(frozen=True)
@@ -538,6 +543,16 @@ def _make_pass():
                     )
                 affine = fit_affine_requantization(chain, requant.acc_low, requant.acc_high)
                 if affine is None or affine.dtype == "float64":
+                    high_half = None
+                    if self.options.high_half_multiply:
+                        high_half = fit_high_half_requantization(
+                            chain, requant.acc_low, requant.acc_high
+                        )
+                    if high_half is not None:
+                        self._record(requant.layer, "integer sqdmulh", high_half.nbytes)
+                        return self._emit_high_half(
+                            requant.accumulator, high_half, out_dtype, requant.channel_axis
+                        )
                     integer = fit_integer_requantization(chain, requant.acc_low, requant.acc_high)
                     if integer is not None:
                         self._record(requant.layer, "integer", integer.nbytes)
@@ -620,6 +635,18 @@ def _make_pass():
                 )
 
             constants = [relax.const(a, str(a.dtype)) for a in form.kernel_constants()]
+            return self.builder_.emit_te(
+                codes, *constants, accumulator, primfunc_name_hint="requantize"
+            )
+
+        def _emit_high_half(self, accumulator, form, out_dtype, axis):
+            def codes(*tensors):
+                return high_half_requantize(
+                    tensors[-1], list(tensors[:-1]), form.shift, form.low, form.high,
+                    out_dtype, axis,
+                )  # fmt: skip
+
+            constants = [relax.const(a, "int32") for a in form.kernel_constants()]
             return self.builder_.emit_te(
                 codes, *constants, accumulator, primfunc_name_hint="requantize"
             )
