@@ -144,13 +144,13 @@ def test_arm_conv_kernels_are_exact_on_the_emulated_core(case, tmp_path):
     np.testing.assert_array_equal(outputs, expected)
 
 
-def _requantized_conv_model():
-    """The 8-bit conv of ``a76-w8a8-sdot`` with its output quantized to 8-bit codes, weight
-    scales that are not powers of two: the codes come from the accumulators by an integer
-    line (float32 cannot place 255 levels of accumulators this wide)."""
+def _requantized_conv_model(weight_bits: int):
+    """The 8-bit-code conv of ``a76-w8a8-sdot`` with its output quantized to 8-bit codes,
+    weight scales that are not powers of two: the codes come from the accumulators by an
+    integer line (float32 cannot place 255 levels of accumulators this wide)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    model = _layer_model(8, 8, 9)
+    model = _layer_model(weight_bits, 8, 9)
     graph = model.graph
     [scales] = [init for init in graph.initializer if init.name == "ws"]
     values = np.random.default_rng(11).uniform(0.002, 0.01, 24).astype(np.float32)
@@ -183,17 +183,19 @@ def _run_on_emulated_core(library: Path, inputs: np.ndarray, qemu_cpu: str, fold
     return np.load(folder / "outputs.npy")
 
 
-def test_8_bit_requantization_runs_as_sqdmulh_on_aarch64(tmp_path):
+@pytest.mark.parametrize("weight_bits, dtype", [(8, "int32"), (4, "int16")])
+def test_8_bit_requantization_runs_as_sqdmulh_on_aarch64(weight_bits, dtype, tmp_path):
     """AArch64 targets requantize 8-bit codes as the high half of 32 x 32-bit products
-    (``sqdmulh``, four lanes per vector); x86 keeps the 64-bit line. The A76 module is
-    exact on the emulated core: its codes are the x86 module's, bit for bit, with the
-    accumulators pushed to both clip limits."""
-    model = _requantized_conv_model()
+    (``sqdmulh``, four lanes per vector), the zero and clip in int16 where the layer's range
+    allows (4-bit weights here) and in int32 where not (8-bit weights); x86 keeps the 64-bit
+    line. The A76 module is exact on the emulated core: its codes are the x86 module's, bit
+    for bit, with the accumulators pushed to both clip limits."""
+    model = _requantized_conv_model(weight_bits)
     libraries = {}
     for name in ("arm-a76", "x86-host"):
         target = get_target(name)
         prepared = prepare_module(model, target)
-        kind = "integer sqdmulh" if name == "arm-a76" else "integer"
+        kind = f"integer sqdmulh {dtype}" if name == "arm-a76" else "integer"
         assert [layer.requantization for layer in prepared.layers] == [kind], name
         libraries[name] = tmp_path / f"{name}.so"
         export_module(compile_module(prepared.mod, target, use_tuning=False), target,

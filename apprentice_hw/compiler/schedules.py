@@ -173,15 +173,15 @@ def inline_around(sch, first: str, last: str, kernel: str = "conv_blocked") -> l
     Blocks before ``first`` (an elementwise producer) go into it. Blocks after ``last`` are
     inlined forward into their consumers, ``last`` included, so what stays are the blocks that
     write the function's outputs, each computing the whole epilogue from the int32 sums, and
-    the ``sqdmulh`` stages of ``requantize.high_half_requantize`` (local, computed per tile).
+    the ``sqdmulh`` stages of ``requantize.high_half_requantize``, computed per tile into a
+    buffer of a tile's size (global scope: under 1 KiB, TVM puts it on the stack; "local"
+    would be a workspace-pool call per tile).
     """
     names = [sch.get(block).name_hint for block in _blocks(sch)]
     for name in names[: names.index(first)]:
         sch.compute_inline(sch.get_sblock(name))
     for name in names[names.index(last) :]:
-        if name.startswith(HIGH_HALF_STAGE):  # a stage of four-lane intrinsic calls
-            sch.set_scope(sch.get_sblock(name), 0, "local")
-        else:
+        if not name.startswith(HIGH_HALF_STAGE):  # a stage of four-lane intrinsic calls
             _try_inline(sch, sch.get_sblock(name))
     names = [sch.get(block).name_hint for block in _blocks(sch)]
     return [sch.get_sblock(name) for name in names[names.index(kernel) + 1 :]]

@@ -68,8 +68,8 @@ class LoweredLayer:
     # how the next layer's codes are computed from the int32 sums: "float64" (the chain of
     # ``precision.py``), "affine float32" / "affine float64" (two operations, requantize.py),
     # "thresholds" (integer compares, codes of at most two bits), "integer" (a 64-bit
-    # fixed-point line, where float32 is not proven) or "integer sqdmulh" (the same line as
-    # AArch64's 32-bit high-half product)
+    # fixed-point line, where float32 is not proven) or "integer sqdmulh int16" / "... int32"
+    # (the same line as AArch64's 32-bit high-half product, clipped in that type)
     requantization: str = "float64"
     # conv on AVX2 without VNNI or NEON: input blocks whose products are summed in int16 before
     # the int32 sum (``int16_sums.py``); 0 where products are int32 (vpmaddwd, VNNI, SDOT)
@@ -549,7 +549,8 @@ def _make_pass():
                             chain, requant.acc_low, requant.acc_high
                         )
                     if high_half is not None:
-                        self._record(requant.layer, "integer sqdmulh", high_half.nbytes)
+                        kind = f"integer sqdmulh {high_half.dtype}"
+                        self._record(requant.layer, kind, high_half.nbytes)
                         return self._emit_high_half(
                             requant.accumulator, high_half, out_dtype, requant.channel_axis
                         )
@@ -643,10 +644,10 @@ def _make_pass():
             def codes(*tensors):
                 return high_half_requantize(
                     tensors[-1], list(tensors[:-1]), form.shift, form.low, form.high,
-                    out_dtype, axis,
+                    out_dtype, axis, form.dtype,
                 )  # fmt: skip
 
-            constants = [relax.const(a, "int32") for a in form.kernel_constants()]
+            constants = [relax.const(a, str(a.dtype)) for a in form.kernel_constants()]
             return self.builder_.emit_te(
                 codes, *constants, accumulator, primfunc_name_hint="requantize"
             )

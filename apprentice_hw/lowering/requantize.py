@@ -526,15 +526,21 @@ class HighHalfRequantization:
     offsets that work for each multiplier (an interval of B, as for the 64-bit form) for one
     that keeps ``acc + offset`` in int32. The clip moves after the product (on codes), which
     is exact where the chain's codes below the first level start and above the last are the
-    clip bounds themselves.
+    clip bounds themselves. The shifted high half and the zero are added and clipped in
+    int16 (eight lanes per vector) where every value of the range fits it, else in int32.
     """
 
     offset: np.ndarray  # int32 per channel, added to the accumulator
     multiplier: np.ndarray  # int32 per channel, positive
-    zero: np.ndarray  # int32 per channel, added to the shifted high half
+    zero: np.ndarray  # per channel, added to the shifted high half, both in ``zero.dtype``
     shift: int
     low: int  # the codes' clip, as in the chain (under ReLU: its floor)
     high: int
+
+    @property
+    def dtype(self) -> str:
+        """Where the zero is added and the codes clipped: int16 (eight lanes) or int32."""
+        return str(self.zero.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -547,7 +553,7 @@ class HighHalfRequantization:
         """The codes of int ``acc`` (channels on the last axis), as ``sqdmulh`` computes them."""
         x = acc.astype(np.int64) + self.offset
         high_half = (x * self.multiplier) >> HIGH_HALF_BITS
-        return np.clip((high_half >> self.shift) + self.zero, self.low, self.high)
+        return np.clip((high_half >> self.shift) + self.zero.astype(np.int64), self.low, self.high)
 
 
 def _small_offset(low: int, high: int, multiplier: int, bits: int, limit: int):
@@ -642,12 +648,19 @@ def fit_high_half_requantization(
             return None
         found.append(line)
     multiplier, offset, zero = np.array(found, dtype=np.int64).T
-    info = np.iinfo(np.int32)
-    shifted = [((u + offset) * multiplier) >> bits for u in (u_low, u_high)]
-    if np.abs(zero).max() > info.max or max(np.abs(s).max() for s in shifted) > info.max // 2:
+    # the shifted high half is monotone in acc: its ends, and the ends plus the zero, decide
+    # the narrowest type that holds every value on the way
+    ends = np.stack([((u + offset) * multiplier) >> bits for u in (u_low, u_high)])
+    values = np.concatenate([ends.ravel(), (ends + zero).ravel(), zero])
+    low_value, high_value = int(values.min()), int(values.max())
+    fitting = [t for t in (np.int16, np.int32)
+               if np.iinfo(t).min <= low_value and high_value <= np.iinfo(t).max]  # fmt: skip
+    if not fitting:
         return None
     form = HighHalfRequantization(
-        *(np.ascontiguousarray(a, dtype=np.int32) for a in (offset, multiplier, zero)),
+        np.ascontiguousarray(offset, dtype=np.int32),
+        np.ascontiguousarray(multiplier, dtype=np.int32),
+        np.ascontiguousarray(zero, dtype=fitting[0]),
         shift=bits - HIGH_HALF_BITS, low=floor_code, high=chain.high,
     )  # fmt: skip
     for u in (starts, starts - 1, u_low[None, :], u_high[None, :]):
@@ -806,14 +819,16 @@ def integer_accumulator_requantize(acc, constants, shift: int, out_dtype: str,
 
 
 def high_half_requantize(acc, constants, shift: int, low: int, high: int, out_dtype: str,
-                         channel_axis: int):  # fmt: skip
+                         channel_axis: int, dtype: str = "int16"):  # fmt: skip
     """TE: ``HighHalfRequantization`` of the accumulator ``acc`` (``constants``: its
     ``kernel_constants``, int32 per channel), ``sqdmulh`` as AArch64's intrinsic (LLVM does
     not form it from a widening multiply and a shift).
 
-    Two stages: ``high_half`` (the int32 codes before the clip), which the CPU schedule keeps
-    as a stage of four-lane vectors (LLVM cannot split a wider call of the intrinsic), and the
-    clip and narrowing, which go into the epilogue's sixteen-lane vectors."""
+    Two stages: ``high_half`` (the shifted high halves, narrowed to ``dtype``: int16 where
+    ``fit_high_half_requantization`` found every value fits), which the CPU schedule keeps as
+    a stage of four-lane vectors (LLVM cannot split a wider call of the intrinsic), and the
+    zero, the clip and the narrowing in ``dtype``, which go into the epilogue's sixteen-lane
+    vectors."""
     from tvm import te, tirx
 
     offset, multiplier, zero = constants
@@ -824,13 +839,13 @@ def high_half_requantize(acc, constants, shift: int, low: int, high: int, out_dt
         high_half = tirx.call_llvm_pure_intrin(
             "int32", "llvm.aarch64.neon.sqdmulh", x, multiplier[c]
         )
-        return tirx.shift_right(high_half, tirx.const(shift, "int32")) + zero[c]
+        return tirx.shift_right(high_half, tirx.const(shift, "int32")).astype(dtype)
 
-    unclipped = te.compute(acc.shape, fixed_point, name=HIGH_HALF_STAGE)
+    shifted = te.compute(acc.shape, fixed_point, name=HIGH_HALF_STAGE)
 
     def code(*index):
-        q = tirx.max(tirx.min(unclipped(*index), tirx.const(high, "int32")),
-                     tirx.const(low, "int32"))  # fmt: skip
+        q = shifted(*index) + zero[index[channel_axis]]
+        q = tirx.max(tirx.min(q, tirx.const(high, dtype)), tirx.const(low, dtype))
         return q.astype(out_dtype)
 
     return te.compute(acc.shape, code, name="requantize")
