@@ -422,22 +422,30 @@ class IntegerAccumulatorRequantization:
         return (clipped * self.multiplier + self.offset) >> self.shift
 
 
-def _fit_line(starts: np.ndarray, base: int, top: int, span: int, slope: float, shift: int):
-    """Integer (M, B) with ``floor((d*M + B) / 2^shift)`` equal to ``base`` at d = 0, rising
-    by one at every d in ``starts`` (increasing, in (0, span]) and at most ``top`` at
-    ``span``; None where no M near ``slope * 2^shift`` works."""
+def _offset_intervals(m: np.ndarray, starts: np.ndarray, base: int, top: int, span: int,
+                      shift: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """For each multiplier M of ``m`` (int64, shape (n, 1)), the interval [low, high] of the
+    offsets B with ``floor((d*M + B) / 2^shift)`` equal to ``base`` at d = 0, rising by one
+    at every d in ``starts`` (increasing, in (0, span]) and at most ``top`` at ``span``;
+    empty (low > high) where none does."""
     unit = 1 << shift
     levels = base + 1 + np.arange(starts.size, dtype=np.int64)
+    # level v starts at s: s*M + B >= v << shift and (s - 1)*M + B < v << shift
+    b_low = np.full(m.shape[0], base * unit, dtype=np.int64)
+    b_high = np.full(m.shape[0], (top + 1) * unit - 1, dtype=np.int64) - span * m[:, 0]
+    if starts.size:
+        b_low = np.maximum(b_low, ((levels << shift) - starts * m).max(axis=1))
+        b_high = np.minimum(b_high, ((levels << shift) - 1 - (starts - 1) * m).min(axis=1))
+    return b_low, np.minimum(b_high, (base + 1) * unit - 1)  # the code at d = 0 is base
+
+
+def _fit_line(starts: np.ndarray, base: int, top: int, span: int, slope: float, shift: int):
+    """Integer (M, B) of ``_offset_intervals``' line; None where no M near
+    ``slope * 2^shift`` works."""
+    center = round(slope * (1 << shift))
     for width in INTEGER_SEARCH:
-        center = round(slope * unit)
         m = np.arange(max(1, center - width), center + width + 1, dtype=np.int64)[:, None]
-        # level v starts at s: s*M + B >= v << shift and (s - 1)*M + B < v << shift
-        b_low = np.full(m.shape[0], base * unit, dtype=np.int64)
-        b_high = np.full(m.shape[0], (top + 1) * unit - 1, dtype=np.int64) - span * m[:, 0]
-        if starts.size:
-            b_low = np.maximum(b_low, ((levels << shift) - starts * m).max(axis=1))
-            b_high = np.minimum(b_high, ((levels << shift) - 1 - (starts - 1) * m).min(axis=1))
-        b_high = np.minimum(b_high, (base + 1) * unit - 1)  # the code at d = 0 is base
+        b_low, b_high = _offset_intervals(m, starts, base, top, span, shift)
         fits = np.flatnonzero(b_low <= b_high)
         if fits.size:
             best = fits[np.argmin(np.abs(m[fits, 0] - center))]
@@ -445,39 +453,81 @@ def _fit_line(starts: np.ndarray, base: int, top: int, span: int, slope: float, 
     return None
 
 
-def fit_integer_requantization(
-    chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
-) -> IntegerAccumulatorRequantization | None:
-    """``chain`` as ``IntegerAccumulatorRequantization``, or None where a channel has no
-    such line or a constant would not fit int32."""
+@dataclass(frozen=True)
+class _LineProblem:
+    """What both integer fits need of a chain: per channel, in u = sign(A) * acc (where the
+    codes increase), the level starts, the span [first, last] between the first level start
+    (less one) and the last, the codes there, and the slope |A| / s."""
+
+    sign: np.ndarray
+    u_low: np.ndarray
+    u_high: np.ndarray
+    starts: np.ndarray  # (levels, channels)
+    first: np.ndarray
+    last: np.ndarray
+    base: np.ndarray
+    top: np.ndarray
+    slope: np.ndarray
+
+    def inside(self, channel: int) -> np.ndarray:
+        """The channel's level starts in (first, last], as offsets d from first."""
+        starts, first = self.starts[:, channel], self.first[channel]
+        return starts[(starts > first) & (starts <= self.last[channel])] - first
+
+    def agrees(self, codes, chain: Requantization) -> bool:
+        """Whether ``codes(acc)`` equals the chain at every level start, the accumulator before
+        it and the range's ends: both are monotone, so then equal everywhere in between."""
+        for u in (self.starts, self.starts - 1, self.u_low[None, :], self.u_high[None, :]):
+            acc = np.clip(u, self.u_low, self.u_high) * self.sign
+            if not np.array_equal(codes(acc), chain.codes(acc)):
+                return False
+        return True
+
+
+def _line_problem(chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray):
+    """``_LineProblem`` of ``chain`` over the accumulator range, or None where the chain's A
+    is not finite and nonzero or no level starts in the range."""
     domain = _monotone_domain(chain, acc_low, acc_high)
     if domain is None:
         return None
     _, sign, u_low, u_high, levels = domain
     if levels.size == 0:
         return None
-    slope = np.abs(np.asarray(chain.multiplier, dtype=np.float64)) / chain.scale
-    # as many fraction bits as the largest multiplier, about slope x 2^shift, leaves in int32
-    shift = min(ACCUMULATOR_SHIFT, int(np.floor(np.log2(2**30 / slope.max()))))
-    if shift < 16:
-        return None
     starts = _level_starts(lambda u: chain.codes(u * sign), u_low, u_high, levels)
     # per channel, u clipped to [first - 1, last]: below it the code is the lowest, above it
     # the highest it reaches
     first = np.maximum(starts[0] - 1, u_low)
     last = np.minimum(starts[-1], u_high)
-    base = chain.codes(first * sign).astype(np.int64)
-    top = chain.codes(last * sign).astype(np.int64)
-    channels = starts.shape[1]
+    return _LineProblem(
+        sign, u_low, u_high, starts, first, last,
+        base=chain.codes(first * sign).astype(np.int64),
+        top=chain.codes(last * sign).astype(np.int64),
+        slope=np.abs(np.asarray(chain.multiplier, dtype=np.float64)) / chain.scale,
+    )  # fmt: skip
+
+
+def fit_integer_requantization(
+    chain: Requantization, acc_low: np.ndarray, acc_high: np.ndarray
+) -> IntegerAccumulatorRequantization | None:
+    """``chain`` as ``IntegerAccumulatorRequantization``, or None where a channel has no
+    such line or a constant would not fit int32."""
+    line = _line_problem(chain, acc_low, acc_high)
+    if line is None:
+        return None
+    # as many fraction bits as the largest multiplier, about slope x 2^shift, leaves in int32
+    shift = min(ACCUMULATOR_SHIFT, int(np.floor(np.log2(2**30 / line.slope.max()))))
+    if shift < 16:
+        return None
+    first, last, sign = line.first, line.last, line.sign
+    channels = line.starts.shape[1]
     multiplier = np.zeros(channels, dtype=np.int64)
     offset = np.zeros(channels, dtype=np.int64)
     for c in range(channels):
-        inside = (starts[:, c] > first[c]) & (starts[:, c] <= last[c])
-        line = _fit_line(starts[inside, c] - first[c], int(base[c]), int(top[c]),
-                         int(last[c] - first[c]), float(slope[c]), shift)  # fmt: skip
-        if line is None:
+        found = _fit_line(line.inside(c), int(line.base[c]), int(line.top[c]),
+                          int(last[c] - first[c]), float(line.slope[c]), shift)  # fmt: skip
+        if found is None:
             return None
-        multiplier[c], offset[c] = line
+        multiplier[c], offset[c] = found
     low_acc = np.where(sign > 0, first, -last)
     high_acc = np.where(sign > 0, last, -first)
     # d = sign * acc - first, so d * M + B = acc * (sign * M) + (B - first * M): one
@@ -494,14 +544,7 @@ def fit_integer_requantization(
         offset=np.ascontiguousarray(offset, dtype=np.int64),
         shift=shift,
     )
-    # equal at every level start, the accumulator before it and the range's ends: both are
-    # monotone, so equal everywhere in between
-    probes = [starts, starts - 1, u_low[None, :], u_high[None, :]]
-    for u in probes:
-        u = np.clip(u, u_low, u_high)
-        if not np.array_equal(form.codes(u * sign), chain.codes(u * sign)):
-            return None
-    return form
+    return form if line.agrees(form.codes, chain) else None
 
 
 HIGH_HALF_STAGE = "high_half"  # the TE stage with the intrinsic: the CPU schedule keeps it
@@ -587,18 +630,11 @@ def _fit_high_half_line(starts: np.ndarray, base: int, top: int, span: int, slop
     """(M, c, z) with ``floor(((acc + c) * M) / 2^bits) + z`` equal to ``_fit_line``'s line
     at every acc = first + d, M odd and below 2^31, |c| at most ``limit``; None where the
     multipliers near ``slope * 2^bits`` give none."""
-    unit = 1 << bits
-    levels = base + 1 + np.arange(starts.size, dtype=np.int64)
-    center = round(slope * unit)
+    center = round(slope * (1 << bits))
     for width in INTEGER_SEARCH:
         m = np.arange(max(1, center - width), min(center + width, 2**31 - 1) + 1, dtype=np.int64)
         m = m[m % 2 == 1][:, None]
-        b_low = np.full(m.shape[0], base * unit, dtype=np.int64)
-        b_high = np.full(m.shape[0], (top + 1) * unit - 1, dtype=np.int64) - span * m[:, 0]
-        if starts.size:
-            b_low = np.maximum(b_low, ((levels << bits) - starts * m).max(axis=1))
-            b_high = np.minimum(b_high, ((levels << bits) - 1 - (starts - 1) * m).min(axis=1))
-        b_high = np.minimum(b_high, (base + 1) * unit - 1)
+        b_low, b_high = _offset_intervals(m, starts, base, top, span, bits)
         fits = np.flatnonzero(b_low <= b_high)
         for index in fits[np.argsort(np.abs(m[fits, 0] - center))][:HIGH_HALF_TRIES]:
             mult = int(m[index, 0])
@@ -616,37 +652,27 @@ def fit_high_half_requantization(
     """``chain`` as ``HighHalfRequantization``, or None where a channel's codes fall as the
     accumulator grows, its line needs more than int32 offers, or the clip cannot move after
     the product."""
-    domain = _monotone_domain(chain, acc_low, acc_high)
-    if domain is None:
+    line = _line_problem(chain, acc_low, acc_high)
+    if line is None or np.any(line.sign < 0):
         return None
-    _, sign, u_low, u_high, levels = domain
-    if levels.size == 0 or np.any(sign < 0):
-        return None
-    slope = np.asarray(chain.multiplier, dtype=np.float64) / chain.scale
-    # as many fraction bits as the largest multiplier, about slope x 2^bits, leaves in int31
-    bits = min(ACCUMULATOR_SHIFT, int(np.floor(np.log2(2**30 / slope.max()))))
+    # as many fraction bits as the largest multiplier, about slope x 2^bits, leaves below 2^31
+    bits = min(ACCUMULATOR_SHIFT, int(np.floor(np.log2(2**30 / line.slope.max()))))
     if bits < HIGH_HALF_BITS:
         return None
-    starts = _level_starts(chain.codes, u_low, u_high, levels)
-    first = np.maximum(starts[0] - 1, u_low)
-    last = np.minimum(starts[-1], u_high)
-    base = chain.codes(first).astype(np.int64)
-    top = chain.codes(last).astype(np.int64)
+    u_low, u_high, first, last = line.u_low, line.u_high, line.first, line.last
     floor_code = max(chain.low, chain.zero_point) if chain.relu else chain.low
-    clipped_below = (first > u_low) & (base != floor_code)
-    if np.any(clipped_below | ((last < u_high) & (top != chain.high))):
+    clipped_below = (first > u_low) & (line.base != floor_code)
+    if np.any(clipped_below | ((last < u_high) & (line.top != chain.high))):
         return None
     limit = 2**31 - 1 - np.maximum(np.abs(u_low), np.abs(u_high))
-    channels = starts.shape[1]
     found = []
-    for c in range(channels):
-        inside = (starts[:, c] > first[c]) & (starts[:, c] <= last[c])
-        line = _fit_high_half_line(starts[inside, c] - first[c], int(base[c]), int(top[c]),
-                                   int(last[c] - first[c]), float(slope[c]), bits,
-                                   int(first[c]), int(limit[c]))  # fmt: skip
-        if line is None:
+    for c in range(line.starts.shape[1]):
+        fit = _fit_high_half_line(line.inside(c), int(line.base[c]), int(line.top[c]),
+                                  int(last[c] - first[c]), float(line.slope[c]), bits,
+                                  int(first[c]), int(limit[c]))  # fmt: skip
+        if fit is None:
             return None
-        found.append(line)
+        found.append(fit)
     multiplier, offset, zero = np.array(found, dtype=np.int64).T
     # the shifted high half is monotone in acc: its ends, and the ends plus the zero, decide
     # the narrowest type that holds every value on the way
@@ -663,11 +689,7 @@ def fit_high_half_requantization(
         np.ascontiguousarray(zero, dtype=fitting[0]),
         shift=bits - HIGH_HALF_BITS, low=floor_code, high=chain.high,
     )  # fmt: skip
-    for u in (starts, starts - 1, u_low[None, :], u_high[None, :]):
-        u = np.clip(u, u_low, u_high)
-        if not np.array_equal(form.codes(u), chain.codes(u)):
-            return None
-    return form
+    return form if line.agrees(form.codes, chain) else None
 
 
 def fit_integer_sum(
