@@ -156,11 +156,15 @@ def run(hls_model, split_model: SplitModel, images: np.ndarray) -> np.ndarray:
 
 
 def run_head(split_model: SplitModel, activations: np.ndarray) -> np.ndarray:
-    """The pooling head on the host (ONNX Runtime, basic optimizations: no QDQ fusion)."""
+    """The pooling head on the host (ONNX Runtime without graph optimizations, which do not
+    keep the semantics of narrow Quantize/Clip/Dequantize ranges: ``reference_session_options``)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(split_model.head.SerializeToString(), options)
+    from apprentice_hw.export.onnx_export import reference_session_options
+
+    session = ort.InferenceSession(
+        split_model.head.SerializeToString(), reference_session_options(),
+        ["CPUExecutionProvider"],
+    )  # fmt: skip
     name = split_model.head.graph.input[0].name
     return session.run(None, {name: np.ascontiguousarray(activations, np.float32)})[0]
