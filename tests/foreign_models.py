@@ -55,15 +55,15 @@ def brevitas_net(arch: str, bits: int, act_bits: int) -> nn.Module:
         body = [
             *_conv_block(qnn, bits, act_bits, 3, 16, kernel_size=3, stride=2, padding=1),
             *_conv_block(qnn, bits, act_bits, 16, 16, kernel_size=3, padding=1, groups=16),
-            *_conv_block(qnn, bits, act_bits, 16, 32, kernel_size=1),
+            *_conv_block(qnn, bits, act_bits, 16, 64, kernel_size=1),
             *_conv_block(
-                qnn, bits, act_bits, 32, 32, kernel_size=3, stride=2, padding=1, groups=32
+                qnn, bits, act_bits, 64, 64, kernel_size=3, stride=2, padding=1, groups=64
             ),
-            *_conv_block(qnn, bits, act_bits, 32, 64, kernel_size=1),
+            *_conv_block(qnn, bits, act_bits, 64, 128, kernel_size=1),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             qnn.QuantIdentity(bit_width=8, return_quant_tensor=True),
-            qnn.QuantLinear(64, CLASSES, bias=True, weight_bit_width=bits),
+            qnn.QuantLinear(128, CLASSES, bias=True, weight_bit_width=bits),
         ]
     elif arch == "mlp":
         head = [nn.Flatten(), *head]
@@ -93,10 +93,10 @@ def float_net(arch: str) -> nn.Module:
         layers = [
             nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
             nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, CLASSES),
+            nn.Conv2d(16, 64, 1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1, groups=64), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.Conv2d(64, 128, 1), nn.BatchNorm2d(128), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, CLASSES),
         ]  # fmt: skip
     elif arch == "mlp":
         layers = [

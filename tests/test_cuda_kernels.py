@@ -47,15 +47,21 @@ def _fused(label: str, target_name: str, model_name: str = "resnet20"):
     import tempfile
     from pathlib import Path
 
-    import tvm
-
-    from apprentice_hw.compiler.tvm_build import prepare_module
     from apprentice_hw.report.sizing import export_model
 
     zoo_name, options, size, channels = MODELS[model_name]
     with tempfile.TemporaryDirectory() as tmp:
         model = export_model(zoo_name, label, size, channels, 10, 8, Path(tmp) / "model.onnx",
                              options=options)  # fmt: skip
+    return _fuse(model, target_name)
+
+
+def _fuse(model, target_name: str):
+    """``model`` lowered for ``target_name`` and fused (before scheduling)."""
+    import tvm
+
+    from apprentice_hw.compiler.tvm_build import prepare_module
+
     target = get_target(target_name)
     tvm_target = tvm.target.Target(target.tvm_target())
     prepared = prepare_module(model, target)
@@ -65,8 +71,8 @@ def _fused(label: str, target_name: str, model_name: str = "resnet20"):
         return tvm.transform.Sequential(until_fused)(prepared.mod), tvm_target
 
 
-def _conv_calls(mod) -> list[tuple[object, list]]:
-    """(fused conv PrimFunc, its call's arguments) for each distinct conv kernel shape."""
+def _conv_calls(mod, kinds: tuple[str, ...] = ("conv2d_int",)) -> list[tuple[object, list]]:
+    """(fused PrimFunc, its call's arguments) for each distinct kernel shape of ``kinds``."""
     import tvm
     from tvm import relax
 
@@ -78,7 +84,7 @@ def _conv_calls(mod) -> list[tuple[object, list]]:
             if not (isinstance(value, relax.Call) and value.op == call_tir):
                 continue
             func = mod[value.args[0]]
-            if "conv2d_int" not in value.args[0].name_hint:
+            if not any(kind in value.args[0].name_hint for kind in kinds):
                 continue
             shape = tuple((tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params)
             if shape not in shapes:
@@ -163,6 +169,30 @@ def test_cuda_conv_kernels_compute_what_the_cpu_kernels_compute(
                 # round the last bits differently (up to ~1e-13 measured; not FMA contraction,
                 # which leaves the same differences), far below any quantization step.
                 np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+
+
+def test_depthwise_and_dense_cuda_kernels_compute_what_the_cpu_kernels_compute(tmp_path):
+    """A MobileNet-style model's depthwise convs and its 4-bit packed classifier: one output
+    per thread (``schedule_per_output``; DLight fails on them), the CPU kernels' results."""
+    from foreign_models import FOREIGN_MODELS
+
+    from apprentice_hw.verify import load_onnx
+
+    model = load_onnx(FOREIGN_MODELS["brevitas-mobilenet-w4a4"](tmp_path / "mobilenet.onnx"))
+    mod, tvm_target = _fuse(model, "jetson-orin")
+    calls = _conv_calls(mod, ("conv2d_int_grouped", "dense_int"))
+    assert len(calls) == 3  # two depthwise shapes, the classifier
+    rng = np.random.default_rng(0)
+    for func, args in calls:
+        scheduled = gpu_schedules.schedule_function(func, tvm_target)
+        assert scheduled is not None, "the per-output schedule did not apply"
+        buffers = _arguments(func, args, rng)
+        expected = _run_on_cpu(func, buffers)
+        on_host = {name: array.copy() for name, array in buffers.items()}
+        run_on_host(_cuda_source(scheduled, tvm_target), launch_of(scheduled), on_host, tmp_path)
+        for param in func.params[len(args) :]:
+            np.testing.assert_array_equal(on_host[param.name], expected[param.name])
+            assert len(np.unique(expected[param.name])) > 4
 
 
 def test_partial_channel_blocks_get_sixteen_channels_per_thread(caplog):

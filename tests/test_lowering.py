@@ -94,7 +94,8 @@ def test_blocked_packing_round_trips_in_whole_vectors(bits, group, length):
 
 
 def _qcdq_layer(kind, weights, act_bits, zero_point=0, conv=None, per_channel=True):
-    """x -> QuantizeLinear -> Clip -> DequantizeLinear -> Conv/Gemm(W dequantized) -> y."""
+    """x -> QuantizeLinear -> Clip -> DequantizeLinear -> Conv/Gemm(W dequantized) -> y
+    (a grouped conv: ``conv["group"]`` groups of ``weights.shape[1]`` input channels)."""
     act_scale, out = np.float32(2.0**-4), weights.shape[0]
     w_scale = (2.0 ** -np.arange(2, 2 + out) if per_channel else np.full(out, 2.0**-3)).astype(
         np.float32
@@ -117,7 +118,7 @@ def _qcdq_layer(kind, weights, act_bits, zero_point=0, conv=None, per_channel=Tr
     ]
     if kind == "conv":
         nodes.append(helper.make_node("Conv", ["xd", "wd"], ["y"], **conv))
-        in_shape = [None, weights.shape[1], 9, 9]
+        in_shape = [None, weights.shape[1] * conv.get("group", 1), 9, 9]
     else:
         nodes.append(helper.make_node("Gemm", ["xd", "wd"], ["y"], transB=1))
         in_shape = [None, weights.shape[1]]
@@ -176,6 +177,51 @@ def test_conv_kernels_are_exact(kernel, weight_bits, act_bits, conv):
     model = _qcdq_layer("conv", weights, act_bits, conv={"kernel_shape": [3, 3], **conv})
     expected, got, layers = _run_both(model, kernel, (10, 9, 9))
     assert [layer.strategy for layer in layers] == [kernel]
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("in_ch", "blocks", "group", "length"), [(3, 1, 1, 16), (6, 2, 2, 32), (10, 3, 1, 16),
+                                             (24, 6, 2, 32), (16, 4, 4, 64)],
+)  # fmt: skip
+def test_2_bit_packing_takes_smaller_groups_instead_of_padding(in_ch, blocks, group, length):
+    """2-bit weights share 64 bytes among four input blocks; a layer with fewer (or not a
+    multiple of four: a 3-channel first conv) takes groups of two or one block, so its module
+    stores its weights at 2 bits each, not padded to four blocks."""
+    from apprentice_hw.lowering.packing import blocked_conv_weights, pack_blocked, unpack_blocked
+
+    weights = np.random.default_rng(in_ch).integers(-2, 2, size=(16, in_ch, 3, 3))
+    blocked = blocked_conv_weights(weights)
+    packed = pack_blocked(blocked, 2)
+    assert packed.shape == (1, blocks // group, 3, 3, length)
+    assert packed.nbytes == blocks * 9 * 64 // 4
+    np.testing.assert_array_equal(unpack_blocked(packed, 2), blocked)
+
+
+GROUPED_CASES = [  # kernel, weight bits, act bits, (out, in per group), groups, conv attributes
+    ("int8", 8, 8, (8, 1), 8, {"pads": [1, 1, 1, 1]}),
+    ("packed", 2, 2, (8, 1), 8, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ("packed", 4, 4, (16, 1), 8, {"pads": [0, 1, 2, 1]}),  # depthwise, 2 outputs per input
+    ("packed", 3, 8, (6, 4), 2, {"pads": [1, 1, 1, 1], "dilations": [2, 2]}),
+]
+
+
+@pytest.mark.parametrize(("kernel", "weight_bits", "act_bits", "shape", "groups", "conv"),
+                         GROUPED_CASES)  # fmt: skip
+def test_grouped_and_depthwise_convs_are_integer_and_exact(
+    kernel, weight_bits, act_bits, shape, groups, conv
+):
+    """Grouped and depthwise convs (every MobileNet) run as integer kernels with their
+    weights at trained precision, equal to ONNX Runtime at every border, with a zero point."""
+    high = (1 << (weight_bits - 1)) - 1
+    weights = np.random.default_rng(groups).integers(-high - 1, high + 1, size=(*shape, 3, 3))
+    attributes = {"kernel_shape": [3, 3], "group": groups, **conv}
+    model = _qcdq_layer("conv", weights, act_bits, zero_point=3, conv=attributes)
+    expected, got, layers = _run_both(model, kernel, (shape[1] * groups, 9, 9))
+    [layer] = layers
+    assert layer.strategy == kernel
+    bits = 8 if kernel == "int8" else {2: 2, 3: 4, 4: 4}[weight_bits]
+    assert layer.weight_bytes == -(-weights.size * bits // 8)  # rows back to back
     np.testing.assert_array_equal(got, expected)
 
 

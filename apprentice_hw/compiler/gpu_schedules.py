@@ -168,6 +168,45 @@ def _check_thread_writes_its_outputs(sch, output, tile: ConvTile) -> None:
         )
 
 
+PER_OUTPUT_THREADS = 128  # output elements per thread block of the per-output kernels
+# Integer kernels computed one output per thread: (block, stage inlined into it or None)
+PER_OUTPUT_KERNELS = (("conv2d_grouped", "pad_grouped"), ("dense_int", None))
+
+
+def per_output_kernel(sch) -> tuple[str, str | None] | None:
+    """The (block, inlined stage) of ``PER_OUTPUT_KERNELS`` the function holds, or None."""
+    from apprentice_hw.compiler.schedules import block_names
+
+    names = block_names(sch)
+    return next((kernel for kernel in PER_OUTPUT_KERNELS if kernel[0] in names), None)
+
+
+def schedule_per_output(sch, block: str, inlined: str | None) -> None:
+    """One thread per output element of a grouped or depthwise conv or a dense layer, the
+    epilogue with it.
+
+    DLight's reduction rule takes the int32 sum for a cross-thread reduction and fails on
+    these ("No matched reducer": the packed weights' shift and mask in the sum); a depthwise
+    conv sums only KH x KW products per output, a classifier a few thousand, so each thread
+    computes its own sum and requantizes it.
+    """
+    if inlined is not None:
+        sch.compute_inline(sch.get_sblock(inlined))
+    kernel = sch.get_sblock(block)
+    variables = sch.get(kernel).iter_vars
+    spatial = [loop for loop, var in zip(sch.get_loops(kernel), variables, strict=False)
+               if int(var.iter_type) == 0]  # fmt: skip
+    blocks, threads = sch.split(sch.fuse(*spatial), factors=[None, PER_OUTPUT_THREADS])
+    sch.bind(blocks, "blockIdx.x")
+    sch.bind(threads, "threadIdx.x")
+    stage, consumers = kernel, sch.get_consumers(kernel)
+    while consumers:
+        [consumer] = consumers  # an elementwise chain, as TVM fuses it
+        sch.set_scope(stage, 0, "local")  # each thread's own value: a register
+        sch.reverse_compute_at(consumer, threads)
+        stage, consumers = consumer, sch.get_consumers(consumer)
+
+
 def has_dp4a(target) -> bool:
     """Whether the CUDA target's GPU has ``dp4a`` (compute capability 6.1 and newer)."""
     match = re.match(r"sm_(\d+)", str(target.attrs.get("arch", "")))  # sm_87, sm_90a
@@ -175,7 +214,8 @@ def has_dp4a(target) -> bool:
 
 
 def schedule_function(func, target):
-    """``func`` scheduled for CUDA when it is a blocked integer conv; otherwise ``None``.
+    """``func`` scheduled for CUDA when it is a blocked integer conv, a grouped conv or a dense
+    layer (``schedule_per_output``); otherwise ``None``.
 
     ``None`` leaves the function to DLight, also when the schedule fails (logged): the
     DLight schedule is correct, only slower.
@@ -184,6 +224,15 @@ def schedule_function(func, target):
 
     from apprentice_hw.compiler.schedules import is_blocked_conv
 
+    kernel = per_output_kernel(s_tir.Schedule(func))
+    if kernel is not None:
+        sch = s_tir.Schedule(func)
+        try:
+            schedule_per_output(sch, *kernel)
+        except Exception as exc:  # any schedule error: left to DLight
+            LOG.info("GPU %s schedule did not apply (%s); left to DLight", kernel[0], exc)
+            return None
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     if not is_blocked_conv(s_tir.Schedule(func)):
         return None
     for lanes_per_thread in (False, True):  # one channel per thread where TVM allows it
@@ -201,7 +250,7 @@ def schedule_function(func, target):
 
 
 def schedule_pass(target):
-    """A module pass that schedules the blocked integer conv functions for CUDA."""
+    """A module pass that schedules the integer conv and dense functions for CUDA."""
     from apprentice_hw.compiler.schedules import scheduling_pass
 
     return scheduling_pass(

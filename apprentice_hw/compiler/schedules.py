@@ -129,7 +129,7 @@ def _blocks(sch) -> list:
     return list(sch.get_child_blocks(sch.get_sblock("root")))
 
 
-def _block_names(sch) -> set[str]:
+def block_names(sch) -> set[str]:
     return {sch.get(block).name_hint for block in _blocks(sch)}
 
 
@@ -200,7 +200,7 @@ BLOCKED_CONV = {"pad_blocked", "weight_blocked", "conv_blocked", "conv2d_int"}
 
 def is_blocked_conv(sch) -> bool:
     """Whether the function is ``kernels.conv2d_int_blocked`` (with whatever TVM fused to it)."""
-    return _block_names(sch) >= BLOCKED_CONV
+    return block_names(sch) >= BLOCKED_CONV
 
 
 @dataclass(frozen=True)
@@ -347,7 +347,7 @@ def _schedule_padding(sch, parallel: bool) -> None:
     channels are copied as vectors of at most ``VECTOR_BYTES``.
     """
     pad = sch.get_sblock("pad_blocked")
-    if "pad_rows" in _block_names(sch):  # kernel columns folded into channels: rows first
+    if "pad_rows" in block_names(sch):  # kernel columns folded into channels: rows first
         n, y, _x, _c = sch.get_loops(sch.get_sblock("pad_rows"))
         if parallel:
             sch.parallel(sch.fuse(n, y))
@@ -395,7 +395,7 @@ def schedule_blocked_conv(sch, target, knobs: ConvKnobs | None = None) -> None:
     )
 
     knobs = knobs or default_conv_knobs(sch, target)
-    first = "pad_rows" if "pad_rows" in _block_names(sch) else "pad_blocked"
+    first = "pad_rows" if "pad_rows" in block_names(sch) else "pad_blocked"
     outputs = inline_around(sch, first, "conv2d_int")
 
     _schedule_padding(sch, knobs.parallel_prologue)
@@ -513,7 +513,7 @@ def _int16_stage_loops(sch, partial, depth: int, knobs: ConvKnobs) -> dict:
 
 def has_int16_sums(sch) -> bool:
     """Whether the conv sums products in int16 chunks (``kernels``' ``int16_chunk``)."""
-    return "conv_int16" in _block_names(sch)
+    return "conv_int16" in block_names(sch)
 
 
 def has_wide_pairs(sch) -> bool:
@@ -598,7 +598,7 @@ def _schedule_int16_sums(sch, target, knobs: ConvKnobs):
 
 def is_bitserial_conv(sch) -> bool:
     """Whether the function is ``kernels.conv2d_bitserial`` (with whatever TVM fused to it)."""
-    return _block_names(sch) >= {"code_bits", "bitpack_data", "conv_bits"}
+    return block_names(sch) >= {"code_bits", "bitpack_data", "conv_bits"}
 
 
 def _schedule_bit_planes(sch) -> None:

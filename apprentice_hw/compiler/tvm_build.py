@@ -88,6 +88,9 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
         if node.op_type not in LOWERED_OPS or len(node.input) < 2:
             continue
         dequant = producers.get(node.input[1])
+        transposed = dequant is not None and dequant.op_type == "Transpose"  # MatMul(x, W^T)
+        if transposed:
+            dequant = producers.get(dequant.input[0])
         if dequant is None or dequant.op_type != "DequantizeLinear":
             continue
         weights = initializers.get(dequant.input[0])
@@ -97,7 +100,9 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
         zero = initializers.get(dequant.input[2]) if len(dequant.input) > 2 else None
         if zero is not None and np.any(numpy_helper.to_array(zero)):
             continue  # the Relax side keys on weights minus their zero point: rare, unnamed
-        if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        if transposed or (
+            node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        ):
             pass  # stored (out, in): already output-major
         elif node.op_type in ("Gemm", "MatMul"):
             values = values.T

@@ -22,6 +22,7 @@ from apprentice_hw.lowering.packing import (
     blocks_per_group,
     container_bits,
     packed_field,
+    packed_group,
 )
 
 
@@ -36,6 +37,7 @@ class ConvGeometry:
     padding: tuple[int, int, int, int]  # top, left, bottom, right
     dilation: tuple[int, int]
     layout: str = "NCHW"  # of the input and the output: NCHW, or NHWC (``channels_last``)
+    groups: int = 1  # input and output channels split into this many independent convs
 
     def data_shape(self, data) -> tuple[int, int, int, int]:
         """(batch, channels, height, width) of a ``layout`` tensor."""
@@ -72,7 +74,7 @@ class ConvGeometry:
         """
         kw, channels = self.kernel[1], self.in_channels
         blocks = -(-channels * kw // BLOCK_IN)
-        contiguous = self.layout == "NHWC" and self.dilation[1] == 1
+        contiguous = self.layout == "NHWC" and self.dilation[1] == 1 and self.groups == 1
         return contiguous and kw > 1 and blocks < kw * -(-channels // BLOCK_IN)
 
     def folded(self) -> ConvGeometry:
@@ -125,18 +127,86 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
             return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, ci // 2, oi, ci % 2]
         return lambda ob, cb, y, x, oi, ci: weights[ob, cb, y, x, oi, ci]
     width = container_bits(bits)
-    group = blocks_per_group(bits)
+    group = packed_group(int(weights.shape[-1]), bits)
     mask, offset = (1 << width) - 1, 1 << (width - 1)
 
     def read(ob, cb, y, x, oi, ci):
         # In bytes throughout: whole vectors per field for the kernel to unpack.
-        at, field = packed_field(cb, block_element(oi, ci, order), bits)
+        at, field = packed_field(cb, block_element(oi, ci, order), bits, group)
         byte = weights[ob, tirx.indexdiv(cb, group), y, x, at]
         return ((byte >> (field * width).astype("uint8")) & mask).astype("int8") - tirx.const(
             offset, "int8"
         )
 
     return read
+
+
+def flat_weight_reader(weights, bits: int, row_length: int, storage: str):
+    """A function (o, k) -> int32 weight from ``packing.pack_flat`` storage: the (O, K) rows
+    one after another, ``container_bits(bits)`` each, with no padding between rows (int8
+    storage: the rows themselves)."""
+    from tvm import tirx
+
+    if storage == "int8":
+        return lambda o, k: weights[o, k].astype("int32")
+    width = container_bits(bits)
+    per_byte, mask, offset = 8 // width, (1 << width) - 1, 1 << (width - 1)
+
+    def read(o, k):
+        at = o * row_length + k
+        byte = weights[tirx.indexdiv(at, per_byte)].astype("int32")
+        return ((byte >> (tirx.indexmod(at, per_byte) * width)) & mask) - offset
+
+    return read
+
+
+def conv2d_int_grouped(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
+                       bits: int):  # fmt: skip
+    """Integer grouped (and depthwise) conv2d: int32 sum of (data - zero_point) * weight over
+    the channels of the output channel's group and the kernel window.
+
+    The blocked kernels reduce over blocks of four input channels shared by sixteen output
+    channels; a depthwise conv has one input channel per output channel, so it is a plain
+    loop nest instead: ``pad_grouped`` (the codes padded with the zero point, so padded
+    positions add exactly zero) and ``conv2d_grouped``. Weights are read from (O, K) rows,
+    K = C/groups x KH x KW, stored by ``flat_weight_reader``.
+    """
+    from tvm import te, tirx
+
+    batch, channels, height, width = geometry.data_shape(data)
+    out_h, out_w = geometry.output_hw(height, width)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
+    top, left, bottom, right = geometry.padding
+    per_group_in = channels // geometry.groups
+    per_group_out = geometry.out_channels // geometry.groups
+    row_length = per_group_in * kh * kw
+    weight = flat_weight_reader(weights, bits, row_length, storage)
+    zero = tirx.const(zero_point, "int32")
+
+    def pad_value(*index):
+        n, c, y, x = geometry.output_index(index)
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        value = geometry.read(data, n, c, y - top, x - left).astype("int32")
+        return tirx.if_then_else(inside, value, zero)
+
+    rows, columns = height + top + bottom, width + left + right
+    shape = (batch, rows, columns, channels) if geometry.layout == "NHWC" else (
+        batch, channels, rows, columns)  # fmt: skip
+    padded = te.compute(shape, pad_value, name="pad_grouped")
+    rc = te.reduce_axis((0, per_group_in), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def conv(*index):
+        n, o, i, j = geometry.output_index(index)
+        c = tirx.indexdiv(o, per_group_out) * per_group_in + rc
+        code = geometry.read(padded, n, c, i * sh + ry * dh, j * sw + rx * dw)
+        return te.sum((code - zero) * weight(o, (rc * kh + ry) * kw + rx), axis=[rc, ry, rx])
+
+    return te.compute(
+        geometry.output_shape(batch, out_h, out_w), conv, name="conv2d_grouped",
+        tag=f"conv2d_int_grouped_{storage}",
+    )  # fmt: skip
 
 
 def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
@@ -200,7 +270,7 @@ def conv2d_int_blocked(data, weights, geometry: ConvGeometry, zero_point: int, s
     reduced = geometry.folded() if fold else geometry  # what the products are summed over
     blocks_in = -(-reduced.in_channels // VNNI_DEPTH)
     if storage == "packed":  # whole groups of blocks (``packing.pack_blocked``)
-        group = blocks_per_group(bits)
+        group = blocks_per_group(bits, blocks_in)
         blocks_in = -(-blocks_in // group) * group
     blocks_out = -(-geometry.out_channels // VNNI_LANES)
     shift = code_shift if code_shift is not None else (128 if data.dtype == "int8" else 0)

@@ -33,6 +33,12 @@ def container_bits(bits: int) -> int:
     return CONTAINER_BITS[bits]
 
 
+def pack_flat(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack every value of ``values`` (row-major) into one uint8 vector, no padding between
+    rows: a depthwise conv's 3x3 rows of 2-bit weights take 2.25 bytes each, not 3."""
+    return pack_rows(np.asarray(values).reshape(1, -1), bits).reshape(-1)
+
+
 def values_per_byte(bits: int) -> int:
     return 8 // container_bits(bits)
 
@@ -173,27 +179,42 @@ def blocked_conv_weights(values: np.ndarray, order: str = "16x4") -> np.ndarray:
 GROUPED_WIDTHS = (2,)  # container widths packed across input blocks (see ``pack_blocked``)
 
 
-def blocks_per_group(bits: int) -> int:
-    """Input-channel blocks that share the bytes of one packed group (``pack_blocked``)."""
+def blocks_per_group(bits: int, blocks_in: int | None = None) -> int:
+    """Input-channel blocks that share the bytes of one packed group (``pack_blocked``).
+
+    2-bit weights share 64 bytes among four blocks; a layer whose input blocks are not a
+    multiple of four takes groups of two or one (16 or 32 bytes per block and field) instead
+    of padding with zero blocks: a 3-channel 2-bit first conv stored four times its weights.
+    """
     width = container_bits(bits)
-    return 8 // width if width in GROUPED_WIDTHS else 1
+    group = 8 // width if width in GROUPED_WIDTHS else 1
+    while blocks_in is not None and group > 1 and blocks_in % group:
+        group //= 2
+    return group
 
 
-def group_bytes(bits: int) -> int:
+def group_bytes(bits: int, group: int | None = None) -> int:
     """Bytes of one packed group: G blocks of 64 weights at the container width."""
-    return BLOCK * blocks_per_group(bits) * container_bits(bits) // 8
+    group = blocks_per_group(bits) if group is None else group
+    return BLOCK * group * container_bits(bits) // 8
 
 
-def packed_field(cb, element, bits: int):
-    """(byte within the group, field within the byte) of ``element`` of input block ``cb``.
+def packed_field(cb, element, bits: int, group: int | None = None):
+    """(byte within the group, field within the byte) of ``element`` of input block ``cb``,
+    in groups of ``group`` blocks (default: the widest, ``blocks_per_group(bits)``).
 
     Works on integers and on TVM index expressions alike.
     """
     fields = 8 // container_bits(bits)
-    group = blocks_per_group(bits)
+    group = blocks_per_group(bits) if group is None else group
     parts = fields // group  # fields of one block within a byte
     length = BLOCK // parts  # bytes of a group: each holds one element of each part
     return element % length, (cb % group) * parts + element // length
+
+
+def packed_group(packed_bytes: int, bits: int) -> int:
+    """The blocks per group of packed storage whose groups are ``packed_bytes`` long."""
+    return packed_bytes * 8 // (container_bits(bits) * BLOCK)
 
 
 def pack_blocked(blocked: np.ndarray, bits: int) -> np.ndarray:
@@ -207,21 +228,23 @@ def pack_blocked(blocked: np.ndarray, bits: int) -> np.ndarray:
       element ``e`` of each, so a block unpacks into one whole 64-byte vector that the dot
       products load as it was stored (a block assembled from four 16-byte pieces stalled that
       load: ResNet-20 W2A2 1.26x -> 1.06x the W8A8 time; for 4-bit the whole-vector form was
-      measured slower). Input blocks are padded to a multiple of G with zero weights.
+      measured slower). Where the input blocks are not a multiple of four, groups of two
+      (L = 32) or one (L = 16) block (``blocks_per_group``).
+    Input blocks are padded to a multiple of G with zero weights.
     """
     width = container_bits(bits)
     offset = 1 << (width - 1)
     if blocked.size and (blocked.min() < -offset or blocked.max() > offset - 1):
         raise ValueError(f"values outside the signed {width}-bit range cannot be packed")
-    group = blocks_per_group(bits)
     blocks_out, blocks_in, kh, kw, _ = blocked.shape
+    group = blocks_per_group(bits, blocks_in)
     groups = -(-blocks_in // group)
     codes = np.full((blocks_out, groups * group, kh, kw, BLOCK), offset, dtype=np.int64)
     codes[:, :blocks_in] = blocked.astype(np.int64) + offset
-    packed = np.zeros((blocks_out, groups, kh, kw, group_bytes(bits)), dtype=np.int64)
+    packed = np.zeros((blocks_out, groups, kh, kw, group_bytes(bits, group)), dtype=np.int64)
     for cb in range(group):
         for element in range(BLOCK):
-            byte, field = packed_field(cb, element, bits)
+            byte, field = packed_field(cb, element, bits, group)
             packed[..., byte] |= codes[:, cb::group, :, :, element] << (field * width)
     return packed.astype(np.uint8)
 
@@ -230,12 +253,12 @@ def unpack_blocked(packed: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of :func:`pack_blocked`: the int8 blocks (O/16, C/4 padded to G, KH, KW, 64)."""
     width = container_bits(bits)
     offset, mask = 1 << (width - 1), (1 << width) - 1
-    group = blocks_per_group(bits)
-    blocks_out, groups, kh, kw, _ = packed.shape
+    blocks_out, groups, kh, kw, length = packed.shape
+    group = packed_group(length, bits)
     blocks = np.zeros((blocks_out, groups * group, kh, kw, BLOCK), dtype=np.int16)
     for cb in range(group):
         for element in range(BLOCK):
-            byte, field = packed_field(cb, element, bits)
+            byte, field = packed_field(cb, element, bits, group)
             codes = (packed[..., byte].astype(np.int16) >> (field * width)) & mask
             blocks[:, cb::group, :, :, element] = codes - offset
     return blocks.astype(np.int8)

@@ -23,7 +23,7 @@ import numpy as np
 from apprentice_hw.lowering.channels_last import static_shape
 from apprentice_hw.lowering.int16_sums import PAIR, SIGNED_CODE_MAX, int16_chunk
 from apprentice_hw.lowering.kernels import ConvGeometry
-from apprentice_hw.lowering.packing import blocks_per_group, signed_bits_needed
+from apprentice_hw.lowering.packing import BLOCK_IN, blocks_per_group, signed_bits_needed
 from apprentice_hw.lowering.precision import REQUANT_BYTES, promote_to_float64
 from apprentice_hw.lowering.requantize import (
     Requantization,
@@ -144,6 +144,10 @@ def _make_pass():
     max_pool2d, batch_norm = op("relax.nn.max_pool2d"), op("relax.nn.batch_norm")
     multiply, maximum, minimum = op("relax.multiply"), op("relax.maximum"), op("relax.minimum")
     add, relu, quantize = op("relax.add"), op("relax.nn.relu"), op("relax.quantize")
+    # ops that only move or select elements: they commute with a per-tensor dequantize
+    layout_ops = tuple(
+        op(f"relax.{name}") for name in ("reshape", "permute_dims", "squeeze", "expand_dims")
+    )
 
     @mutator
     class IntegerLowering(PyExprMutator):
@@ -227,8 +231,8 @@ def _make_pass():
                 return None
             low, high = INTEGER_RANGES[dtype]
             call = self._bound(codes)
-            while isinstance(call, relax.Call) and call.op == max_pool2d:  # keeps the range
-                call = self._bound(call.args[0])
+            while isinstance(call, relax.Call) and call.op in (max_pool2d, *layout_ops):
+                call = self._bound(call.args[0])  # keeps the range
             while (clip := self._integer_clip(call)) is not None:
                 kind, bound, call = clip
                 if kind == "maximum":
@@ -290,6 +294,29 @@ def _make_pass():
             source = self._bound(call.args[0])
             return relax.op.dequantize(
                 pooled, source.args[1], source.args[2], axis=int(source.attrs.axis),
+                out_dtype=str(source.attrs.out_dtype),
+            )  # fmt: skip
+
+        def _layout_codes(self, call):
+            """``op(dequantize(codes))`` as ``dequantize(op(codes))`` for an op that only moves
+            elements (reshape, transpose, squeeze, unsqueeze), or None.
+
+            With one scale and zero point for the whole tensor the two commute, so the integer
+            codes reach the next layer through the op: a fully connected layer after
+            ``Flatten`` (FINN's CNV: NHWC -> NCHW -> flatten) stays integer. Weights (constant
+            codes) keep their dequantize where ``_weights`` looks for it.
+            """
+            found = self._dequantized(call.args[0])
+            if found is None or found[1].size != 1 or found[2].size != 1:
+                return None
+            codes = found[0]
+            if _const_value(codes) is not None:
+                return None
+            moved = self.builder_.emit(relax.Call(call.op, [codes, *call.args[1:]], call.attrs))
+            source = self._bound(call.args[0])
+            rank = len(call.ty.shape)
+            return relax.op.dequantize(
+                moved, source.args[1], source.args[2], axis=rank - 1,
                 out_dtype=str(source.attrs.out_dtype),
             )  # fmt: skip
 
@@ -434,6 +461,9 @@ def _make_pass():
             if call.op == max_pool2d:
                 pooled = self._pool_codes(call)
                 return call if pooled is None else pooled
+            if call.op in layout_ops:
+                moved = self._layout_codes(call)
+                return call if moved is None else moved
             if call.op == quantize and self.options.proven_requantization:
                 codes = self._requantize(call)
                 return call if codes is None else codes
@@ -672,21 +702,19 @@ def _make_pass():
                 return self._keep_float("conv2d", call, "layouts other than NCHW/NHWC, OIHW")
             if str(attrs.out_layout) != layout:
                 return self._keep_float("conv2d", call, "output layout differs from the input's")
-            if int(attrs.groups) != 1:
-                return self._keep_float("conv2d", call, "grouped convolution")
             activation, reason = self._activation(call.args[0])
             if activation is None:
                 return self._keep_float("conv2d", call, reason)
             weights, reason = self._weights(call.args[1], out_axis=0, transpose=False)
             if weights is None:
                 return self._keep_float("conv2d", call, reason)
-            integers = weights[0]
+            integers, groups = weights[0], int(attrs.groups)
             geometry = ConvGeometry(
-                out_channels=int(integers.shape[0]), in_channels=int(integers.shape[1]),
+                out_channels=int(integers.shape[0]), in_channels=int(integers.shape[1]) * groups,
                 kernel=(int(integers.shape[2]), int(integers.shape[3])),
                 strides=tuple(int(s) for s in attrs.strides),
                 padding=tuple(int(p) for p in attrs.padding),
-                dilation=tuple(int(d) for d in attrs.dilation), layout=layout,
+                dilation=tuple(int(d) for d in attrs.dilation), layout=layout, groups=groups,
             )  # fmt: skip
             return self._lower_layer("conv2d", call, activation, weights, geometry)
 
@@ -723,7 +751,7 @@ def _make_pass():
             8-bit layer); AVX2 in pairs (``vpmaddubsw``).
             """
             options = self.options
-            if layer.kind != "conv2d":
+            if layer.kind != "conv2d" or layer.grouped:  # plain int32 products
                 return 0, PAIR, False, False
             if options.signed_dot:
                 return 0, PAIR, True, False
@@ -731,7 +759,8 @@ def _make_pass():
                 return 0, PAIR, False, False
             small = layer.code_max <= SIGNED_CODE_MAX
             lane_inputs = 1 if options.int16_signed_lanes and small else PAIR
-            group = blocks_per_group(layer.weight_bits)
+            blocks_in = -(-int(layer.kernel_weights.shape[1]) // BLOCK_IN)
+            group = blocks_per_group(layer.weight_bits, blocks_in)
             chunk = int16_chunk(layer.kernel_weights, layer.code_max, group, lane_inputs)
             if chunk == 0 and options.int16_signed_lanes:
                 return 0, PAIR, True, True

@@ -23,6 +23,7 @@ from apprentice_hw.lowering.packing import (
     blocked_conv_weights,
     container_bits,
     pack_blocked,
+    pack_flat,
     pack_rows,
 )
 from apprentice_hw.lowering.requantize import accumulator_range
@@ -67,6 +68,11 @@ class QuantLayer:
         zero point (the padding value) included."""
         shift = 128 if self.act_dtype == "int8" else 0
         return max(self.act_range[1], self.act_zero_point) + shift
+
+    @property
+    def grouped(self) -> bool:
+        """A grouped or depthwise conv (``kernels.conv2d_int_grouped``)."""
+        return self.geometry is not None and self.geometry.groups > 1
 
     @property
     def out_channels(self) -> int:
@@ -128,8 +134,12 @@ def stored_weights(layer: QuantLayer, storage: str) -> np.ndarray:
     """The weight constant the module holds for ``layer`` in ``storage`` (int8 or packed).
 
     Conv weights are laid out in the blocks the dot-product kernels read (16 output x 4 input
-    channels, zero-padded to whole blocks); dense weights are (O, K) rows.
+    channels, zero-padded to whole blocks); dense weights are (O, K) rows; grouped conv
+    weights (O, K) rows too, packed back to back (``pack_flat``).
     """
+    if layer.grouped:
+        rows = layer.weights.reshape(layer.out_channels, -1)
+        return pack_flat(rows, layer.weight_bits) if storage == "packed" else rows.astype(np.int8)
     if layer.kind == "conv2d":
         blocked = blocked_conv_weights(layer.kernel_weights, layer.dot_order)
         if storage == "packed":
@@ -146,6 +156,13 @@ def _emit_dense_or_conv(bb, data, layer: QuantLayer, storage: str):
     # travel in a closure.
     zero_point, bits = layer.act_zero_point, layer.weight_bits
     weights = stored_weights(layer, storage)
+    if layer.grouped:
+
+        def grouped(x, w):
+            return kernels.conv2d_int_grouped(x, w, layer.geometry, zero_point, storage, bits)
+
+        return bb.emit_te(grouped, data, _const(weights),
+                          primfunc_name_hint=f"conv2d_int_grouped_{storage}")  # fmt: skip
     if layer.kind == "conv2d":
         # The blocked kernel pads with the zero point and subtracts zero point x sum(weights)
         # per output channel afterwards (int8 codes are shifted to uint8, zero point with them);
@@ -199,6 +216,8 @@ BITSERIAL_MAX_COUNT = (1 << 16) - 1  # the kernel's per-lane counts are uint16
 def _bitserial_unsupported(layer: QuantLayer) -> str | None:
     if layer.kind != "conv2d":
         return "only conv2d has a bit-serial kernel"
+    if layer.grouped:
+        return "grouped convolutions have no bit-serial kernel"
     if layer.act_range[0] < layer.act_zero_point or layer.act_zero_point != 0:
         return "activations must be unsigned with zero point 0"
     if layer.act_bits > 2:
