@@ -45,13 +45,19 @@ def read_manifest(build_dir: Path) -> dict[str, Any]:
         not isinstance(target, dict)
         or not isinstance(target.get("name"), str)
         or not isinstance(manifest.get("artifacts"), dict)
-        or not isinstance(manifest.get("recipe"), dict)
+        or not isinstance(manifest.get("recipe", manifest.get("source")), dict)
     ):
         raise UserError(
             f"{build_dir / BUILD_MANIFEST} is damaged or from another version (no target, "
-            f"recipe or artifacts); rebuild {build_dir} with 'apprentice-hw build --force'"
+            f"recipe or source, or artifacts); rebuild {build_dir} with 'apprentice-hw build "
+            "--force' (or 'compile --force')"
         )
     return manifest
+
+
+def is_compiled(manifest: dict[str, Any]) -> bool:
+    """Whether a build directory was made by ``compile`` (a user's ONNX model, no training)."""
+    return "source" in manifest and "recipe" not in manifest
 
 
 def read_report(build_dir: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ DEBUG_FLAG = "--debug"
 # What Ctrl-C leaves behind, per command (the rest write nothing until they have finished).
 INTERRUPTED = {
     "build": "no output was half-written (an interrupted build continues with --resume)",
+    "compile": "no output was half-written",
     "train": "the last finished epoch is saved (continue with 'train --resume')",
     "tune": "the settings measured so far are kept in the tuning database",
     "deploy": "nothing was written to the build",
@@ -294,11 +295,17 @@ def _compiled_summary(report: dict, out: Path) -> None:
         f"{planned['batch_8'] / 1024:.1f} KiB (batch 8)"
     )
     checks = report["checks"]
+    others = [
+        f"vs {label}: max {checks[key]['max_diff_steps']:.2f} steps"
+        for key, label in (("compiled_vs_brevitas", "Brevitas (exact)"),
+                           ("compiled_vs_reference", "your reference outputs"))
+        if checks.get(key)
+    ]  # fmt: skip
     click.echo(
         f"  compiled module vs ONNX Runtime: max "
-        f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps, vs Brevitas "
-        f"(exact): max {checks['compiled_vs_brevitas']['max_diff_steps']:.2f} "
-        f"steps; checked: {checks['compiled_module_checked']}"
+        f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps"
+        f"{''.join(', ' + other for other in others)}; checked: "
+        f"{checks['compiled_module_checked']}"
     )
     latency = report["latency"]
     estimate = report.get("latency_estimate", {}).get("ms")
@@ -333,6 +340,88 @@ def _fpga_summary(report: dict, out: Path) -> None:
         f"{estimate['images_per_second']:,.0f} images/s"
     )
     click.echo(f"  HLS project: {out / fpga['hls_project']} ({fpga['head']})")
+
+
+@cli.command(name="compile")
+@click.argument("model_path", metavar="MODEL.onnx", type=click.Path(path_type=Path))
+@click.option(
+    "--target",
+    "-t",
+    "target_name",
+    required=True,
+    help="Target name (see 'apprentice-hw targets') or path to a target .toml.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Build directory. Default: build/<model stem>-<target>.",
+)
+@click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
+@click.option("--kernel", default=None, help=KERNEL_HELP)
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .npy array of inputs (N, C, H, W) to check on. Default: seeded uniform [0, 1).",
+)
+@click.option(
+    "--reference",
+    "reference_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A .npy of your own outputs for --inputs: the module must match them too.",
+)
+@click.option("--samples", "-n", default=100, show_default=True, help="Inputs to check.")
+@click.option("--tolerance", default=1.0, show_default=True, help="Allowed output steps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def compile_command(
+    model_path: Path,
+    target_name: str,
+    out: Path | None,
+    force: bool,
+    kernel: str | None,
+    inputs_path: Path | None,
+    reference_path: Path | None,
+    samples: int,
+    tolerance: float,
+    quiet: bool,
+) -> None:
+    """Compile a quantized ONNX model from any tool into a build directory.
+
+    MODEL.onnx is QCDQ or QONNX (Brevitas, FINN, qonnx) or QDQ (ONNX Runtime's
+    quantize_static, ...). Writes the same directory as 'build' minus training: model.so,
+    bundle/, report.json/md/html, footprint.png, manifest.json; 'deploy', 'tune', 'report'
+    and 'verify' take it. The module is checked against ONNX Runtime (and --reference).
+
+    \b
+    Examples:
+      apprentice-hw compile cnv_w2a2.onnx --target x86-host            # Brevitas QCDQ
+      apprentice-hw compile cnv_w2a2.qonnx.onnx --target arm-a72       # QONNX (FINN)
+      apprentice-hw compile resnet_int8.onnx --target x86-host --inputs images.npy
+    """  # fmt: skip
+    from apprentice_hw.compile_onnx import CompileOptions, compile_onnx
+    from apprentice_hw.hardware import get_target
+    from apprentice_hw.progress import Progress
+
+    options = CompileOptions(
+        target=get_target(target_name), out=out, kernel=kernel, inputs=inputs_path,
+        reference=reference_path, samples=samples, tolerance=tolerance, force=force,
+    )  # fmt: skip
+    result = compile_onnx(model_path, options, Progress(quiet))
+    report = result.report
+    click.echo(f"build written to {result.out}")
+    model = report["model"]
+    click.echo(
+        f"  {model['format']} model {model['source']}: {model['layers'] - model['float_layers']}"
+        f" of {model['layers']} conv / fully connected layers as integer kernels"
+    )
+    for layer in result.float_layers:
+        click.echo(f"  warning: {layer['name']} ({layer['kind']}) stays float: "
+                   f"{layer['reason']}", err=True)  # fmt: skip
+    _compiled_summary(report, result.out)
 
 
 @cli.command()

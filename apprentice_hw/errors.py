@@ -27,3 +27,10 @@ def summarize(exc: BaseException, limit: int = 160) -> str:
 
 class TrainingDivergedError(UserError):
     """The loss became NaN or infinite: the weights are lost, and resuming would diverge again."""
+
+
+class CheckFailedError(UserError):
+    """A compiled module differs from its reference beyond the tolerance: a result the user
+    acts on (exit status 1, like a failed ``verify``), not a crash."""
+
+    exit_code = 1

@@ -145,60 +145,68 @@ def step_export(state: BuildState) -> None:
         )
 
 
-def step_compile(state: BuildState) -> None:
+@dataclass
+class CompiledModel:
+    """What compiling one ONNX model for a CPU or GPU target produced (``compile_model``)."""
+
+    prepared: Any  # compiler.PreparedModule at batch 1
+    report: dict[str, Any]  # layers, latency_estimate, memory (without the footprint) [, device]
+    quantized_bytes: int  # the lowered layers' weights in the module
+
+
+def compile_model(
+    onnx_model, target: Target, kernel: str | None, workdir: Path, progress: Progress
+) -> CompiledModel:
+    """Lower, compile and export ``onnx_model`` to ``workdir/model.so``; describe the result.
+
+    Shared by ``build`` (a trained student) and ``compile`` (a user's quantized model): the
+    layer table, the memory plan at batch 1 and 8, the module's constants and files, and the
+    latency estimate. The weight footprint at trained precision is the caller's to add.
+    """
     from apprentice_hw.compiler import compile_module, export_module, memory_plan, prepare_module
     from apprentice_hw.compiler.memory import kernel_workspace_bytes, runtime_library_bytes
     from apprentice_hw.hardware import host_arch
-    from apprentice_hw.report import weight_footprint
     from apprentice_hw.report.estimate import estimate_latency
     from apprentice_hw.report.layers import activation_bytes, layer_costs
 
-    target, kernel = state.target, state.kernel
-    prepared = prepare_module(state.onnx_model, target, batch=1, kernel=kernel)
+    prepared = prepare_module(onnx_model, target, batch=1, kernel=kernel)
     executable = compile_module(prepared.mod, target)
-    export_module(executable, target, state.workdir / MODULE_FILE)
+    export_module(executable, target, workdir / MODULE_FILE)
+    report: dict[str, Any] = {}
     if target.device == "cuda":
-        state.report["device_code"] = _device_code(state.workdir / MODULE_FILE)
-        state.progress.message(f"    device code: {state.report['device_code']['description']}")
+        report["device_code"] = _device_code(workdir / MODULE_FILE)
+        progress.message(f"    device code: {report['device_code']['description']}")
     plans = [
         memory_plan(
-            prepared.mod if b == 1 else prepare_module(state.onnx_model, target, b, kernel).mod,
+            prepared.mod if b == 1 else prepare_module(onnx_model, target, b, kernel).mod,
             target,
             b,
         )
         for b in REPORT_BATCHES
     ]
     layers = prepared.layers
-    footprint = weight_footprint(state.student)
     lowered = [layer for layer in layers if layer.strategy != "float"]
     quantized_bytes = sum(layer.weight_bytes for layer in lowered)
     scale_bytes = sum(layer.scale_bytes for layer in lowered)
     compiled_bytes = plans[0].weight_bytes
-    costs = {cost.name: cost for cost in layer_costs(state.onnx_model)}
-    estimate = estimate_latency(list(costs.values()), target)
-    state.report["latency_estimate"] = estimate.to_dict()
-    state.report["layers"] = [
+    costs = {cost.name: cost for cost in layer_costs(onnx_model)}
+    report["latency_estimate"] = estimate_latency(list(costs.values()), target).to_dict()
+    report["layers"] = [
         {**layer.to_dict(), **cost_fields(costs.get(layer.name))} for layer in layers
     ]
-    state.report["memory"] = {
+    report["memory"] = {
         "weights": {
             "compiled_module_bytes": compiled_bytes,
             "compiled_module_tensors": plans[0].weight_tensors,
             "quantized_weight_bytes": quantized_bytes,
             "scale_bytes": scale_bytes,
             "other_bytes": max(0, compiled_bytes - quantized_bytes - scale_bytes),
-            "trained_precision_bytes": footprint.trained_precision_bytes,
-            "trained_quantized_bytes": footprint.quantized_bytes,
-            "quantized_vs_trained": round(quantized_bytes / footprint.quantized_bytes, 4),
-            "fp32_bytes": footprint.fp32_bytes,
-            "parameters": footprint.parameters,
-            "bits_per_layer": footprint.bits_per_layer,
         },
         "activations": {f"batch_{p.batch}": p.to_dict() for p in plans},
         # Scratch memory of the largest kernel (padded activations, decoded weights), taken
         # from TVM's workspace pool outside the planned activations; at batch 1.
         "kernel_workspace_bytes_batch_1": kernel_workspace_bytes(prepared.mod, target),
-        "module_file_bytes": (state.workdir / MODULE_FILE).stat().st_size,
+        "module_file_bytes": (workdir / MODULE_FILE).stat().st_size,
         "runtime_library_bytes": {"arch": host_arch(), **runtime_library_bytes()},
         # The paper's Figure 1 measure, from the graph's shapes: conv and FC outputs at the bits
         # their quantizers store (the compiled module keeps codes of up to 8 bits in bytes).
@@ -206,12 +214,45 @@ def step_compile(state: BuildState) -> None:
             f"batch_{b}": activation_bytes(list(costs.values()), b) for b in REPORT_BATCHES
         },
     }
+    return CompiledModel(prepared, report, quantized_bytes)
+
+
+def footprint_fields(footprint, quantized_bytes: int) -> dict[str, Any]:
+    """The report's weight rows at trained precision, beside what the module stores."""
+    return {
+        "trained_precision_bytes": footprint.trained_precision_bytes,
+        "trained_quantized_bytes": footprint.quantized_bytes,
+        "quantized_vs_trained": round(quantized_bytes / max(footprint.quantized_bytes, 1), 4),
+        "fp32_bytes": footprint.fp32_bytes,
+        "parameters": footprint.parameters,
+        "bits_per_layer": footprint.bits_per_layer,
+    }
+
+
+def compiled_summary_line(compiled: CompiledModel, trained_quantized_bytes: float) -> str:
+    """How many layers became integer kernels, and what their weights take."""
+    layers = compiled.prepared.layers
+    lowered = [layer for layer in layers if layer.strategy != "float"]
     strategies = sorted({layer.strategy for layer in layers})
-    state.progress.message(
+    return (
         f"    {len(lowered)}/{len(layers)} layers lowered to integer kernels "
-        f"({', '.join(strategies)}); weights in the module {quantized_bytes} B "
-        f"(parameters x bits / 8: {footprint.quantized_bytes:g} B)"
+        f"({', '.join(strategies)}); weights in the module {compiled.quantized_bytes} B "
+        f"(parameters x bits / 8: {trained_quantized_bytes:g} B)"
     )
+
+
+def step_compile(state: BuildState) -> None:
+    from apprentice_hw.report import weight_footprint
+
+    compiled = compile_model(
+        state.onnx_model, state.target, state.kernel, state.workdir, state.progress
+    )
+    footprint = weight_footprint(state.student)
+    compiled.report["memory"]["weights"].update(
+        footprint_fields(footprint, compiled.quantized_bytes)
+    )
+    state.report.update(compiled.report)
+    state.progress.message(compiled_summary_line(compiled, footprint.quantized_bytes))
 
 
 def _device_code(module: Path) -> dict[str, Any]:
@@ -404,7 +445,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     versions = {"apprentice-hw": __version__, "python": platform.python_version()}
     for package in VERSIONED_PACKAGES:
         try:
@@ -444,7 +485,7 @@ def write_manifest(state: BuildState) -> dict[str, Any]:
         "apprentice_hw_version": __version__,
         "created_unix": time.time(),
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "versions": _versions(),
+        "versions": package_versions(),
         "recipe": state.recipe.to_dict(),
         "target": {
             "name": state.target.name,
@@ -490,6 +531,16 @@ def validate(
 
     Returns the output directory with symbolic links resolved (what the build will replace).
     """
+    out = validate_output(out, force)
+    validate_recipe(recipe)
+    validate_target(target, device_options)
+    validate_writable(out)
+    return out
+
+
+def validate_output(out: Path, force: bool) -> Path:
+    """``out`` with links resolved, refused when it exists without ``force`` or holds files
+    apprentice-hw did not write."""
     out = resolve_output(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} exists and is not a directory; choose another --out")
@@ -497,7 +548,11 @@ def validate(
         raise UserError(f"output directory {out} already exists; pass --force to replace it")
     if out.exists():
         check_replaceable(out)
-    validate_recipe(recipe)
+    return out
+
+
+def validate_target(target: Target, device_options: dict[str, Any] | None = None) -> None:
+    """The target's compilers, tuning database and device options, before any work."""
     if target.device == "cuda":
         from apprentice_hw.compiler.cuda import check_device_compiler
 
@@ -513,6 +568,10 @@ def validate(
 
         check_database(target)
     find_cross_compiler(target)
+
+
+def validate_writable(out: Path) -> None:
+    """A writable parent of ``out`` with room for the staging directory."""
     parent = out.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
@@ -524,7 +583,6 @@ def validate(
             f"about {MIN_FREE_BYTES / 2**20:.0f} MiB (staging plus checkpoints); free some space "
             "or choose another --out"
         )
-    return out
 
 
 PROGRESS_FILE = "build-progress.json"

@@ -420,11 +420,18 @@ class BuildInputs:
 
 def read_build(build_dir: Path, samples: int) -> BuildInputs:
     """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
-    from apprentice_hw.build_dir import load_student, read_manifest
+    from apprentice_hw.build_dir import is_compiled, load_student, read_manifest
+    from apprentice_hw.compiler.tvm_build import input_shape
     from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
 
     manifest = read_manifest(build_dir)
     model = load_onnx(build_dir / QCDQ_FILE)
+    if is_compiled(manifest):  # compile: the inputs it was checked on, ONNX Runtime as reference
+        from apprentice_hw.compile_onnx import INPUTS_FILE
+
+        inputs = load_inputs(build_dir / INPUTS_FILE, input_shape(model, 1), samples, seed=0)
+        return BuildInputs(model, inputs, None, manifest["target"]["name"],
+                           build_dir / MODULE_FILE)  # fmt: skip
     student, data = load_student(build_dir)
     inputs = data.test_x[:samples]
     module = build_dir / MODULE_FILE

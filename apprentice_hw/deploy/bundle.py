@@ -141,10 +141,17 @@ def board_readme(manifest: dict[str, Any]) -> str:
     """Instructions for the person at the board."""
     target, model = manifest["target"], manifest["model"]
     shape = "x".join(str(d) for d in manifest["input"]["shape"][1:])
-    return f"""# {model["student"]} W{model["weight_bits"]}A{model["act_bits"]} for {target["name"]}
+    if "source" in model:  # compile: a user's quantized ONNX model
+        title = f"{model['source']} for {target['name']}"
+        origin = f"Compiled by apprentice-hw from the {model['format']} model `{model['source']}`."
+    else:
+        title = (
+            f"{model['student']} W{model['weight_bits']}A{model['act_bits']} for " + target["name"]
+        )
+        origin = f"Trained on {model['dataset']} by apprentice-hw (recipe `{model['recipe']}`)."
+    return f"""# {title}
 
-{target["description"]}. Trained on {model["dataset"]} by apprentice-hw
-(recipe `{model["recipe"]}`).
+{target["description"]}. {origin}
 
 ## On the board
 

@@ -61,6 +61,11 @@ def plot_footprint(bars: list[FootprintBar], title: str, path: Path) -> Path:
     return path
 
 
+def _bits(value) -> str:
+    """A build's one bit width, or a compiled model's list of them (``2/8``)."""
+    return "/".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
 def build_bars(report: dict) -> list[FootprintBar]:
     """fp32 and the build's own precision, from a build report's per-layer rows."""
     import math
@@ -78,5 +83,5 @@ def build_bars(report: dict) -> list[FootprintBar]:
     pairs = list(zip(params, outputs, layers, strict=True))
     weight = sum(n * (layer["weight_bits"] or 32) / 8 for n, _, layer in pairs)
     per_image = sum(m * layer["output_bits"] / 8 for _, m, layer in pairs)
-    label = f"W{model['weight_bits']}A{model['act_bits']}"
+    label = f"W{_bits(model['weight_bits'])}A{_bits(model['act_bits'])}"
     return [fp32, FootprintBar(label, weight, {b: b * per_image for b in BATCHES})]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from torch import nn
 
 
@@ -55,4 +56,35 @@ def weight_footprint(model: nn.Module) -> WeightFootprint:
         quantized_bytes=packed_bits / 8,
         trained_precision_bytes=packed_bits / 8 + (total - quantized) * 4,
         bits_per_layer=bits_per_layer,
+    )
+
+
+def onnx_weight_footprint(model, layers) -> WeightFootprint:
+    """The footprint of a quantized ONNX model that has no Brevitas twin (``compile``).
+
+    Parameters are the initializers a layer computes with: integer weights (what feeds a
+    DequantizeLinear) and float tensors read by other nodes (biases, BatchNorm); quantizer
+    scales and zero points are not counted. The quantized layers are the lowering's integer
+    ones (``layers``), at the bits their integer weights need.
+    """
+    from onnx import numpy_helper
+
+    sizes = {init.name: int(numpy_helper.to_array(init).size) for init in model.graph.initializer}
+    counted: set[str] = set()
+    for node in model.graph.node:
+        quantizer = node.op_type in ("QuantizeLinear", "DequantizeLinear", "Clip")
+        names = node.input[:1] if quantizer else node.input
+        counted.update(name for name in names if name in sizes)
+    total = sum(sizes[name] for name in counted)
+    lowered = [layer for layer in layers if layer.weight_bits is not None]
+    quantized = sum(int(np.prod(layer.weight_shape)) for layer in lowered)
+    packed_bits = sum(int(np.prod(layer.weight_shape)) * layer.weight_bits for layer in lowered)
+    total = max(total, quantized)
+    return WeightFootprint(
+        parameters=total,
+        quantized_parameters=quantized,
+        fp32_bytes=total * 4,
+        quantized_bytes=packed_bits / 8,
+        trained_precision_bytes=packed_bits / 8 + (total - quantized) * 4,
+        bits_per_layer={layer.name: int(layer.weight_bits) for layer in lowered},
     )

@@ -12,6 +12,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from apprentice_hw.report.writer import is_compiled
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -44,13 +46,24 @@ def render_html(report: dict[str, Any], figure: Path | None) -> str:
     """The page for ``report``; ``figure`` is the PNG to embed (skipped when None)."""
     model, target = report["model"], report["target"]
     activations = report["memory"]["activations"]
-    title = f"apprentice-hw build: {model['recipe']} on {target['name']}"
+    if is_compiled(report):
+        title = f"apprentice-hw compile: {model['source']} on {target['name']}"
+        intro = (
+            f"{model['format']} model {html.escape(model['source'])}: "
+            f"{model['layers'] - model['float_layers']} of {model['layers']} layers as integer "
+            f"kernels; target {html.escape(target['description'])}."
+        )
+    else:
+        title = f"apprentice-hw build: {model['recipe']} on {target['name']}"
+        intro = (
+            f"Student W{model['weight_bits']}A{model['act_bits']}, scheme {model['scheme']}, "
+            f"dataset {html.escape(str(model['dataset']))}; target "
+            f"{html.escape(target['description'])}."
+        )
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>",
-        f"<p>Student W{model['weight_bits']}A{model['act_bits']}, scheme {model['scheme']}, "
-        f"dataset {html.escape(str(model['dataset']))}; target "
-        f"{html.escape(target['description'])}.</p>",
+        f"<p>{intro}</p>",
     ]
     if figure is not None:
         encoded = base64.b64encode(figure.read_bytes()).decode("ascii")

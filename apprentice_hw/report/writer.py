@@ -38,12 +38,16 @@ def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> st
     )
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """A readable summary of ``report`` (the dict written to ``report.json``)."""
+def is_compiled(report: dict[str, Any]) -> bool:
+    """Whether ``report`` is of ``compile`` (a user's ONNX model) rather than ``build``."""
+    return "source" in report["model"]
+
+
+def _build_header(report: dict[str, Any]) -> list[str]:
+    """Title, student, accuracy and agreement of a trained build."""
     model, target, acc = report["model"], report["target"], report["accuracy"]
-    memory, checks = report["memory"], report["checks"]
-    weights = memory["weights"]
-    lines = [
+    checks = report["checks"]
+    return [
         f"# apprentice-hw build: {model['recipe']} on {target['name']}",
         "",
         f"Student **W{model['weight_bits']}A{model['act_bits']}** "
@@ -82,6 +86,56 @@ def render_markdown(report: dict[str, Any]) -> str:
             "compiled module vs Brevitas, float32", checks.get("compiled_vs_brevitas_float32")
         ),
         "",
+    ]
+
+
+def _bits(values: list[int]) -> str:
+    return "/".join(str(v) for v in values) or "-"
+
+
+def _compiled_header(report: dict[str, Any]) -> list[str]:
+    """Title, source model and agreement of a compiled user model."""
+    model, target, checks = report["model"], report["target"], report["checks"]
+    integer = model["layers"] - model["float_layers"]
+    return [
+        f"# apprentice-hw compile: {model['source']} on {target['name']}",
+        "",
+        f"{model['format']} model `{model['source']}`: {integer} of {model['layers']} conv / "
+        f"fully connected layers as integer kernels (weight bits {_bits(model['weight_bits'])}, "
+        f"activation bits {_bits(model['act_bits'])}). Target: {target['description']}.",
+        "",
+        *(
+            [
+                f"Device code: {report['device_code']['description']}; weights and activations "
+                "below live in GPU memory.",
+                "",
+            ]
+            if report.get("device_code")
+            else []
+        ),
+        "## Agreement (max difference in output quantization steps)",
+        "",
+        f"One step = {checks['output_step']:.6g} (scale of the output quantizer); "
+        f"{checks['samples']} inputs ({checks['inputs']}).",
+        "",
+        "| comparison | max diff (steps) | identical samples | within 1 step | same top-1 |",
+        "|---|---|---|---|---|",
+        _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
+        *(
+            [_check_row("compiled module vs reference outputs", checks["compiled_vs_reference"])]
+            if checks.get("compiled_vs_reference")
+            else []
+        ),
+        "",
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A readable summary of ``report`` (the dict written to ``report.json``)."""
+    memory, checks = report["memory"], report["checks"]
+    weights = memory["weights"]
+    lines = _compiled_header(report) if is_compiled(report) else _build_header(report)
+    lines += [
         f"Compiled module checked: {checks.get('compiled_module_checked', 'not run')}.",
         "",
         "## Memory",
@@ -239,7 +293,11 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
     write_json(directory / "report.json", report)
     write_text(directory / "report.md", render_markdown(report))
     model = report["model"]
-    title = f"{model['student']} on {model['dataset']}: weights and activations"
+    title = (
+        f"{model['source']}: weights and activations"
+        if is_compiled(report)
+        else f"{model['student']} on {model['dataset']}: weights and activations"
+    )
     figure = plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
     write_text(directory / HTML_FILE, render_html(report, figure))
 

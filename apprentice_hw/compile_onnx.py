@@ -1,0 +1,402 @@
+"""``compile``: a quantized ONNX model from any tool to a deployable build directory.
+
+The same directory as ``build`` writes, minus training: ``model.so``, ``bundle/``,
+``report.json/md/html``, ``footprint.png`` and ``manifest.json``, plus the model in the
+canonical quantized form (``model.qcdq.onnx``, what ``tune`` and ``verify`` read) and the
+inputs it was checked on (``inputs.npy``). QCDQ (Brevitas), QONNX (Brevitas, FINN, qonnx) and
+QDQ (ONNX Runtime's ``quantize_static``, ...) models are accepted.
+
+The module is checked against ONNX Runtime running the model as ONNX defines it, on the user's
+inputs (``--inputs``) or seeded uniform images, and against the user's reference outputs where
+given (``--reference``): the same gate as ``verify`` (every sample within the tolerance in
+output steps on at least 99% of inputs, top-1 agreement at least 99%). Like ``build`` it works
+in a staging directory and moves it into place only when every step has finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apprentice_hw.errors import CheckFailedError, UserError
+from apprentice_hw.hardware import Target
+from apprentice_hw.progress import Progress
+
+SOURCE_FORMATS = {"qonnx": "QONNX", "qcdq": "QCDQ", "qdq": "QDQ"}
+INPUTS_FILE = "inputs.npy"
+REFERENCE_FILE = "reference.npy"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What ``compile_onnx`` needs besides the model: validated before any work."""
+
+    target: Target
+    out: Path | None = None  # default: build/<model stem>-<target>
+    kernel: str | None = None  # force a kernel strategy where it applies
+    inputs: Path | None = None  # a .npy of inputs (N, C, H, W); default: seeded uniform [0, 1)
+    reference: Path | None = None  # the user's outputs for those inputs (.npy)
+    samples: int = 100  # inputs checked (the first ones of --inputs)
+    tolerance: float = 1.0  # output steps
+    force: bool = False  # replace an existing build directory
+
+
+@dataclass
+class CompileResult:
+    """A finished ``compile``: where it went and what the report says."""
+
+    out: Path
+    report: dict[str, Any]
+    float_layers: list[dict[str, Any]] = field(default_factory=list)  # name, kind, reason
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["checks"].get("passed", False))
+
+
+def source_format(model) -> str:
+    """QONNX (``Quant`` nodes), QCDQ (integer Clip between Quantize and Dequantize) or QDQ."""
+    from apprentice_hw.lowering.onnx_canonical import is_qonnx
+
+    if is_qonnx(model):
+        return SOURCE_FORMATS["qonnx"]
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        source = producers.get(node.input[0]) if node.input else None
+        if node.op_type == "Clip" and source is not None and source.op_type == "QuantizeLinear":
+            return SOURCE_FORMATS["qcdq"]
+    return SOURCE_FORMATS["qdq"]
+
+
+def default_output_dir(model_path: Path, target: Target) -> Path:
+    """``build/<model stem>-<target>`` under the current directory."""
+    return Path("build") / f"{Path(model_path).stem}-{target.name}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class _Prepared:
+    """The model and data of one compile, checked before the output directory is touched."""
+
+    path: Path
+    canonical: Any  # onnx.ModelProto in the canonical quantized form
+    fmt: str
+    inputs: np.ndarray
+    reference: np.ndarray | None
+    output_step: float
+
+
+def _prepare(model_path: Path, options: CompileOptions) -> _Prepared:
+    from apprentice_hw.compiler.tvm_build import input_shape
+    from apprentice_hw.export.onnx_export import output_quant_step, strip_initializer_inputs
+    from apprentice_hw.lowering import canonicalize
+    from apprentice_hw.verify import load_inputs, load_onnx
+
+    if options.samples < 1:
+        raise UserError(f"--samples must be at least 1, got {options.samples}")
+    if not np.isfinite(options.tolerance) or options.tolerance < 0:
+        raise UserError(f"--tolerance must be a number of output steps >= 0, got "
+                        f"{options.tolerance}")  # fmt: skip
+    if options.target.device == "fpga":
+        raise UserError(
+            f"compile does not take FPGA targets yet ({options.target.name}); 'apprentice-hw "
+            "build' makes hls4ml projects from a recipe"
+        )
+    model = load_onnx(model_path)
+    try:
+        canonical = canonicalize(model)
+        strip_initializer_inputs(canonical)
+        shape = input_shape(canonical, 1)
+        step = output_quant_step(canonical)
+    except ValueError as exc:
+        hint = (
+            "; end the model with an output quantizer (Brevitas: a QuantIdentity or "
+            "QuantLinear with an output quant; ONNX Runtime's quantize_static quantizes the "
+            "output) so outputs can be compared in steps"
+            if "DequantizeLinear" in str(exc)
+            else ""
+        )
+        raise UserError(f"{model_path}: {exc}{hint}") from exc
+    inputs = load_inputs(options.inputs, shape, options.samples, seed=0)
+    reference = None
+    if options.reference is not None:
+        if options.inputs is None:
+            raise UserError("--reference needs --inputs: the outputs the model gave for them")
+        reference = _load_reference(options.reference, len(inputs))
+    return _Prepared(Path(model_path), canonical, source_format(model), inputs, reference, step)
+
+
+def _load_reference(path: Path, count: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read reference outputs from {path}: {exc}; pass a .npy") from exc
+    if array.ndim < 1 or len(array) < count or not np.issubdtype(array.dtype, np.number):
+        raise UserError(
+            f"reference outputs in {path} have shape {array.shape}; pass one output per input "
+            f"(at least {count}) as numbers"
+        )
+    return array[:count].astype(np.float64)
+
+
+def compile_onnx(model_path: Path, options: CompileOptions, progress: Progress | None = None):
+    """Compile the quantized ONNX model at ``model_path`` into a build directory.
+
+    Returns a ``CompileResult``; raises ``UserError`` for bad input (one line) and
+    ``CheckFailedError`` when the compiled module fails the check (nothing is written then).
+    """
+    from apprentice_hw.atomic import replace_directory
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
+    from apprentice_hw.outputs import exclusive
+    from apprentice_hw.pipeline import (
+        staging_dir,
+        validate_output,
+        validate_target,
+        validate_writable,
+    )
+
+    progress = progress or Progress(quiet=True)
+    target = options.target
+    if options.kernel is not None:
+        KERNEL_STRATEGIES.get(options.kernel)
+    out = options.out if options.out is not None else default_output_dir(model_path, target)
+    out = validate_output(out, options.force)
+    validate_target(target)
+    validate_writable(out)
+    prepared = _prepare(model_path, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workdir = staging_dir(out)
+    import shutil
+
+    with exclusive(out, "compile"):
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+        try:
+            report, timings = _run_steps(prepared, options, workdir, progress)
+            _write_manifest(prepared, options, workdir, timings)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        replace_directory(workdir, out)
+    floats = [
+        {"name": layer["name"], "kind": layer["kind"], "reason": layer["reason"]}
+        for layer in report["layers"]
+        if layer["strategy"] == "float"
+    ]
+    return CompileResult(out, report, floats)
+
+
+STEPS = (
+    ("compile", "lower and compile with TVM"),
+    ("verify", "check the module against ONNX Runtime"),
+    ("bundle", "write the deploy bundle"),
+    ("report", "write report"),
+)
+
+
+def _run_steps(prepared: _Prepared, options: CompileOptions, workdir: Path, progress: Progress):
+    report: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    state: dict[str, Any] = {}
+    actions = {
+        "compile": lambda: _step_compile(prepared, options, workdir, progress, report, state),
+        "verify": lambda: _step_verify(prepared, options, workdir, progress, report, state),
+        "bundle": lambda: _step_bundle(prepared, options, workdir, progress, report, state),
+        "report": lambda: _step_report(prepared, options, workdir, report),
+    }
+    for index, (name, title) in enumerate(STEPS, start=1):
+        start = time.perf_counter()
+        with progress.step(index, len(STEPS), title):
+            actions[name]()
+        timings[name] = time.perf_counter() - start
+    return report, timings
+
+
+def _step_compile(prepared, options, workdir, progress, report, state) -> None:
+    import onnx
+
+    from apprentice_hw.pipeline import (
+        QCDQ_FILE,
+        compile_model,
+        compiled_summary_line,
+        footprint_fields,
+    )
+    from apprentice_hw.report.footprint import onnx_weight_footprint
+
+    onnx.save(prepared.canonical, str(workdir / QCDQ_FILE))
+    np.save(workdir / INPUTS_FILE, prepared.inputs)
+    if prepared.reference is not None:
+        np.save(workdir / REFERENCE_FILE, prepared.reference)
+    compiled = compile_model(prepared.canonical, options.target, options.kernel, workdir,
+                             progress)  # fmt: skip
+    footprint = onnx_weight_footprint(prepared.canonical, compiled.prepared.layers)
+    compiled.report["memory"]["weights"].update(
+        footprint_fields(footprint, compiled.quantized_bytes)
+    )
+    report.update(compiled.report)
+    progress.message(compiled_summary_line(compiled, footprint.quantized_bytes))
+    for layer in compiled.prepared.layers:
+        if layer.strategy == "float":
+            progress.message(
+                f"    warning: {layer.name} ({layer.kind}) stays float: {layer.reason}"
+            )
+
+
+def _step_verify(prepared, options, workdir, progress, report, state) -> None:
+    from apprentice_hw.compiler import measure_latency
+    from apprentice_hw.export.onnx_export import compare_outputs
+    from apprentice_hw.hardware import host_twin
+    from apprentice_hw.pipeline import MODULE_FILE
+    from apprentice_hw.verify import MIN_AGREEMENT, verify_model
+
+    target = options.target
+    runs_here = target.runs_on_this_machine
+    result = verify_model(
+        prepared.canonical, prepared.inputs, target if runs_here else host_twin(target),
+        options.kernel, tolerance=options.tolerance,
+        module_path=workdir / MODULE_FILE if runs_here else None,
+    )  # fmt: skip
+    checks: dict[str, Any] = {
+        "output_step": prepared.output_step,
+        "compiled_vs_onnxruntime": result.comparisons["compiled_vs_onnxruntime"].to_dict(),
+        "compiled_module_checked": checked_description(target, runs_here),
+        "samples": len(prepared.inputs),
+        "inputs": str(options.inputs) if options.inputs else "seeded uniform [0, 1)",
+        "tolerance_steps": options.tolerance,
+    }
+    failed = [] if result.passed else ["ONNX Runtime"]
+    if prepared.reference is not None:
+        compiled = result.compiled_outputs.reshape(len(prepared.inputs), -1)
+        expected = prepared.reference.reshape(len(prepared.inputs), -1)
+        if expected.shape != compiled.shape:
+            raise UserError(
+                f"reference outputs have {expected.shape[1]} values per input; the model gives "
+                f"{compiled.shape[1]}"
+            )
+        check = compare_outputs(expected, compiled, prepared.output_step)
+        checks["compiled_vs_reference"] = check.to_dict()
+        steps = np.abs(expected - compiled).max(axis=1) / prepared.output_step
+        within = float(np.mean(steps <= options.tolerance + 1e-9))
+        if within < MIN_AGREEMENT or check.prediction_agreement < MIN_AGREEMENT:
+            failed.append("your reference outputs (--reference)")
+    checks["passed"] = not failed
+    report["checks"] = checks
+    state["compiled_outputs"] = result.compiled_outputs
+    comparison = checks["compiled_vs_onnxruntime"]
+    progress.message(
+        f"    compiled module vs ONNX Runtime on {len(prepared.inputs)} inputs: max "
+        f"{comparison['max_diff_steps']:.2f} output steps, top-1 agreement "
+        f"{comparison['prediction_agreement']:.2%}; checked: {checks['compiled_module_checked']}"
+    )
+    if failed:
+        where = result.first_divergence
+        located = (
+            f"; first divergence at {where.layer} ({where.max_diff_steps} steps)" if where else ""
+        )
+        raise CheckFailedError(
+            f"the compiled module differs from {' and '.join(failed)} by more than "
+            f"{options.tolerance:g} output step on over 1% of inputs, or its top-1 agrees on "
+            f"fewer than 99%{located}; nothing was written"
+        )
+    if not runs_here:
+        reason = (
+            f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
+            if target.device == "cuda"
+            else f"the module is built for {target.arch}, this machine is not one"
+        )
+        report["latency"] = {"kind": "not measured", "reason": reason}
+        return
+    latency = measure_latency(workdir / MODULE_FILE, prepared.inputs[:1])
+    report["latency"] = latency.to_dict()
+    progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
+
+
+def checked_description(target: Target, runs_here: bool) -> str:
+    """Which module the check ran: the built one, or its host twin."""
+    if runs_here:
+        return "the built module"
+    return f"a host build with the same integer kernels ({target.name} modules cannot run here)"
+
+
+def _model_info(prepared: _Prepared, report: dict[str, Any]) -> dict[str, Any]:
+    """The report's and the bundle's model section for a compiled model."""
+    lowered = [layer for layer in report["layers"] if layer["strategy"] != "float"]
+    weight_bits = sorted({layer["weight_bits"] for layer in lowered})
+    act_bits = sorted({layer["act_bits"] for layer in lowered if layer["act_bits"] is not None})
+    dims = prepared.canonical.graph.output[0].type.tensor_type.shape.dim
+    return {
+        "source": prepared.path.name,
+        "source_sha256": _sha256(prepared.path),
+        "format": prepared.fmt,
+        "weight_bits": weight_bits,
+        "act_bits": act_bits,
+        "layers": len(report["layers"]),
+        "float_layers": len(report["layers"]) - len(lowered),
+        "outputs": int(np.prod([d.dim_value for d in dims[1:]])) if len(dims) > 1 else 1,
+    }
+
+
+def _step_bundle(prepared, options, workdir, progress, report, state) -> None:
+    from apprentice_hw.deploy.bundle import BUNDLE_DIR, VERIFY_COUNT, write_bundle
+    from apprentice_hw.pipeline import MODULE_FILE, target_info
+
+    count = min(VERIFY_COUNT, len(prepared.inputs))
+    write_bundle(
+        workdir / BUNDLE_DIR, workdir / MODULE_FILE, prepared.canonical,
+        target_info=target_info(options.target), model_info=_model_info(prepared, report),
+        inputs=prepared.inputs[:count], outputs=state["compiled_outputs"][:count],
+        produced_by=report["checks"]["compiled_module_checked"],
+        tolerance_steps=1.0 if options.target.device == "cuda" else 0.0,
+    )  # fmt: skip
+    progress.message(
+        f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification inputs, README"
+    )
+
+
+def _step_report(prepared, options, workdir, report) -> None:
+    from apprentice_hw.pipeline import EXECUTION, target_info
+    from apprentice_hw.report import write_report
+
+    full = {
+        "model": _model_info(prepared, report),
+        "target": target_info(options.target),
+        "accuracy": {},  # no labels: agreement with ONNX Runtime (checks) is the measure
+        **report,
+        "execution": EXECUTION.get(options.target.device, EXECUTION["cpu"]),
+    }
+    report.clear()
+    report.update(full)
+    write_report(report, workdir)
+
+
+def _write_manifest(prepared, options, workdir, timings) -> None:
+    import platform
+
+    from apprentice_hw import __version__
+    from apprentice_hw.atomic import write_json
+    from apprentice_hw.pipeline import artifact_hashes, package_versions
+
+    target = options.target
+    write_json(workdir / "manifest.json", {
+        "apprentice_hw_version": __version__,
+        "created_unix": time.time(),
+        "machine": {"platform": platform.platform(), "processor": platform.machine()},
+        "versions": package_versions(),
+        "source": {
+            "path": str(prepared.path.absolute()), "sha256": _sha256(prepared.path),
+            "format": prepared.fmt, "kernel": options.kernel,
+            "inputs": str(options.inputs) if options.inputs else None,
+            "reference": str(options.reference) if options.reference else None,
+        },
+        "target": {"name": target.name, "file": str(target.source), "tvm": target.tvm},
+        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in timings.items()],
+        "artifacts": artifact_hashes(workdir),
+    })  # fmt: skip
