@@ -123,6 +123,11 @@ def recipe_options(command: Callable) -> Callable:
         click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,
                      help="Dataset folder, for datasets read from files."),
         click.option("--seed", type=int, default=None, help="Override the recipe's seed."),
+        click.option("--teacher", type=click.Path(path_type=Path), default=None,
+                     help="A trained fp32 teacher (state dict: a build's teacher.pt, torchvision "
+                          "weights for ResNet-18/34/50) instead of training one; schemes B, C."),
+        click.option("--student-init", type=click.Path(path_type=Path), default=None,
+                     help="Scheme C: fp32 weights of the student's architecture to start from."),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)

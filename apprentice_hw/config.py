@@ -128,6 +128,9 @@ class Recipe:
     act_bits: int
     first_last_bits: int | None  # None: first and last layers at the body's precision
     quant: str  # quantizer family (quant.presets.QUANT_FAMILIES)
+    # a trained fp32 teacher (a state dict; torchvision keys for ResNet-18/34/50) used instead of
+    # training one: schemes B and C ([teacher] checkpoint, build --teacher)
+    teacher_checkpoint: str = ""
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -156,6 +159,7 @@ class Recipe:
             if isinstance(bits, bool) or not isinstance(bits, int):
                 raise UserError(f"'{what}' must be an integer, got {bits!r}")
         _text(self.quant, "'quant'")
+        _text(self.teacher_checkpoint, "[teacher] 'checkpoint'")
 
     def with_overrides(
         self,
@@ -166,9 +170,17 @@ class Recipe:
         quant: str | None = None,
         data_path: Path | None = None,
         seed: int | None = None,
+        teacher: Path | None = None,
+        student_init: Path | None = None,
     ) -> Recipe:
         """A copy with the CLI's overrides applied (``None`` keeps the recipe's value)."""
         recipe = self
+        if teacher is not None:
+            recipe = dataclasses.replace(recipe, teacher_checkpoint=str(teacher))
+        if student_init is not None:
+            recipe = dataclasses.replace(
+                recipe, distill=dataclasses.replace(recipe.distill, student_init=str(student_init))
+            )
         if scheme is not None:
             recipe = dataclasses.replace(
                 recipe, distill=dataclasses.replace(recipe.distill, scheme=scheme)
@@ -281,7 +293,8 @@ def _parse_recipe(data: dict[str, Any], source: Path | None, where: str) -> Reci
     teacher = _table(data, "teacher", where)
     student = _table(data, "student", where)
     distill = _table(data, "distill", where)
-    train_keys = ("model", "options", "weight_bits", "act_bits", "first_last_bits", "quant")
+    train_keys = ("model", "options", "weight_bits", "act_bits", "first_last_bits", "quant",
+                  "checkpoint")  # fmt: skip
     dataset = data_table.get("dataset")
     if not isinstance(dataset, str):
         raise UserError(f"{where}: [data] needs 'dataset', e.g. dataset = \"digits\"")
@@ -313,8 +326,17 @@ def _parse_recipe(data: dict[str, Any], source: Path | None, where: str) -> Reci
         act_bits=student.get("act_bits", 8),
         first_last_bits=None if first_last == "same" else first_last,
         quant=quant,
+        teacher_checkpoint=_checkpoint(teacher, f"{where} [teacher]"),
         source=source,
     )
+
+
+def _checkpoint(table: dict[str, Any], where: str) -> str:
+    """A table's ``checkpoint`` path (as written, like ``student_init`` and [data] ``path``)."""
+    path = table.get("checkpoint", "")
+    if not isinstance(path, str):
+        raise UserError(f"{where}: 'checkpoint' must be a file path as a string, got {path!r}")
+    return path
 
 
 def recipe_files() -> dict[str, Path]:

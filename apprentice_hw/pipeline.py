@@ -508,7 +508,7 @@ def validate_recipe(recipe: Recipe) -> None:
     """Resolve every registry name a recipe uses, so a typo fails before any training."""
     from apprentice_hw.data import DATASETS
     from apprentice_hw.distill import SCHEDULES, SCHEMES
-    from apprentice_hw.distill.schemes import check_student_init
+    from apprentice_hw.distill.schemes import check_student_init, check_teacher_checkpoint
     from apprentice_hw.models import check_options
     from apprentice_hw.training import quant_layers
 
@@ -521,6 +521,8 @@ def validate_recipe(recipe: Recipe) -> None:
     SCHEDULES.get(recipe.student_train.schedule)
     if recipe.distill.student_init:
         check_student_init(recipe)
+    if recipe.teacher_checkpoint:
+        check_teacher_checkpoint(recipe)
 
 
 def validate(

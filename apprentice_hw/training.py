@@ -19,6 +19,7 @@ from apprentice_hw.atomic import atomic_path, write_json, write_text
 from apprentice_hw.config import Recipe
 from apprentice_hw.data import DatasetSplits
 from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, distributed, run_scheme
+from apprentice_hw.distill.schemes import load_teacher
 from apprentice_hw.errors import UserError
 from apprentice_hw.models import build_model
 from apprentice_hw.outputs import CHECKPOINTS, RECIPE_RECORD
@@ -87,9 +88,12 @@ def train_models(
     """Run the recipe's scheme, checkpointing into ``out``; write the trained weights there."""
     # The recipe fixes the thread count: 1 and 2 threads give different float results.
     torch.set_num_threads(recipe.threads)
+    teacher = build_teacher(recipe, data)
+    if recipe.teacher_checkpoint:  # before --out is touched: a teacher that does not fit
+        load_teacher(teacher, recipe)
+        progress.message(f"    teacher: trained weights from {recipe.teacher_checkpoint}")
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, recipe, resume)
-    teacher = build_teacher(recipe, data)
     student = build_student(recipe, data)
     context = TrainContext(
         train=(data.train_x, data.train_y),
@@ -111,6 +115,7 @@ def train_models(
         context=context,
         same_architecture=recipe.teacher == recipe.student,
         build_fp32_student=lambda: build_student(recipe, data, fp32=True),
+        teacher_pretrained=bool(recipe.teacher_checkpoint),
     )
     result = run_scheme(recipe.distill.scheme, inputs)
     if is_main:

@@ -46,6 +46,7 @@ class SchemeInputs:
     context: TrainContext
     same_architecture: bool  # teacher and student are the same model with the same options
     build_fp32_student: Callable[[], nn.Module]
+    teacher_pretrained: bool = False  # the teacher came trained (--teacher): schemes B, C skip it
 
 
 @dataclass
@@ -91,6 +92,9 @@ def distill_phase(teacher: nn.Module, student: nn.Module, inputs: SchemeInputs) 
 
 
 def train_teacher(inputs: SchemeInputs) -> list[EpochMetrics]:
+    """The teacher's own training, or nothing when it came trained (``--teacher``)."""
+    if inputs.teacher_pretrained:
+        return []
     phase = cross_entropy_phase("teacher", inputs.teacher, inputs.teacher_spec)
     return run_phase(phase, inputs.context)
 
@@ -123,21 +127,77 @@ def load_fp32_into_student(student: nn.Module, state: dict[str, torch.Tensor]) -
         raise UserError(f"the fp32 weights do not fit the student: {why}")
 
 
-def read_student_init(path: Path) -> dict[str, torch.Tensor]:
-    """A ``student_init`` checkpoint: a state dict of tensors, loaded without running code."""
-    fix = "give [distill] student_init a state dict saved with torch.save(model.state_dict())"
+def read_checkpoint(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from ``path``, loaded without running code; ``what`` names it
+    in the one-line errors (``student_init checkpoint``), ``fix`` ends them."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise UserError(f"student_init checkpoint {path} does not exist") from exc
+        raise UserError(f"{what} {path} does not exist") from exc
     except Exception as exc:  # damaged file, or a pickle weights_only refuses to run
         first = summarize(exc)
-        raise UserError(f"cannot read student_init checkpoint {path} ({first}); {fix}") from exc
+        raise UserError(f"cannot read {what} {path} ({first}); {fix}") from exc
     if not isinstance(state, dict) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
-        raise UserError(f"student_init checkpoint {path} is not a state dict of tensors; {fix}")
+        raise UserError(f"{what} {path} is not a state dict of tensors; {fix}")
     return state
+
+
+def read_student_init(path: Path) -> dict[str, torch.Tensor]:
+    """A ``student_init`` checkpoint: a state dict of tensors, loaded without running code."""
+    fix = "give [distill] student_init a state dict saved with torch.save(model.state_dict())"
+    return read_checkpoint(path, "student_init checkpoint", fix)
+
+
+TEACHER_FIX = (
+    "give --teacher (or [teacher] checkpoint) an fp32 state dict of the recipe's teacher, saved "
+    "with torch.save(model.state_dict()) (torchvision's for ResNet-18/34/50, or a build's "
+    "teacher.pt)"
+)
+TEACHER_SCHEMES = ("B", "C")  # the schemes that start from a trained teacher
+
+
+def read_teacher(path: Path) -> dict[str, torch.Tensor]:
+    """A trained teacher's state dict (``--teacher``)."""
+    return read_checkpoint(path, "teacher checkpoint", TEACHER_FIX)
+
+
+def check_teacher_checkpoint(recipe) -> None:
+    """Before any training: a ``--teacher`` goes with scheme B or C, loads, and holds exactly
+    the teacher's parameter names (shapes, which depend on the data, are checked when it is
+    loaded: ``load_teacher``)."""
+    from apprentice_hw.models import build_model
+    from apprentice_hw.quant import FloatLayers
+
+    scheme = recipe.distill.scheme
+    if scheme not in TEACHER_SCHEMES:
+        raise UserError(
+            f"a trained teacher (--teacher, [teacher] checkpoint) is for schemes B and C; scheme "
+            f"{scheme} {'trains the teacher with the student' if scheme == 'A' else 'has none'}"
+        )
+    state = read_teacher(Path(recipe.teacher_checkpoint))
+    teacher = build_model(recipe.teacher, FloatLayers(), in_channels=3, num_classes=10)
+    expected = set(teacher.state_dict())
+    unexpected = sorted(set(state) - expected)
+    missing = sorted(expected - set(state))
+    if unexpected or missing:
+        what = ("unexpected keys " + ", ".join(unexpected[:3])) if unexpected else (
+            "it lacks " + ", ".join(missing[:3]))  # fmt: skip
+        raise UserError(f"teacher checkpoint {recipe.teacher_checkpoint} does not fit the "
+                        f"teacher {recipe.teacher.name}: {what}")  # fmt: skip
+
+
+def load_teacher(teacher: nn.Module, recipe) -> None:
+    """The recipe's trained teacher into ``teacher`` (names and shapes must match exactly)."""
+    state = read_teacher(Path(recipe.teacher_checkpoint))
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as exc:  # size mismatches: another class count or input channels
+        raise UserError(
+            f"teacher checkpoint {recipe.teacher_checkpoint} does not fit the teacher "
+            f"{recipe.teacher.name} for {recipe.dataset} ({summarize(exc, 160)})"
+        ) from exc
 
 
 def check_student_init(recipe) -> None:
