@@ -225,6 +225,33 @@ def test_grouped_and_depthwise_convs_are_integer_and_exact(
     np.testing.assert_array_equal(got, expected)
 
 
+def test_a_zero_pad_before_a_conv_is_folded_into_it():
+    """Exporters that pad explicitly put a ``Pad`` node between the dequantize and the conv;
+    its zeros are the conv's own padding, so the layer stays integer and exact."""
+    from apprentice_hw.lowering.onnx_canonical import _spatial_pads
+
+    weights = np.random.default_rng(5).integers(-8, 8, size=(6, 10, 3, 3))
+    model = _qcdq_layer("conv", weights, 4, zero_point=2, conv={"kernel_shape": [3, 3],
+                                                              "pads": [0, 1, 1, 0]})  # fmt: skip
+    graph = model.graph
+    conv = next(node for node in graph.node if node.op_type == "Conv")
+    conv.input[0] = "xp"
+    pads = [0, 0, 2, 1, 0, 0, 1, 3]
+    graph.initializer.append(numpy_helper.from_array(np.array(pads, np.int64), "pads"))
+    pad = helper.make_node("Pad", ["xd", "pads"], ["xp"], mode="constant")
+    graph.node.insert(list(graph.node).index(conv), pad)
+    expected, got, layers = _run_both(model, "packed", (10, 9, 9))
+    assert [layer.strategy for layer in layers] == ["packed"]
+    assert got.shape == (4, 6, 11, 12)  # H 9 + (0 + 2) + (1 + 1) - 2, W 9 + (1 + 1) + 3 - 2
+    np.testing.assert_array_equal(got, expected)
+    # Opset 10 and older: the pads as an attribute; only zeros on H and W fold.
+    old = helper.make_node("Pad", ["xd"], ["xp"], pads=pads, mode="constant", value=0.0)
+    assert _spatial_pads(old, {}) == [2, 1, 1, 3]
+    for other in ({"value": 1.0}, {"mode": "reflect"}, {"pads": [0, 1, 0, 0, 0, 0, 0, 0]}):
+        attributes = {"pads": pads, "mode": "constant", "value": 0.0, **other}
+        assert _spatial_pads(helper.make_node("Pad", ["xd"], ["xp"], **attributes), {}) is None
+
+
 @pytest.mark.parametrize(
     ("in_ch", "size", "blocks"),
     # RGB 7x7 (ResNet-18's stem): 21 codes per kernel row in 6 blocks, not 7 x 1;

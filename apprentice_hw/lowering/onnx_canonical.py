@@ -6,7 +6,10 @@ QDQ models from other tools (ONNX Runtime's ``quantize_static``, ...). The canon
 - weights as integer initializers feeding ``DequantizeLinear`` directly: constant subgraphs
   that compute them (``Constant -> Clip``, ``QuantizeLinear(float weight)``) are evaluated with
   ONNX's reference evaluator, so the integer values are exactly what ONNX semantics define;
-- a free batch dimension on the single graph input.
+- a free batch dimension on the single graph input;
+- a zero ``Pad`` of the spatial axes that feeds only convolutions folded into their ``pads``
+  (TVM imports ``Pad`` as an opaque kernel call, behind which a conv's dequantized input is
+  no longer seen: exporters that pad explicitly, TensorFlow's "same", would keep it float).
 """
 
 from __future__ import annotations
@@ -127,6 +130,58 @@ def _free_batch_dimension(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
 
 
+def _spatial_pads(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> list[int] | None:
+    """A 4-D constant ``Pad`` of zeros on H and W only: its [top, left, bottom, right]."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    mode = attributes.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return None
+    if len(node.input) > 1:  # opset 11+: pads, constant_value, axes as inputs
+        pads = values.get(node.input[1])
+        value = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if pads is None or (len(node.input) > 3 and node.input[3]):
+            return None
+        pads = [int(p) for p in pads.reshape(-1)]
+    else:
+        pads, value = list(attributes.get("pads", [])), attributes.get("value", 0.0)
+    if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
+        return None
+    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+        return None
+    return [pads[2], pads[3], pads[6], pads[7]]
+
+
+def _fold_pads_into_convs(graph: onnx.GraphProto) -> None:
+    """``Pad(zeros on H, W) -> Conv`` as one ``Conv`` with the pads added to its own."""
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    folded = []
+    for node in graph.node:
+        users = consumers.get(node.output[0], []) if node.op_type == "Pad" else []
+        pads = _spatial_pads(node, values) if users else None
+        if pads is None or node.output[0] in outputs:
+            continue
+        if not all(u.op_type == "Conv" and u.input[0] == node.output[0] for u in users):
+            continue
+        attributes = [{a.name: helper.get_attribute_value(a) for a in u.attribute} for u in users]
+        if any(a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") for a in attributes):
+            continue
+        for user, attrs in zip(users, attributes, strict=True):
+            own = list(attrs.get("pads", [0, 0, 0, 0]))
+            total = [a + b for a, b in zip(own, pads, strict=True)]
+            kept = [a for a in user.attribute if a.name != "pads"]
+            del user.attribute[:]
+            user.attribute.extend([*kept, helper.make_attribute("pads", total)])
+            user.input[0] = node.input[0]
+        folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+
+
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` in the canonical quantized form (see the module docstring)."""
     result = onnx.ModelProto()
@@ -136,5 +191,6 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = result.graph
     _constants_to_initializers(graph)
     _fold_constant_nodes(result)
+    _fold_pads_into_convs(graph)
     _free_batch_dimension(result)
     return result
