@@ -147,8 +147,10 @@ def brevitas_onnx(arch: str, bits: int, act_bits: int, path: Path, fmt: str = "q
     return export_brevitas(settled_brevitas_net(arch, bits, act_bits), arch, path, fmt)
 
 
-def onnxruntime_quantized(arch: str, path: Path, per_channel: bool = True) -> Path:
-    """The fp32 twin exported and quantized by ONNX Runtime's ``quantize_static`` (QDQ)."""
+def onnxruntime_quantized(arch: str, path: Path, per_channel: bool = True,
+                          weight_type: str = "QInt8") -> Path:  # fmt: skip
+    """The fp32 twin exported and quantized by ONNX Runtime's ``quantize_static`` (QDQ);
+    ``weight_type`` QUInt8 gives asymmetric uint8 weights with zero points (9-bit integers)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -172,7 +174,7 @@ def onnxruntime_quantized(arch: str, path: Path, per_channel: bool = True) -> Pa
 
     quantize_static(str(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=per_channel, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)  # fmt: skip
+                    weight_type=getattr(QuantType, weight_type))  # fmt: skip
     return path
 
 
@@ -188,6 +190,8 @@ FOREIGN_MODELS: dict[str, Callable[[Path], Path]] = {
         f"ort-{arch}": lambda path, arch=arch: onnxruntime_quantized(arch, path)
         for arch in INPUT_SHAPES
     },
+    # per-tensor uint8 weights with a zero point: 9-bit integers after subtracting it
+    "ort-cnv-u8w": lambda path: onnxruntime_quantized("cnv", path, False, "QUInt8"),
 }
 
 

@@ -252,6 +252,43 @@ def test_a_zero_pad_before_a_conv_is_folded_into_it():
         assert _spatial_pads(helper.make_node("Pad", ["xd"], ["xp"], **attributes), {}) is None
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(-255, 0), st.integers(0, 255)), min_size=1, max_size=8))
+def test_weight_offsets_take_9_bit_rows_into_int8(bounds):
+    from apprentice_hw.lowering.relax_pass import weight_offsets
+
+    rows = np.array([[low, high, (low + high) // 2] for low, high in bounds], dtype=np.int64)
+    offsets = weight_offsets(rows)
+    spans = rows.max(axis=1) - rows.min(axis=1)
+    if np.any(spans > 255):
+        assert offsets is None
+    else:
+        shifted = rows - offsets[:, None]
+        assert shifted.min() >= -128 and shifted.max() <= 127
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense"])
+def test_asymmetric_uint8_weights_run_as_int8_plus_window_sums(kind):
+    """uint8 weight codes with a zero point (ONNX Runtime's QUInt8 weights) are 9-bit integers:
+    they run as int8 weights plus a per-channel offset times the sum of each output's input
+    codes, exact at the padded borders and with an activation zero point."""
+    rng = np.random.default_rng(9)
+    shape = (6, 10, 3, 3) if kind == "conv" else (6, 10)
+    conv = {"kernel_shape": [3, 3], "pads": [1, 2, 0, 1], "strides": [2, 1]}
+    model = _qcdq_layer(kind, np.zeros(shape, np.int64), 8, zero_point=5,
+                        conv=conv if kind == "conv" else None)  # fmt: skip
+    codes = rng.integers(0, 256, size=shape).astype(np.uint8)
+    codes[0].flat[0], codes[0].flat[1] = 0, 255  # a full 9-bit span in channel 0
+    zeros = rng.integers(0, 256, size=shape[0]).astype(np.uint8)
+    for init in model.graph.initializer:
+        if init.name in ("w", "wz"):
+            init.CopyFrom(numpy_helper.from_array(codes if init.name == "w" else zeros, init.name))
+    expected, got, layers = _run_both(model, "int8", (10, 9, 9) if kind == "conv" else (10,))
+    [layer] = layers
+    assert layer.strategy == "int8" and layer.weight_bits == 9 and layer.storage_bits == 8
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize(
     ("in_ch", "size", "blocks"),
     # RGB 7x7 (ResNet-18's stem): 21 codes per kernel row in 6 blocks, not 7 x 1;

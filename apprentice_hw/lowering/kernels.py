@@ -160,6 +160,40 @@ def flat_weight_reader(weights, bits: int, row_length: int, storage: str):
     return read
 
 
+def window_sums(data, geometry: ConvGeometry | None, zero_point: int):
+    """int32 sum of (data - zero_point) over each output's inputs: (N, OH, OW, 1) / (N, 1, OH,
+    OW) for a conv (padding adds zero), (N, 1) for a dense layer (``geometry`` None).
+
+    What a weight offset multiplies: sum(x * (w + c)) = sum(x * w) + c * sum(x), so 9-bit
+    weights (uint8 codes minus a zero point) run as int8 ones plus this, with no weights."""
+    from tvm import te, tirx
+
+    zero = tirx.const(zero_point, "int32")
+    if geometry is None:
+        rk = te.reduce_axis((0, int(data.shape[1])), name="rk")
+        return te.compute((int(data.shape[0]), 1), lambda n, _o: te.sum(
+            data[n, rk].astype("int32") - zero, axis=rk), name="window_sums")  # fmt: skip
+    batch, channels, height, width = geometry.data_shape(data)
+    out_h, out_w = geometry.output_hw(height, width)
+    (kh, kw), (sh, sw), (dh, dw) = geometry.kernel, geometry.strides, geometry.dilation
+    top, left, _, _ = geometry.padding
+    rc = te.reduce_axis((0, channels), name="rc")
+    ry = te.reduce_axis((0, kh), name="ry")
+    rx = te.reduce_axis((0, kw), name="rx")
+
+    def total(*index):
+        n, _o, i, j = geometry.output_index(index)
+        y, x = i * sh + ry * dh - top, j * sw + rx * dw - left
+        inside = tirx.all(y >= 0, y < height, x >= 0, x < width)
+        code = geometry.read(data, n, rc, tirx.max(tirx.min(y, height - 1), 0),
+                             tirx.max(tirx.min(x, width - 1), 0))  # fmt: skip
+        value = tirx.if_then_else(inside, code.astype("int32") - zero, tirx.const(0, "int32"))
+        return te.sum(value, axis=[rc, ry, rx])
+
+    shape = (batch, out_h, out_w, 1) if geometry.layout == "NHWC" else (batch, 1, out_h, out_w)
+    return te.compute(shape, total, name="window_sums")
+
+
 def conv2d_int_grouped(data, weights, geometry: ConvGeometry, zero_point: int, storage: str,
                        bits: int):  # fmt: skip
     """Integer grouped (and depthwise) conv2d: int32 sum of (data - zero_point) * weight over

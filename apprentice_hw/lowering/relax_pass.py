@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from apprentice_hw.lowering import kernels
 from apprentice_hw.lowering.channels_last import static_shape
 from apprentice_hw.lowering.int16_sums import PAIR, SIGNED_CODE_MAX, int16_chunk
 from apprentice_hw.lowering.kernels import ConvGeometry
@@ -116,6 +117,21 @@ class _Accumulator:
     layer: int  # index into the lowering's layer records
     acc_low: np.ndarray  # per output channel, the smallest and largest reachable sum
     acc_high: np.ndarray
+
+
+def weight_offsets(integers: np.ndarray) -> np.ndarray | None:
+    """Per output channel, an offset that takes its integer weights into int8, or None where
+    a channel spans more than 256 values (9-bit weights: uint8 codes minus a zero point)."""
+    rows = integers.reshape(integers.shape[0], -1)
+    low, high = rows.min(axis=1), rows.max(axis=1)
+    if np.any(high - low > 255):
+        return None
+    return np.where(high > 127, high - 127, np.where(low < -128, low + 128, 0)).astype(np.int64)
+
+
+def _along_out(offsets: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``offsets`` (one per output channel) broadcast against (O, ...) ``weights``."""
+    return offsets.reshape(-1, *([1] * (weights.ndim - 1)))
 
 
 def weight_digest(values: np.ndarray) -> str:
@@ -383,21 +399,35 @@ def _make_pass():
             )
             return call
 
-        def _lower(self, codes, layer: QuantLayer, act_scale: float, weight_scales, rank: int):
-            """Emit ``layer``'s kernel on ``codes`` and its requantization; returns the float."""
+        def _lower(self, codes, layer: QuantLayer, act_scale: float, weight_scales, rank: int,
+                   offsets: np.ndarray | None = None):  # fmt: skip
+            """Emit ``layer``'s kernel on ``codes`` and its requantization; returns the float.
+
+            With ``offsets`` (per output channel), the layer's true weights are ``layer.weights
+            + offsets``: 9-bit weights (asymmetric uint8 minus a zero point) as int8 ones plus
+            ``offsets`` times the window sums of the codes (``_window_sums``), in int32.
+            """
             strategy = choose_strategy(layer, self.options.preference, self.options.forced)
             accumulated = strategy.emit(self.builder_, codes, layer)
             channel_axis = layer.channel_axis
             shape = [1] * rank
             shape[channel_axis] = layer.out_channels
+            true_weights, extra_bytes = layer.weights, 0
+            if offsets is not None:
+                sums = self._window_sums(codes, layer)
+                offset_const = relax.const(offsets.reshape(shape).astype(np.int32), "int32")
+                corrected = relax.op.add(accumulated, relax.op.multiply(sums, offset_const))
+                accumulated = self.builder_.emit(corrected)
+                true_weights = layer.weights + _along_out(offsets, layer.weights)
+                extra_bytes = int(offsets.size) * 4  # the int32 offsets
             exact = np.float64(act_scale) * weight_scales.astype(np.float64)
             uniform = bool(np.all(exact == exact[0]))
             scale_const = exact[:1].reshape(()) if uniform else exact.reshape(shape)
             record = LoweredLayer(
                 name=layer.name, kind=layer.kind, weight_shape=tuple(layer.weights.shape),
-                strategy=strategy.name, weight_bits=layer.weight_bits,
+                strategy=strategy.name, weight_bits=signed_bits_needed(true_weights),
                 storage_bits=storage_bits(layer, strategy), act_bits=layer.act_bits,
-                weight_bytes=int(strategy.weight_bytes(layer)),
+                weight_bytes=int(strategy.weight_bytes(layer)) + extra_bytes,
                 int16_chunk=layer.int16_chunk if strategy.name in ("int8", "packed") else 0,
                 int16_lane_inputs=layer.int16_lane_inputs,
                 # scalars are immediates
@@ -408,7 +438,7 @@ def _make_pass():
             self._requantized[as_float] = _Accumulator(
                 accumulated, np.broadcast_to(exact, (layer.out_channels,)), rank, channel_axis,
                 len(self.layers) - 1,
-                *accumulator_range(layer.weights, layer.act_range, layer.act_zero_point),
+                *accumulator_range(true_weights, layer.act_range, layer.act_zero_point),
             )  # fmt: skip
             return relax.op.multiply(as_float, self._requant_const(scale_const))
 
@@ -723,13 +753,21 @@ def _make_pass():
             codes, act_scale, act_zero, code_range = activation
             integers, weight_scales = weights
             bits = signed_bits_needed(integers)
-            if bits > 8:
-                return self._keep_float(kind, call, f"weights need {bits} bits")
+            offsets = None
+            if bits > 8:  # asymmetric uint8 weights minus their zero point: 9 bits
+                offsets = weight_offsets(integers)
+                grouped = geometry is not None and geometry.groups > 1
+                if offsets is None or grouped:
+                    why = " (grouped convs: at most 8)" if offsets is not None else ""
+                    return self._keep_float(kind, call, f"weights need {bits} bits{why}")
             act_dtype = str(codes.ty.dtype)
+            kernel_weights = (
+                integers if offsets is None else integers - _along_out(offsets, integers)
+            )
             layer = QuantLayer(
-                name=self._name(kind, integers), kind=kind, weights=integers,
-                weight_bits=bits, act_dtype=act_dtype, act_zero_point=act_zero,
-                act_range=code_range, geometry=geometry,
+                name=self._name(kind, integers), kind=kind, weights=kernel_weights,
+                weight_bits=signed_bits_needed(kernel_weights), act_dtype=act_dtype,
+                act_zero_point=act_zero, act_range=code_range, geometry=geometry,
             )  # fmt: skip
             chunk, lane_inputs, signed, wide = self._dot_choices(layer)
             layer = replace(
@@ -737,7 +775,17 @@ def _make_pass():
                 wide_pairs=wide, dot_order="16x4" if chunk or wide else self.options.dot_order,
             )  # fmt: skip
             rank = 4 if kind == "conv2d" else 2
-            return self._lower(codes, layer, act_scale, weight_scales, rank=rank)
+            return self._lower(codes, layer, act_scale, weight_scales, rank=rank, offsets=offsets)
+
+        def _window_sums(self, codes, layer: QuantLayer):
+            """int32 sums of (code - zero point) over each output's inputs, (..., 1) in the
+            output's layout (``kernels.window_sums``): what the weight offsets multiply."""
+            zero_point = layer.act_zero_point
+
+            def sums(x):
+                return kernels.window_sums(x, layer.geometry, zero_point)
+
+            return self.builder_.emit_te(sums, codes, primfunc_name_hint="window_sums")
 
         def _dot_choices(self, layer: QuantLayer) -> tuple[int, int, bool, bool]:
             """How the conv's products are summed: its int16 chunk (0: int32 products), the
