@@ -906,7 +906,12 @@ def report(
     if path is not None:
         from apprentice_hw.build_dir import read_report
         from apprentice_hw.report.figure import build_bars
-        from apprentice_hw.report.writer import FIGURE_FILE, HTML_FILE, render_markdown
+        from apprentice_hw.report.writer import (
+            FIGURE_FILE,
+            HTML_FILE,
+            figure_title,
+            render_markdown,
+        )
 
         data = read_report(path)  # one line when PATH is not a build or its report is damaged
         if data.get("fpga"):  # an HLS project synthesized after the build (e.g. elsewhere)
@@ -920,9 +925,9 @@ def report(
         elif fmt == "json":
             click.echo(json.dumps(data, indent=2))
         elif fmt == "png":
-            model = data["model"]
-            title = f"{model['student']} on {model['dataset']}: weights and activations"
-            written = plot_footprint(build_bars(data), title, out or path / FIGURE_FILE)
+            written = plot_footprint(
+                build_bars(data), figure_title(data), out or path / FIGURE_FILE
+            )
             click.echo(f"wrote {written}")
         else:
             from apprentice_hw.atomic import write_text

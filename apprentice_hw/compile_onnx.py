@@ -16,6 +16,7 @@ in a staging directory and moves it into place only when every step has finished
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +175,6 @@ def compile_onnx(model_path: Path, options: CompileOptions, progress: Progress |
     prepared = _prepare(model_path, options)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(out)
-    import shutil
-
     with exclusive(out, "compile"):
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir()

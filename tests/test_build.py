@@ -106,13 +106,12 @@ def test_report_is_complete_and_consistent(x86_build):
 
     # The largest conv kernel's scratch: its zero-point-padded input in blocks of 4 channels
     # (uint8) and its weights decoded to int8 in blocks of 16 x 4 (padding = kernel // 2);
-    # 2-bit packed weights come in groups of 4 input blocks (packing.pack_blocked).
+    # 2-bit packed weights come in groups of input blocks that divide their count
+    # (packing.blocks_per_group), so no padded blocks.
     def scratch(layer):
         out_c, in_c, kh, kw = layer["weight_shape"]
         _, height, width = layer["input_shape"]
         blocks_in = -(-in_c // 4)
-        if layer["strategy"] == "packed" and layer["storage_bits"] == 2:
-            blocks_in = -(-blocks_in // 4) * 4
         padded = blocks_in * (height + 2 * (kh // 2)) * (width + 2 * (kw // 2)) * 4
         return padded + -(-out_c // 16) * blocks_in * kh * kw * 64
 

@@ -118,6 +118,8 @@ def test_compile_writes_a_build_directory_every_command_takes(run_cli, tmp_path)
     assert run_cli("verify", out, "-n", 16).code == 0
     shown = run_cli("report", out)
     assert shown.code == 0 and "apprentice-hw compile: cnv.onnx on x86-host" in shown.out
+    plot = run_cli("report", out, "--format", "png", "--out", tmp_path / "cnv.png")
+    assert plot.code == 0 and (tmp_path / "cnv.png").stat().st_size > 1000, plot.err
     runner = subprocess.run([sys.executable, "run.py", "--verify"], cwd=out / "bundle",
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert runner.returncode == 0, runner.stderr

@@ -43,6 +43,14 @@ def is_compiled(report: dict[str, Any]) -> bool:
     return "source" in report["model"]
 
 
+def figure_title(report: dict[str, Any]) -> str:
+    """The footprint figure's title: the student and its data, or the compiled model's file."""
+    model = report["model"]
+    if is_compiled(report):
+        return f"{model['source']}: weights and activations"
+    return f"{model['student']} on {model['dataset']}: weights and activations"
+
+
 def _build_header(report: dict[str, Any]) -> list[str]:
     """Title, student, accuracy and agreement of a trained build."""
     model, target, acc = report["model"], report["target"], report["accuracy"]
@@ -292,13 +300,7 @@ def write_report(report: dict[str, Any], directory: Path) -> None:
 
     write_json(directory / "report.json", report)
     write_text(directory / "report.md", render_markdown(report))
-    model = report["model"]
-    title = (
-        f"{model['source']}: weights and activations"
-        if is_compiled(report)
-        else f"{model['student']} on {model['dataset']}: weights and activations"
-    )
-    figure = plot_footprint(build_bars(report), title, directory / FIGURE_FILE)
+    figure = plot_footprint(build_bars(report), figure_title(report), directory / FIGURE_FILE)
     write_text(directory / HTML_FILE, render_html(report, figure))
 
 
