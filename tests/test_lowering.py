@@ -221,7 +221,7 @@ def test_grouped_and_depthwise_convs_are_integer_and_exact(
     [layer] = layers
     assert layer.strategy == kernel
     bits = 8 if kernel == "int8" else {2: 2, 3: 4, 4: 4}[weight_bits]
-    assert layer.weight_bytes == -(-weights.size * bits // 8)  # rows back to back
+    assert layer.weight_bytes == -(-weights.size * bits // 8)  # packed back to back
     np.testing.assert_array_equal(got, expected)
 
 

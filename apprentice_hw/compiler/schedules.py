@@ -78,7 +78,7 @@ class ScheduleRule:
 
 SCHEDULE_RULES: Registry[ScheduleRule] = Registry("schedule rule")
 # the first that applies wins
-RULE_ORDER = ("blocked_conv", "bitserial_conv", "elementwise", "spatial_outer")
+RULE_ORDER = ("blocked_conv", "bitserial_conv", "grouped_conv", "elementwise", "spatial_outer")
 
 
 def _has_feature(target, feature: str) -> bool:
@@ -700,6 +700,51 @@ def schedule_bitserial_conv(sch, target) -> None:
     _try_inline(sch, combine)
 
 
+GROUPED_LANES = 16  # output channels per vector of the grouped conv's int32 sums
+
+
+def is_grouped_conv(sch) -> bool:
+    """Whether the function is ``kernels.conv2d_int_grouped`` (with its fused epilogue)."""
+    return {"pad_grouped", "conv2d_grouped"} <= block_names(sch)
+
+
+def schedule_grouped_conv(sch, target) -> None:
+    """Grouped and depthwise convs on CPUs (NHWC): the padded codes copied as vectors of
+    channels; each output pixel's sums as vectors of ``GROUPED_LANES`` output channels in
+    registers over the window (weights stored (K, O): contiguous), then the epilogue on them.
+
+    Rows on threads. Scalar loops over the channels were 2.5 GMAC/s on a 64-channel 3x3
+    depthwise layer at 56x56 (Zen 3, one thread, int8 weights).
+    """
+    outputs = inline_around(sch, "pad_grouped", "conv2d_grouped", kernel="conv2d_grouped")
+    pad = sch.get_sblock("pad_grouped")
+    n, y, _x, c = sch.get_loops(pad)
+    sch.parallel(sch.fuse(n, y))
+    channels = loop_extent(sch, c) or 0
+    lanes = max(d for d in _divisors(channels, GROUPED_LANES))
+    if lanes > 1:
+        sch.vectorize(sch.split(c, factors=[None, lanes])[1])
+    conv = sch.get_sblock("conv2d_grouped")
+    n, i, j, o, rc, ry, rx = sch.get_loops(conv)
+    out_channels = loop_extent(sch, o) or 0
+    lanes = max(d for d in _divisors(out_channels, GROUPED_LANES))
+    oo, oi = sch.split(o, factors=[None, lanes])
+    sch.reorder(n, i, j, oo, rc, ry, rx, oi)
+    sch.parallel(sch.fuse(n, i))
+    local = sch.cache_write(conv, 0, "local")
+    sch.reverse_compute_at(local, oo)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    # TVM refuses to vectorize a spatial loop inside the reduction loops: unrolled, LLVM's SLP
+    # vectorizer packs the lanes' multiply-adds (contiguous codes and weights) into vectors.
+    for loop in (ry, rx, sch.get_loops(conv)[-1]):
+        sch.unroll(loop)
+    for output in outputs:
+        sch.reverse_compute_at(output, oo)
+        _vectorize_epilogue(sch, output)
+    sch.compute_inline(local)
+
+
 def _schedule_elementwise(sch, target) -> None:
     blocks = _blocks(sch)
     for block in blocks[:-1]:
@@ -770,6 +815,10 @@ SCHEDULE_RULES.add(
 SCHEDULE_RULES.add(
     "bitserial_conv",
     ScheduleRule("bitserial_conv", is_bitserial_conv, schedule_bitserial_conv),
+)
+SCHEDULE_RULES.add(
+    "grouped_conv",
+    ScheduleRule("grouped_conv", is_grouped_conv, schedule_grouped_conv),
 )
 SCHEDULE_RULES.add(
     "elementwise",

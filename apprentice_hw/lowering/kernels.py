@@ -141,19 +141,20 @@ def _blocked_weight_reader(weights, storage: str, bits: int, order: str):
     return read
 
 
-def flat_weight_reader(weights, bits: int, row_length: int, storage: str):
-    """A function (o, k) -> int32 weight from ``packing.pack_flat`` storage: the (O, K) rows
-    one after another, ``container_bits(bits)`` each, with no padding between rows (int8
-    storage: the rows themselves)."""
+def column_weight_reader(weights, bits: int, columns: int, storage: str):
+    """A function (o, k) -> int32 weight from (K, O) storage: for each of the K positions of
+    an output's window, the weights of every output channel side by side (``columns`` = O),
+    so a vector of output channels reads contiguous weights. int8 storage is the (K, O)
+    array; packed storage is ``packing.pack_flat`` of it, ``container_bits(bits)`` each."""
     from tvm import tirx
 
     if storage == "int8":
-        return lambda o, k: weights[o, k].astype("int32")
+        return lambda o, k: weights[k, o].astype("int32")
     width = container_bits(bits)
     per_byte, mask, offset = 8 // width, (1 << width) - 1, 1 << (width - 1)
 
     def read(o, k):
-        at = o * row_length + k
+        at = k * columns + o
         byte = weights[tirx.indexdiv(at, per_byte)].astype("int32")
         return ((byte >> (tirx.indexmod(at, per_byte) * width)) & mask) - offset
 
@@ -202,8 +203,9 @@ def conv2d_int_grouped(data, weights, geometry: ConvGeometry, zero_point: int, s
     The blocked kernels reduce over blocks of four input channels shared by sixteen output
     channels; a depthwise conv has one input channel per output channel, so it is a plain
     loop nest instead: ``pad_grouped`` (the codes padded with the zero point, so padded
-    positions add exactly zero) and ``conv2d_grouped``. Weights are read from (O, K) rows,
-    K = C/groups x KH x KW, stored by ``flat_weight_reader``.
+    positions add exactly zero) and ``conv2d_grouped``. Weights are read from (K, O) columns,
+    K = C/groups x KH x KW (``column_weight_reader``): the CPU schedule vectorizes over the
+    output channels.
     """
     from tvm import te, tirx
 
@@ -213,8 +215,7 @@ def conv2d_int_grouped(data, weights, geometry: ConvGeometry, zero_point: int, s
     top, left, bottom, right = geometry.padding
     per_group_in = channels // geometry.groups
     per_group_out = geometry.out_channels // geometry.groups
-    row_length = per_group_in * kh * kw
-    weight = flat_weight_reader(weights, bits, row_length, storage)
+    weight = column_weight_reader(weights, bits, geometry.out_channels, storage)
     zero = tirx.const(zero_point, "int32")
 
     def pad_value(*index):

@@ -135,11 +135,15 @@ def stored_weights(layer: QuantLayer, storage: str) -> np.ndarray:
 
     Conv weights are laid out in the blocks the dot-product kernels read (16 output x 4 input
     channels, zero-padded to whole blocks); dense weights are (O, K) rows; grouped conv
-    weights (O, K) rows too, packed back to back (``pack_flat``).
+    weights (K, O) columns, packed back to back (``pack_flat``).
     """
-    if layer.grouped:
-        rows = layer.weights.reshape(layer.out_channels, -1)
-        return pack_flat(rows, layer.weight_bits) if storage == "packed" else rows.astype(np.int8)
+    if layer.grouped:  # (K, O): the output channels of one window position side by side
+        columns = np.ascontiguousarray(layer.weights.reshape(layer.out_channels, -1).T)
+        return (
+            pack_flat(columns, layer.weight_bits)
+            if storage == "packed"
+            else columns.astype(np.int8)
+        )
     if layer.kind == "conv2d":
         blocked = blocked_conv_weights(layer.kernel_weights, layer.dot_order)
         if storage == "packed":
