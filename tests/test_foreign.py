@@ -106,6 +106,7 @@ def test_compile_writes_a_build_directory_every_command_takes(run_cli, tmp_path)
     assert check.max_diff_steps <= 1.0, check
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["format"] == "QCDQ" and report["checks"]["passed"]
+    assert all(layer["macs"] > 0 for layer in report["layers"])  # every row has its shapes
     weights = report["memory"]["weights"]
     # No fp32 copy of a quantized layer's weights: besides the packed weights and the scales,
     # the module holds only the float parameters (the last layer's bias).
@@ -126,6 +127,10 @@ def test_compile_writes_a_build_directory_every_command_takes(run_cli, tmp_path)
     # Without --force the directory is kept; with it, replaced.
     again = run_cli("compile", path, "--target", "x86-host", "--out", out)
     assert again.code == 2 and "already exists" in again.err
+    (out / "report.json").write_text("{}")  # not model.so: this process has it loaded
+    forced = run_cli("compile", path, "--target", "x86-host", "--out", out, "-n", 8, "--force")
+    assert forced.code == 0, forced.err
+    assert json.loads((out / "report.json").read_text())["checks"]["samples"] == 8
 
 
 def test_compile_for_the_pi_writes_an_aarch64_module(run_cli, tmp_path):
@@ -217,3 +222,16 @@ def _module_batch_outputs(library, inputs: np.ndarray) -> np.ndarray:
 
     main = VirtualMachine(tvm.runtime.load_module(str(library)), tvm.cpu())["main"]
     return main(tvm.runtime.tensor(inputs)).numpy()
+
+
+def test_compile_names_and_lowers_every_layer_of_a_uint8_weight_model(run_cli, tmp_path):
+    """ONNX Runtime's QUInt8 weights (a zero point per tensor: 9-bit integers) are lowered,
+    and each layer keeps its ONNX name and its shapes in the report."""
+    path = FOREIGN_MODELS["ort-cnv-u8w"](tmp_path / "cnv_u8.onnx")
+    out = tmp_path / "cnv-u8"
+    result = run_cli("compile", path, "--target", "x86-host", "--out", out, "-n", 16, "-q")
+    assert result.code == 0, result.err
+    layers = json.loads((out / "report.json").read_text())["layers"]
+    assert [layer["strategy"] for layer in layers] == ["int8"] * conv_and_fc_nodes(path)
+    assert 9 in {layer["weight_bits"] for layer in layers}
+    assert all(layer["macs"] > 0 and "/" in layer["name"] for layer in layers), layers

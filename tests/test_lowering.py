@@ -247,6 +247,8 @@ def test_a_zero_pad_before_a_conv_is_folded_into_it():
     # Opset 10 and older: the pads as an attribute; only zeros on H and W fold.
     old = helper.make_node("Pad", ["xd"], ["xp"], pads=pads, mode="constant", value=0.0)
     assert _spatial_pads(old, {}) == [2, 1, 1, 3]
+    computed = helper.make_node("Pad", ["xd", "pads", "fill"], ["xp"], mode="constant")
+    assert _spatial_pads(computed, {"pads": np.array(pads)}) is None  # a run-time fill value
     for other in ({"value": 1.0}, {"mode": "reflect"}, {"pads": [0, 1, 0, 0, 0, 0, 0, 0]}):
         attributes = {"pads": pads, "mode": "constant", "value": 0.0, **other}
         assert _spatial_pads(helper.make_node("Pad", ["xd"], ["xp"], **attributes), {}) is None

@@ -170,7 +170,8 @@ def _check_thread_writes_its_outputs(sch, output, tile: ConvTile) -> None:
 
 PER_OUTPUT_THREADS = 128  # output elements per thread block of the per-output kernels
 # Integer kernels computed one output per thread: (block, stage inlined into it or None)
-PER_OUTPUT_KERNELS = (("conv2d_grouped", "pad_grouped"), ("dense_int", None))
+PER_OUTPUT_KERNELS = (("conv2d_grouped", "pad_grouped"), ("dense_int_packed", None),
+                      ("window_sums", None))  # fmt: skip
 
 
 def per_output_kernel(sch) -> tuple[str, str | None] | None:
@@ -182,8 +183,8 @@ def per_output_kernel(sch) -> tuple[str, str | None] | None:
 
 
 def schedule_per_output(sch, block: str, inlined: str | None) -> None:
-    """One thread per output element of a grouped or depthwise conv or a dense layer, the
-    epilogue with it.
+    """One thread per output element of a grouped or depthwise conv, a dense layer with packed
+    weights or the window sums of 9-bit weights (``kernels.window_sums``), the epilogue with it.
 
     DLight's reduction rule takes the int32 sum for a cross-thread reduction and fails on
     these ("No matched reducer": the packed weights' shift and mask in the sum); a depthwise

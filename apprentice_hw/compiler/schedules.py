@@ -704,8 +704,12 @@ GROUPED_LANES = 16  # output channels per vector of the grouped conv's int32 sum
 
 
 def is_grouped_conv(sch) -> bool:
-    """Whether the function is ``kernels.conv2d_int_grouped`` (with its fused epilogue)."""
-    return {"pad_grouped", "conv2d_grouped"} <= block_names(sch)
+    """Whether the function is ``kernels.conv2d_int_grouped`` on NHWC data (with its fused
+    epilogue); an NCHW one is left to the generic rule."""
+    if not {"pad_grouped", "conv2d_grouped"} <= block_names(sch):
+        return False
+    annotations = sch.get(sch.get_sblock("pad_grouped")).annotations
+    return "layout" in annotations and str(annotations["layout"]) == "NHWC"
 
 
 def schedule_grouped_conv(sch, target) -> None:

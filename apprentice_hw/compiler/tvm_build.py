@@ -98,8 +98,14 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
             continue
         values = numpy_helper.to_array(weights).astype(np.int64)
         zero = initializers.get(dequant.input[2]) if len(dequant.input) > 2 else None
-        if zero is not None and np.any(numpy_helper.to_array(zero)):
-            continue  # the Relax side keys on weights minus their zero point: rare, unnamed
+        if zero is not None:  # the Relax side keys on the weights minus their zero point
+            zeros = numpy_helper.to_array(zero).astype(np.int64)
+            if zeros.size > 1:  # per channel, along the DequantizeLinear's axis
+                axis = next((a.i for a in dequant.attribute if a.name == "axis"), 1)
+                shape = [1] * values.ndim
+                shape[axis % values.ndim] = zeros.size
+                zeros = zeros.reshape(shape)
+            values = values - zeros
         if transposed or (
             node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
         ):

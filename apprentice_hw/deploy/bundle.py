@@ -36,6 +36,9 @@ PREPROCESSING = (
     "float32 NCHW pixels divided by the format's maximum value (255 for 8-bit images, 16 for "
     "scikit-learn digits); no mean/std normalization"
 )
+SOURCE_PREPROCESSING = "float32 NCHW, prepared as the source model expects (compile)"
+# what the output holds: a build's classifier, or a compiled model's own output
+OUTPUT_MEANING = {False: "class logits (argmax is the prediction)", True: "the model's output"}
 
 
 def _quantization(model: onnx.ModelProto, node: onnx.NodeProto) -> dict[str, Any]:
@@ -114,13 +117,13 @@ def write_bundle(
             "shape": [1, *(d.dim_value for d in dims[1:])],
             "dtype": "float32",
             "layout": "NCHW",
-            "preprocessing": PREPROCESSING,
+            "preprocessing": SOURCE_PREPROCESSING if "source" in model_info else PREPROCESSING,
             "quantization": input_quantization(model),
         },
         "output": {
             "shape": [1, int(outputs.shape[1])],
             "dtype": str(outputs.dtype),
-            "meaning": "class logits (argmax is the prediction)",
+            "meaning": OUTPUT_MEANING["source" in model_info],
             "quant_step": output["scale"],
             "quantization": output,
         },

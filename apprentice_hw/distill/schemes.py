@@ -209,6 +209,11 @@ def check_student_init(recipe) -> None:
     from apprentice_hw.models import build_model
     from apprentice_hw.training import quant_layers
 
+    if recipe.distill.scheme != "C":
+        raise UserError(
+            f"student_init (--student-init) is for scheme C; scheme {recipe.distill.scheme} "
+            "starts the student from random weights"
+        )
     state = read_student_init(Path(recipe.distill.student_init))
     student = build_model(recipe.student, quant_layers(recipe), in_channels=3, num_classes=10)
     why = _key_mismatch(student, state)

@@ -227,7 +227,9 @@ def conv2d_int_grouped(data, weights, geometry: ConvGeometry, zero_point: int, s
     rows, columns = height + top + bottom, width + left + right
     shape = (batch, rows, columns, channels) if geometry.layout == "NHWC" else (
         batch, channels, rows, columns)  # fmt: skip
-    padded = te.compute(shape, pad_value, name="pad_grouped")
+    padded = te.compute(
+        shape, pad_value, name="pad_grouped", attrs={"layout": geometry.layout}
+    )  # what the CPU schedule reads
     rc = te.reduce_axis((0, per_group_in), name="rc")
     ry = te.reduce_axis((0, kh), name="ry")
     rx = te.reduce_axis((0, kw), name="rx")
@@ -482,7 +484,7 @@ def dense_int(data, weights, out_features: int, in_features: int, zero_point: in
     return te.compute(
         (batch, out_features),
         lambda n, o: te.sum((data[n, rk].astype("int32") - zero_point) * weight(o, rk), axis=rk),
-        name="dense_int",
+        name="dense_int" if storage == "int8" else "dense_int_packed",
         tag=f"dense_int_{storage}",
     )
 

@@ -138,7 +138,10 @@ def _spatial_pads(node: onnx.NodeProto, values: dict[str, np.ndarray]) -> list[i
         return None
     if len(node.input) > 1:  # opset 11+: pads, constant_value, axes as inputs
         pads = values.get(node.input[1])
-        value = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        filled = len(node.input) > 2 and node.input[2]
+        if filled and node.input[2] not in values:  # a fill value computed at run time
+            return None
+        value = values.get(node.input[2]) if filled else None
         if pads is None or (len(node.input) > 3 and node.input[3]):
             return None
         pads = [int(p) for p in pads.reshape(-1)]
@@ -180,6 +183,9 @@ def _fold_pads_into_convs(graph: onnx.GraphProto) -> None:
         folded.append(node)
     for node in folded:
         graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)  # the folded Pads' pads and values
 
 
 def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:

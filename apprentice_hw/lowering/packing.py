@@ -229,8 +229,7 @@ def pack_blocked(blocked: np.ndarray, bits: int) -> np.ndarray:
       products load as it was stored (a block assembled from four 16-byte pieces stalled that
       load: ResNet-20 W2A2 1.26x -> 1.06x the W8A8 time; for 4-bit the whole-vector form was
       measured slower). Where the input blocks are not a multiple of four, groups of two
-      (L = 32) or one (L = 16) block (``blocks_per_group``).
-    Input blocks are padded to a multiple of G with zero weights.
+      (L = 32) or one (L = 16) block (``blocks_per_group``), so G divides the blocks.
     """
     width = container_bits(bits)
     offset = 1 << (width - 1)
@@ -250,7 +249,7 @@ def pack_blocked(blocked: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_blocked(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_blocked`: the int8 blocks (O/16, C/4 padded to G, KH, KW, 64)."""
+    """Inverse of :func:`pack_blocked`: the int8 blocks (O/16, C/4, KH, KW, 64)."""
     width = container_bits(bits)
     offset, mask = 1 << (width - 1), (1 << width) - 1
     blocks_out, groups, kh, kw, length = packed.shape

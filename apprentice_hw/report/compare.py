@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from apprentice_hw.report.figure import BATCHES, FootprintBar, build_bars
+from apprentice_hw.report.writer import bits_label
 
 # (row label, function of a report) for the comparison table, in display order.
 ROWS: tuple[tuple[str, Any], ...] = (
     ("target", lambda r: r["target"]["name"]),
-    ("precision", lambda r: f"W{r['model']['weight_bits']}A{r['model']['act_bits']}"),
+    ("precision", lambda r: f"W{bits_label(r['model']['weight_bits'])}"
+                            f"A{bits_label(r['model']['act_bits'])}"),
     ("student top-1", lambda r: r["accuracy"].get("student_top1")),
     ("compiled module top-1", lambda r: r["accuracy"].get("compiled_top1")),
     # FPGA designs have no module and plan no activation memory: their cells read "-".

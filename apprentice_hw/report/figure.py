@@ -61,11 +61,6 @@ def plot_footprint(bars: list[FootprintBar], title: str, path: Path) -> Path:
     return path
 
 
-def _bits(value) -> str:
-    """A build's one bit width, or a compiled model's list of them (``2/8``)."""
-    return "/".join(str(v) for v in value) if isinstance(value, list) else str(value)
-
-
 def build_bars(report: dict) -> list[FootprintBar]:
     """fp32 and the build's own precision, from a build report's per-layer rows."""
     import math
@@ -83,5 +78,7 @@ def build_bars(report: dict) -> list[FootprintBar]:
     pairs = list(zip(params, outputs, layers, strict=True))
     weight = sum(n * (layer["weight_bits"] or 32) / 8 for n, _, layer in pairs)
     per_image = sum(m * layer["output_bits"] / 8 for _, m, layer in pairs)
-    label = f"W{_bits(model['weight_bits'])}A{_bits(model['act_bits'])}"
+    from apprentice_hw.report.writer import bits_label
+
+    label = f"W{bits_label(model['weight_bits'])}A{bits_label(model['act_bits'])}"
     return [fp32, FootprintBar(label, weight, {b: b * per_image for b in BATCHES})]

@@ -102,8 +102,11 @@ class _Graph:
         return 8 * (zero.dtype.itemsize if zero is not None else 1)
 
     def weight_bits(self, name: str) -> tuple[int, int]:
-        """(bits, parameter count) of a layer's weight input, followed back to its codes."""
+        """(bits, parameter count) of a layer's weight input, followed back to its codes
+        (through the Transpose of a ``MatMul(x, Transpose(W))`` layer)."""
         node = self.producer.get(name)
+        if node is not None and node.op_type == "Transpose":
+            node = self.producer.get(node.input[0])
         if node is None or node.op_type != "DequantizeLinear":
             values = self.constants.get(name)
             return 32, int(values.size) if values is not None else 0

@@ -97,8 +97,11 @@ def _build_header(report: dict[str, Any]) -> list[str]:
     ]
 
 
-def _bits(values: list[int]) -> str:
-    return "/".join(str(v) for v in values) or "-"
+def bits_label(value: int | list[int]) -> str:
+    """A build's one bit width, or a compiled model's list of them (``2/8``; ``-``: none)."""
+    if isinstance(value, list):
+        return "/".join(str(v) for v in value) or "-"
+    return str(value)
 
 
 def _compiled_header(report: dict[str, Any]) -> list[str]:
@@ -109,8 +112,9 @@ def _compiled_header(report: dict[str, Any]) -> list[str]:
         f"# apprentice-hw compile: {model['source']} on {target['name']}",
         "",
         f"{model['format']} model `{model['source']}`: {integer} of {model['layers']} conv / "
-        f"fully connected layers as integer kernels (weight bits {_bits(model['weight_bits'])}, "
-        f"activation bits {_bits(model['act_bits'])}). Target: {target['description']}.",
+        f"fully connected layers as integer kernels (weight bits "
+        f"{bits_label(model['weight_bits'])}, activation bits {bits_label(model['act_bits'])}). "
+        f"Target: {target['description']}.",
         "",
         *(
             [
