@@ -55,7 +55,7 @@ def read_manifest(build_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def is_compiled(manifest: dict[str, Any]) -> bool:
+def is_compiled_build(manifest: dict[str, Any]) -> bool:
     """Whether a build directory was made by ``compile`` (a user's ONNX model, no training)."""
     return "source" in manifest and "recipe" not in manifest
 

@@ -420,13 +420,13 @@ class BuildInputs:
 
 def read_build(build_dir: Path, samples: int) -> BuildInputs:
     """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
-    from apprentice_hw.build_dir import is_compiled, load_student, read_manifest
+    from apprentice_hw.build_dir import is_compiled_build, load_student, read_manifest
     from apprentice_hw.compiler.tvm_build import input_shape
     from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
 
     manifest = read_manifest(build_dir)
     model = load_onnx(build_dir / QCDQ_FILE)
-    if is_compiled(manifest):  # compile: the inputs it was checked on, ONNX Runtime as reference
+    if is_compiled_build(manifest):  # its check inputs; ONNX Runtime is the reference
         from apprentice_hw.compile_onnx import INPUTS_FILE
 
         inputs = load_inputs(build_dir / INPUTS_FILE, input_shape(model, 1), samples, seed=0)
