@@ -145,6 +145,7 @@ def test_compile_for_the_pi_writes_an_aarch64_module(run_cli, tmp_path):
     assert [layer["strategy"] for layer in report["layers"] if layer["strategy"] == "float"] == []
 
 
+@pytest.mark.slow
 def test_compile_takes_qonnx_and_checks_the_users_reference(run_cli, tmp_path):
     """A QONNX file (FINN's format) compiles; with --inputs and --reference the module is
     also held to the user's own outputs, and a reference it does not match fails the
@@ -224,6 +225,7 @@ def _module_batch_outputs(library, inputs: np.ndarray) -> np.ndarray:
     return main(tvm.runtime.tensor(inputs)).numpy()
 
 
+@pytest.mark.slow
 def test_compile_names_and_lowers_every_layer_of_a_uint8_weight_model(run_cli, tmp_path):
     """ONNX Runtime's QUInt8 weights (a zero point per tensor: 9-bit integers) are lowered,
     and each layer keeps its ONNX name and its shapes in the report."""
