@@ -35,6 +35,10 @@ INTERRUPTED = {
     "deploy": "nothing was written to the build",
 }
 FPGA_QUANT = "po2"  # the quantizer family FPGA builds use unless --quant says otherwise
+INPUTS_OPTION = click.option(
+    "--inputs", "inputs_path", type=click.Path(path_type=Path), default=None,
+    help="A .npy array of inputs (N, C, H, W) for an ONNX model. Default: seeded uniform [0, 1).",
+)  # fmt: skip
 KERNEL_HELP = (
     "Force a kernel strategy for the quantized layers it supports (see 'apprentice-hw "
     "kernels'); other layers keep the target's choice."
@@ -365,13 +369,7 @@ def _fpga_summary(report: dict, out: Path) -> None:
 )
 @click.option("--force", is_flag=True, help="Replace the build directory if it exists.")
 @click.option("--kernel", default=None, help=KERNEL_HELP)
-@click.option(
-    "--inputs",
-    "inputs_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A .npy array of inputs (N, C, H, W) to check on. Default: seeded uniform [0, 1).",
-)
+@INPUTS_OPTION
 @click.option(
     "--reference",
     "reference_path",
@@ -441,13 +439,7 @@ def kernels() -> None:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--samples", "-n", default=100, show_default=True, help="Inputs to compare.")
-@click.option(
-    "--inputs",
-    "inputs_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A .npy array of inputs (N, C, H, W) for MODEL.onnx. Default: seeded uniform [0, 1).",
-)
+@INPUTS_OPTION
 @click.option(
     "--target",
     "-t",

@@ -15,7 +15,6 @@ in a staging directory and moves it into place only when every step has finished
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -72,10 +71,6 @@ def source_format(model) -> str:
 def default_output_dir(model_path: Path, target: Target) -> Path:
     """``build/<model stem>-<target>`` under the current directory."""
     return Path("build") / f"{Path(model_path).stem}-{target.name}"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -266,7 +261,12 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
     from apprentice_hw.compiler import measure_latency
     from apprentice_hw.export.onnx_export import compare_outputs
     from apprentice_hw.hardware import host_twin
-    from apprentice_hw.pipeline import MODULE_FILE
+    from apprentice_hw.pipeline import (
+        MODULE_FILE,
+        checked_description,
+        divergence_text,
+        not_measured,
+    )
     from apprentice_hw.verify import MIN_AGREEMENT, verify_model
 
     target = options.target
@@ -309,44 +309,30 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
         f"{comparison['prediction_agreement']:.2%}; checked: {checks['compiled_module_checked']}"
     )
     if failed:
-        where = result.first_divergence
-        located = (
-            f"; first divergence at {where.layer} ({where.max_diff_steps} steps)" if where else ""
-        )
         raise CheckFailedError(
             f"the compiled module differs from {' and '.join(failed)} by more than "
             f"{options.tolerance:g} output step on over 1% of inputs, or its top-1 agrees on "
-            f"fewer than 99%{located}; nothing was written"
+            f"fewer than 99%{divergence_text(result)}; nothing was written"
         )
     if not runs_here:
-        reason = (
-            f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
-            if target.device == "cuda"
-            else f"the module is built for {target.arch}, this machine is not one"
-        )
-        report["latency"] = {"kind": "not measured", "reason": reason}
+        report["latency"] = not_measured(target)
         return
     latency = measure_latency(workdir / MODULE_FILE, prepared.inputs[:1])
     report["latency"] = latency.to_dict()
     progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
 
 
-def checked_description(target: Target, runs_here: bool) -> str:
-    """Which module the check ran: the built one, or its host twin."""
-    if runs_here:
-        return "the built module"
-    return f"a host build with the same integer kernels ({target.name} modules cannot run here)"
-
-
 def _model_info(prepared: _Prepared, report: dict[str, Any]) -> dict[str, Any]:
     """The report's and the bundle's model section for a compiled model."""
+    from apprentice_hw.pipeline import file_sha256
+
     lowered = [layer for layer in report["layers"] if layer["strategy"] != "float"]
     weight_bits = sorted({layer["weight_bits"] for layer in lowered})
     act_bits = sorted({layer["act_bits"] for layer in lowered if layer["act_bits"] is not None})
     dims = prepared.canonical.graph.output[0].type.tensor_type.shape.dim
     return {
         "source": prepared.path.name,
-        "source_sha256": _sha256(prepared.path),
+        "source_sha256": file_sha256(prepared.path),
         "format": prepared.fmt,
         "weight_bits": weight_bits,
         "act_bits": act_bits,
@@ -390,25 +376,12 @@ def _step_report(prepared, options, workdir, report) -> None:
 
 
 def _write_manifest(prepared, options, workdir, timings) -> None:
-    import platform
+    from apprentice_hw.pipeline import file_sha256, write_build_manifest
 
-    from apprentice_hw import __version__
-    from apprentice_hw.atomic import write_json
-    from apprentice_hw.pipeline import artifact_hashes, package_versions
-
-    target = options.target
-    write_json(workdir / "manifest.json", {
-        "apprentice_hw_version": __version__,
-        "created_unix": time.time(),
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "versions": package_versions(),
-        "source": {
-            "path": str(prepared.path.absolute()), "sha256": _sha256(prepared.path),
-            "format": prepared.fmt, "kernel": options.kernel,
-            "inputs": str(options.inputs) if options.inputs else None,
-            "reference": str(options.reference) if options.reference else None,
-        },
-        "target": {"name": target.name, "file": str(target.source), "tvm": target.tvm},
-        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in timings.items()],
-        "artifacts": artifact_hashes(workdir),
-    })  # fmt: skip
+    source = {
+        "path": str(prepared.path.absolute()), "sha256": file_sha256(prepared.path),
+        "format": prepared.fmt, "kernel": options.kernel,
+        "inputs": str(options.inputs) if options.inputs else None,
+        "reference": str(options.reference) if options.reference else None,
+    }  # fmt: skip
+    write_build_manifest(workdir, options.target, timings, {"source": source})

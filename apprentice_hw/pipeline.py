@@ -284,6 +284,29 @@ def cost_fields(cost) -> dict:
     return {key: data[key] for key in keys}
 
 
+def checked_description(target: Target, runs_here: bool) -> str:
+    """Which module the check ran: the built one, or its host twin."""
+    if runs_here:
+        return "the built module"
+    return f"a host build with the same integer kernels ({target.name} modules cannot run here)"
+
+
+def divergence_text(result) -> str:
+    """``; first divergence at LAYER (N steps)`` of a failed ``verify_model``, or nothing."""
+    where = result.first_divergence
+    return f"; first divergence at {where.layer} ({where.max_diff_steps} steps)" if where else ""
+
+
+def not_measured(target: Target) -> dict[str, str]:
+    """The latency record of a module this machine cannot run, with the reason."""
+    reason = (
+        f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
+        if target.device == "cuda"
+        else f"the module is built for {target.arch}, this machine is not one"
+    )
+    return {"kind": "not measured", "reason": reason}
+
+
 def step_verify(state: BuildState) -> None:
     from apprentice_hw.compiler import measure_latency
     from apprentice_hw.verify import brevitas_outputs, verify_model
@@ -300,15 +323,9 @@ def step_verify(state: BuildState) -> None:
     checks["compiled_vs_onnxruntime"] = check.to_dict()
     for name in ("compiled_vs_brevitas", "compiled_vs_brevitas_float32"):
         checks[name] = result.comparisons[name].to_dict()
-    checks["compiled_module_checked"] = (
-        "the built module" if runs_here else
-        f"a host build with the same integer kernels ({target.name} modules cannot run here)"
-    )  # fmt: skip
+    checks["compiled_module_checked"] = checked_description(target, runs_here)
     if not result.passed:
-        where = result.first_divergence
-        located = (
-            f"; first divergence at {where.layer} ({where.max_diff_steps} steps)" if where else ""
-        )
+        located = divergence_text(result)
         raise RuntimeError(
             f"the compiled module differs from the exact Brevitas student by more than "
             f"{result.tolerance_steps:g} output step on some test images, or its top-1 agrees "
@@ -325,12 +342,7 @@ def step_verify(state: BuildState) -> None:
         np.mean(result.compiled_outputs.argmax(1) == data.test_y.numpy())
     )
     if not runs_here:
-        reason = (
-            f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
-            if target.device == "cuda"
-            else f"the module is built for {target.arch}, this machine is not one"
-        )
-        state.report["latency"] = {"kind": "not measured", "reason": reason}
+        state.report["latency"] = not_measured(target)
         return
     module_path = state.workdir / MODULE_FILE
     latency = measure_latency(module_path, data.test_x[:1].numpy())
@@ -437,7 +449,7 @@ def steps_for(target: Target) -> list[Step]:
     return [overrides.get(step.name, step) for step in STEPS]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -464,7 +476,10 @@ def artifact_hashes(build_dir: Path) -> dict[str, dict[str, Any]]:
     if bundle.is_dir():
         paths += [p for p in sorted(bundle.iterdir()) if p.is_file()]
     return {
-        str(path.relative_to(build_dir)): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        str(path.relative_to(build_dir)): {
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
         for path in paths
     }
 
@@ -480,22 +495,26 @@ def refresh_manifest(build_dir: Path) -> None:
 
 def write_manifest(state: BuildState) -> dict[str, Any]:
     """Record versions, configuration, step timings and artifact hashes."""
-    artifacts = artifact_hashes(state.workdir)
+    return write_build_manifest(
+        state.workdir, state.target, state.timings, {"recipe": state.recipe.to_dict()}
+    )
+
+
+def write_build_manifest(workdir: Path, target: Target, timings: dict[str, float],
+                         origin: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """``manifest.json`` of a build (``origin``: its ``recipe``) or of a compiled model (its
+    ``source``): versions, the target, step timings and every artifact's hash."""
     manifest = {
         "apprentice_hw_version": __version__,
         "created_unix": time.time(),
         "machine": {"platform": platform.platform(), "processor": platform.machine()},
         "versions": package_versions(),
-        "recipe": state.recipe.to_dict(),
-        "target": {
-            "name": state.target.name,
-            "file": str(state.target.source),
-            "tvm": state.target.tvm,
-        },
-        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in state.timings.items()],
-        "artifacts": artifacts,
+        **origin,
+        "target": {"name": target.name, "file": str(target.source), "tvm": target.tvm},
+        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in timings.items()],
+        "artifacts": artifact_hashes(workdir),
     }
-    write_json(state.workdir / "manifest.json", manifest)
+    write_json(workdir / "manifest.json", manifest)
     return manifest
 
 

@@ -1,48 +1,16 @@
-"""Trained teachers: a build reuses one (``--teacher``) instead of training it again."""
+"""Trained teachers: a build reuses one (``--teacher``) instead of training it again.
+
+That ResNet-18/34/50 teachers take torchvision's state dicts is test_zoo's
+``test_imagenet_resnets_match_torchvision``."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from apprentice_hw.models import ModelSpec, build_model
 from apprentice_hw.quant import FloatLayers
-
-# torchvision's ResNets: (block kind, blocks per stage); their state dicts name every tensor
-# after this structure (torchvision/models/resnet.py), which ours follow.
-TORCHVISION_RESNETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
-                       "resnet50": ("bottleneck", [3, 4, 6, 3])}  # fmt: skip
-BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def torchvision_resnet_keys(name: str) -> set[str]:
-    """The state-dict keys of torchvision's ``name`` (without importing torchvision, which
-    does not import beside torch 2.13.0's CPU build)."""
-    kind, blocks = TORCHVISION_RESNETS[name]
-    convs = 2 if kind == "basic" else 3
-    keys = {"conv1.weight", "fc.weight", "fc.bias", *(f"bn1.{t}" for t in BN_TENSORS)}
-    for stage, count in enumerate(blocks, start=1):
-        for block in range(count):
-            prefix = f"layer{stage}.{block}"
-            for conv in range(1, convs + 1):
-                keys.add(f"{prefix}.conv{conv}.weight")
-                keys.update(f"{prefix}.bn{conv}.{t}" for t in BN_TENSORS)
-            if block == 0 and (stage > 1 or kind == "bottleneck"):  # a shortcut projection
-                keys.add(f"{prefix}.downsample.0.weight")
-                keys.update(f"{prefix}.downsample.1.{t}" for t in BN_TENSORS)
-    return keys
-
-
-@pytest.mark.parametrize("name", list(TORCHVISION_RESNETS))
-def test_imagenet_teachers_take_torchvision_state_dicts(name):
-    """A torchvision checkpoint of ResNet-18/34/50 loads into the teacher as it is."""
-    teacher = build_model(ModelSpec(name), FloatLayers(), 3, 1000)
-    state = teacher.state_dict()
-    assert set(state) == torchvision_resnet_keys(name)
-    assert tuple(state["conv1.weight"].shape) == (64, 3, 7, 7)
-    assert state["fc.weight"].shape[0] == 1000
 
 
 def _log(directory):

@@ -49,14 +49,7 @@ def weight_footprint(model: nn.Module) -> WeightFootprint:
         quantized += count
         packed_bits += count * bits
         bits_per_layer[name] = bits
-    return WeightFootprint(
-        parameters=total,
-        quantized_parameters=quantized,
-        fp32_bytes=total * 4,
-        quantized_bytes=packed_bits / 8,
-        trained_precision_bytes=packed_bits / 8 + (total - quantized) * 4,
-        bits_per_layer=bits_per_layer,
-    )
+    return _footprint(total, quantized, packed_bits, bits_per_layer)
 
 
 def onnx_weight_footprint(model, layers) -> WeightFootprint:
@@ -79,12 +72,18 @@ def onnx_weight_footprint(model, layers) -> WeightFootprint:
     lowered = [layer for layer in layers if layer.weight_bits is not None]
     quantized = sum(int(np.prod(layer.weight_shape)) for layer in lowered)
     packed_bits = sum(int(np.prod(layer.weight_shape)) * layer.weight_bits for layer in lowered)
-    total = max(total, quantized)
+    bits_per_layer = {layer.name: int(layer.weight_bits) for layer in lowered}
+    return _footprint(max(total, quantized), quantized, packed_bits, bits_per_layer)
+
+
+def _footprint(total: int, quantized: int, packed_bits: int,
+               bits_per_layer: dict[str, int]) -> WeightFootprint:  # fmt: skip
+    """``total`` parameters of which ``quantized`` take ``packed_bits`` in all, the rest fp32."""
     return WeightFootprint(
         parameters=total,
         quantized_parameters=quantized,
         fp32_bytes=total * 4,
         quantized_bytes=packed_bits / 8,
         trained_precision_bytes=packed_bits / 8 + (total - quantized) * 4,
-        bits_per_layer={layer.name: int(layer.weight_bits) for layer in lowered},
+        bits_per_layer=bits_per_layer,
     )

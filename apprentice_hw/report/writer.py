@@ -51,6 +51,14 @@ def figure_title(report: dict[str, Any]) -> str:
     return f"{model['student']} on {model['dataset']}: weights and activations"
 
 
+def _device_code_lines(report: dict[str, Any]) -> list[str]:
+    """A GPU build's device code, where its weights and activations live."""
+    if not report.get("device_code"):
+        return []
+    return [f"Device code: {report['device_code']['description']}; weights and activations "
+            "below live in GPU memory.", ""]  # fmt: skip
+
+
 def _build_header(report: dict[str, Any]) -> list[str]:
     """Title, student, accuracy and agreement of a trained build."""
     model, target, acc = report["model"], report["target"], report["accuracy"]
@@ -63,15 +71,7 @@ def _build_header(report: dict[str, Any]) -> list[str]:
         f"distilled with scheme {model['scheme']} from an fp32 teacher on `{model['dataset']}`. "
         f"Target: {target['description']}.",
         "",
-        *(
-            [
-                f"Device code: {report['device_code']['description']}; weights and activations "
-                "below live in GPU memory.",
-                "",
-            ]
-            if report.get("device_code")
-            else []
-        ),
+        *_device_code_lines(report),
         "## Accuracy (test split, top-1)",
         "",
         "| network | top-1 |",
@@ -116,15 +116,7 @@ def _compiled_header(report: dict[str, Any]) -> list[str]:
         f"{bits_label(model['weight_bits'])}, activation bits {bits_label(model['act_bits'])}). "
         f"Target: {target['description']}.",
         "",
-        *(
-            [
-                f"Device code: {report['device_code']['description']}; weights and activations "
-                "below live in GPU memory.",
-                "",
-            ]
-            if report.get("device_code")
-            else []
-        ),
+        *_device_code_lines(report),
         "## Agreement (max difference in output quantization steps)",
         "",
         f"One step = {checks['output_step']:.6g} (scale of the output quantizer); "
