@@ -23,12 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from apprentice_hw.artifacts import INPUTS_FILE, MODULE_FILE, QCDQ_FILE
+from apprentice_hw.backends import backend_for, validate_target
 from apprentice_hw.errors import CheckFailedError, UserError, summarize
 from apprentice_hw.hardware import Target
+from apprentice_hw.manifest import file_sha256, write_build_manifest
+from apprentice_hw.output_steps import compare_outputs, fraction_within
 from apprentice_hw.progress import Progress
 
 SOURCE_FORMATS = {"qonnx": "QONNX", "qcdq": "QCDQ", "qdq": "QDQ"}
-INPUTS_FILE = "inputs.npy"
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,6 @@ def _prepare(model_path: Path, options: CompileOptions) -> _Prepared:
     if not np.isfinite(options.tolerance) or options.tolerance < 0:
         raise UserError(f"--tolerance must be a number of output steps >= 0, got "
                         f"{options.tolerance}")  # fmt: skip
-    if options.target.device == "fpga":
-        raise UserError(
-            f"compile does not take FPGA targets yet ({options.target.name}); 'apprentice-hw "
-            "build' makes hls4ml projects from a recipe"
-        )
     model = load_onnx(model_path)
     try:
         canonical = canonicalize(model)
@@ -165,19 +163,18 @@ def compile_onnx(model_path: Path, options: CompileOptions, progress: Progress |
     ``CheckFailedError`` when the compiled module fails the check (nothing is written then).
     """
     from apprentice_hw.atomic import replace_directory
-    from apprentice_hw.lowering import KERNEL_STRATEGIES
     from apprentice_hw.outputs import exclusive
     from apprentice_hw.pipeline import (
         staging_dir,
+        validate_kernel,
         validate_output,
-        validate_target,
         validate_writable,
     )
 
     progress = progress or Progress(quiet=True)
     target = options.target
-    if options.kernel is not None:
-        KERNEL_STRATEGIES.get(options.kernel)
+    backend_for(target).check_compilable(target)
+    validate_kernel(options.kernel)
     out = options.out if options.out is not None else default_output_dir(model_path, target)
     out = validate_output(out, options.force)
     validate_target(target)
@@ -232,12 +229,7 @@ def _run_steps(prepared: _Prepared, options: CompileOptions, workdir: Path, prog
 def _step_compile(prepared, options, workdir, progress, report, state) -> None:
     import onnx
 
-    from apprentice_hw.pipeline import (
-        QCDQ_FILE,
-        compile_model,
-        compiled_summary_line,
-        footprint_fields,
-    )
+    from apprentice_hw.pipeline import compile_model, compiled_summary_line, footprint_fields
     from apprentice_hw.report.footprint import onnx_weight_footprint
 
     onnx.save(prepared.canonical, str(workdir / QCDQ_FILE))
@@ -259,14 +251,8 @@ def _step_compile(prepared, options, workdir, progress, report, state) -> None:
 
 def _step_verify(prepared, options, workdir, progress, report, state) -> None:
     from apprentice_hw.compiler import measure_latency
-    from apprentice_hw.export.onnx_export import compare_outputs
     from apprentice_hw.hardware import host_twin
-    from apprentice_hw.pipeline import (
-        MODULE_FILE,
-        checked_description,
-        divergence_text,
-        not_measured,
-    )
+    from apprentice_hw.pipeline import checked_description, divergence_text, not_measured
     from apprentice_hw.verify import MIN_AGREEMENT, verify_model
 
     target = options.target
@@ -295,8 +281,7 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
             )
         check = compare_outputs(expected, compiled, prepared.output_step)
         checks["compiled_vs_reference"] = check.to_dict()
-        steps = np.abs(expected - compiled).max(axis=1) / prepared.output_step
-        within = float(np.mean(steps <= options.tolerance + 1e-9))
+        within = fraction_within(expected, compiled, prepared.output_step, options.tolerance)
         if within < MIN_AGREEMENT or check.prediction_agreement < MIN_AGREEMENT:
             failed.append("your reference outputs (--reference)")
     checks["passed"] = not failed
@@ -324,8 +309,6 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
 
 def _model_info(prepared: _Prepared, report: dict[str, Any]) -> dict[str, Any]:
     """The report's and the bundle's model section for a compiled model."""
-    from apprentice_hw.pipeline import file_sha256
-
     lowered = [layer for layer in report["layers"] if layer["strategy"] != "float"]
     weight_bits = sorted({layer["weight_bits"] for layer in lowered})
     act_bits = sorted({layer["act_bits"] for layer in lowered if layer["act_bits"] is not None})
@@ -344,7 +327,7 @@ def _model_info(prepared: _Prepared, report: dict[str, Any]) -> dict[str, Any]:
 
 def _step_bundle(prepared, options, workdir, progress, report, state) -> None:
     from apprentice_hw.deploy.bundle import BUNDLE_DIR, VERIFY_COUNT, write_bundle
-    from apprentice_hw.pipeline import MODULE_FILE, target_info
+    from apprentice_hw.pipeline import target_info
 
     count = min(VERIFY_COUNT, len(prepared.inputs))
     write_bundle(
@@ -352,7 +335,7 @@ def _step_bundle(prepared, options, workdir, progress, report, state) -> None:
         target_info=target_info(options.target), model_info=_model_info(prepared, report),
         inputs=prepared.inputs[:count], outputs=state["compiled_outputs"][:count],
         produced_by=report["checks"]["compiled_module_checked"],
-        tolerance_steps=1.0 if options.target.device == "cuda" else 0.0,
+        tolerance_steps=backend_for(options.target).output_tolerance_steps,
     )  # fmt: skip
     progress.message(
         f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification inputs, README"
@@ -360,7 +343,7 @@ def _step_bundle(prepared, options, workdir, progress, report, state) -> None:
 
 
 def _step_report(prepared, options, workdir, report) -> None:
-    from apprentice_hw.pipeline import EXECUTION, target_info
+    from apprentice_hw.pipeline import target_info
     from apprentice_hw.report import write_report
 
     full = {
@@ -368,7 +351,7 @@ def _step_report(prepared, options, workdir, report) -> None:
         "target": target_info(options.target),
         "accuracy": {},  # no labels: agreement with ONNX Runtime (checks) is the measure
         **report,
-        "execution": EXECUTION.get(options.target.device, EXECUTION["cpu"]),
+        "execution": backend_for(options.target).execution,
     }
     report.clear()
     report.update(full)
@@ -376,8 +359,6 @@ def _step_report(prepared, options, workdir, report) -> None:
 
 
 def _write_manifest(prepared, options, workdir, timings) -> None:
-    from apprentice_hw.pipeline import file_sha256, write_build_manifest
-
     source = {
         "path": str(prepared.path.absolute()), "sha256": file_sha256(prepared.path),
         "format": prepared.fmt, "kernel": options.kernel,

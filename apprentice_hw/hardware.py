@@ -27,16 +27,35 @@ from apprentice_hw.resources import data_dirs
 
 TARGETS_ENV = "APPRENTICE_HW_TARGETS"
 
-# The kinds of device a target file may name; "cores" counts CPU cores or GPU SMs.
-DEVICES = ("cpu", "cuda", "fpga")
-CORE_UNITS = {"cpu": "cores", "cuda": "SMs", "fpga": "cores"}  # an FPGA board's processor cores
 # Where a target's host code runs; armv7 only for FPGA boards (e.g. the PYNQ-Z2's Cortex-A9).
 ARCHES = ("x86_64", "aarch64", "armv7")
 
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """What a target file's ``device`` names, as far as reading targets needs to know.
+
+    The behaviour of each kind (compiling, linking, checking, summaries) lives in its backend
+    (``apprentice_hw.backends``); these are the facts the target loader and listings use.
+    """
+
+    name: str
+    core_unit: str  # what the target's "cores" counts
+    tvm_kind: str | None  # the TVM target kind it compiles with; None: not built by TVM
+    runs_on_host_cpu: bool  # its modules run on a CPU like this machine's (no GPU, no board)
+    arches: tuple[str, ...]  # host architectures a target of this kind may name
+
+
+# The kinds of device a target file may name; adding one adds a row here and a backend module.
+DEVICES = {
+    "cpu": DeviceKind("cpu", "cores", "llvm", True, ARCHES[:2]),
+    "cuda": DeviceKind("cuda", "SMs", "cuda", False, ARCHES[:2]),
+    # An FPGA is built by hls4ml; "cores" are the board's processor cores.
+    "fpga": DeviceKind("fpga", "cores", None, False, ARCHES),
+}
+
 # Placeholder values a target file may use for "whatever this machine has".
 HOST = "host"
-# The TVM target kind each device compiles with (FPGAs are built by hls4ml, not TVM).
-TVM_KINDS = {"cpu": "llvm", "cuda": "cuda"}
 # Peak MAC rates a TVM target must give: the latency estimate picks one per layer.
 PRECISIONS = ("fp32", "int8", "int4", "int2")
 # What a cross compiler's -dumpmachine starts with, per target architecture.
@@ -73,6 +92,11 @@ class Target:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def kind(self) -> DeviceKind:
+        """The facts about this target's kind of device."""
+        return DEVICES[self.device]
+
+    @property
     def runs_on_this_machine(self) -> bool:
         """True when the compiled module can be loaded and timed here (no board needed).
 
@@ -80,7 +104,7 @@ class Target:
         illegal instruction, so every flag the target requires must be on this CPU.
         """
         return (
-            self.device == "cpu"  # no GPU is assumed: GPU modules run on a board or via deploy
+            self.kind.runs_on_host_cpu  # no GPU is assumed: GPU modules run on a board
             and self.cross_compiler is None
             and self.arch == host_arch()
             and not self.missing_isa
@@ -205,27 +229,29 @@ def _host_memory_mib() -> int:
     return int(psutil.virtual_memory().total // 2**20)
 
 
-def _resolve_tvm_dict(tvm: dict[str, Any], cores: int) -> dict[str, Any]:
-    """Replace ``host`` placeholders with what this machine has."""
+def _resolve_tvm_dict(tvm: dict[str, Any], cores: int, arch: str) -> dict[str, Any]:
+    """Replace ``host`` placeholders with what this machine has.
+
+    A host target of another architecture (``aarch64-host`` listed on an x86 machine) gets
+    LLVM's generic CPU: it describes a machine that is not this one.
+    """
     resolved = dict(tvm)
     if resolved.get("mcpu") == HOST:
-        resolved["mcpu"] = host_cpu_name()
+        resolved["mcpu"] = host_cpu_name() if arch == host_arch() else "generic"
     if resolved.get("num-cores") == HOST:
         resolved["num-cores"] = cores
     return resolved
 
 
 def _kernel_preference(data: dict[str, Any], where: str) -> tuple[str, ...]:
-    """The target's kernel strategy order (``kernels = [...]``), checked against the registry."""
-    from apprentice_hw.lowering.strategies import DEFAULT_PREFERENCE, KERNEL_STRATEGIES
+    """The target's kernel strategy order (``kernels = [...]``; empty: the lowering's default).
 
-    names = data.get("kernels", list(DEFAULT_PREFERENCE))
+    The names are checked against the strategy registry by the target's backend
+    (``backends.validate_target``), which every command that compiles calls first.
+    """
+    names = data.get("kernels", [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{where}: 'kernels' must be a list of strategy names")
-    for name in names:
-        if name not in KERNEL_STRATEGIES:
-            choices = ", ".join(KERNEL_STRATEGIES.names())
-            raise UserError(f"{where}: unknown kernel strategy '{name}'; choose from {choices}")
     return tuple(names)
 
 
@@ -248,14 +274,15 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     device = _require(data, "device", str, where)
     if device not in DEVICES:
         raise UserError(f"{where}: 'device' must be one of {', '.join(DEVICES)}, got {device!r}")
-    # An FPGA is built by hls4ml, not TVM, and has no MAC rate of its own: both are optional.
-    fpga = device == "fpga"
-    tvm = data.get("tvm", {}) if fpga else _require(data, "tvm", dict, where)
-    if not fpga:
+    # A device not built by TVM (an FPGA: hls4ml) has no TVM target and no MAC rate of its own.
+    device_kind = DEVICES[device]
+    uses_tvm = device_kind.tvm_kind is not None
+    tvm = _require(data, "tvm", dict, where) if uses_tvm else data.get("tvm", {})
+    if uses_tvm:
         kind = _require(tvm, "kind", str, f"{where} [tvm]")
-        if kind != TVM_KINDS[device]:
+        if kind != device_kind.tvm_kind:
             raise UserError(
-                f'{where}: [tvm] kind must be "{TVM_KINDS[device]}" for a {device} target, '
+                f'{where}: [tvm] kind must be "{device_kind.tvm_kind}" for a {device} target, '
                 f"got {kind!r}"
             )
     toolchain = data.get("toolchain", {})
@@ -266,7 +293,7 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
             raise UserError(f"{where}: [toolchain] '{key}' must be a string")
     peaks = (
         data.get("peak_macs_per_cycle_per_core", {})
-        if fpga
+        if not uses_tvm
         else _require(data, "peak_macs_per_cycle_per_core", dict, where)
     )
     for precision, rate in peaks.items():
@@ -278,15 +305,14 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
         if not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
             raise UserError(f"{where}: peak rate for '{precision}' must be a positive number")
     missing_peaks = [p for p in PRECISIONS if p not in peaks]
-    if missing_peaks and not fpga:
+    if missing_peaks and uses_tvm:
         raise UserError(
             f"{where}: [peak_macs_per_cycle_per_core] lacks {', '.join(missing_peaks)} (the "
             f"latency estimate needs a rate for each of {', '.join(PRECISIONS)})"
         )
     arch = _require(data, "arch", str, where)
-    arches = ARCHES if fpga else ARCHES[:2]  # TVM builds: the CPUs apprentice-hw compiles for
-    if arch not in arches:
-        choices = " or ".join(f'"{a}"' for a in arches)
+    if arch not in device_kind.arches:
+        choices = " or ".join(f'"{a}"' for a in device_kind.arches)
         raise UserError(f"{where}: 'arch' must be {choices}, got {arch!r}")
     known = {
         "name",
@@ -304,8 +330,8 @@ def parse_target(data: dict[str, Any], source: Path) -> Target:
     notes = data.get("notes", "")
     if not isinstance(notes, str):
         raise UserError(f"{where}: 'notes' must be a string")
-    resolved_tvm = _resolve_tvm_dict(tvm, cores)
-    if not fpga:
+    resolved_tvm = _resolve_tvm_dict(tvm, cores, arch)
+    if uses_tvm:
         _check_tvm_target(resolved_tvm, f"{where} [tvm]")
     return Target(
         name=name,
@@ -431,7 +457,17 @@ def _compiler_machine(path: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
-HOST_TARGET = "x86-host" if host_arch() == "x86_64" else "aarch64-host"
+# The target file describing this machine's own CPU, per architecture.
+HOST_TARGETS = {"x86_64": "x86-host", "aarch64": "aarch64-host"}
+HOST_TARGET = HOST_TARGETS.get(host_arch(), "x86-host")
+
+
+def host_target_name() -> str:
+    """The target of this machine's own CPU: ``x86-host`` or ``aarch64-host``."""
+    arch = host_arch()
+    if arch not in HOST_TARGETS:
+        raise UserError(f"apprentice-hw builds on x86-64 and aarch64 machines; this one is {arch}")
+    return HOST_TARGETS[arch]
 
 
 def host_twin(target: Target) -> Target:
@@ -442,4 +478,4 @@ def host_twin(target: Target) -> Target:
     """
     from dataclasses import replace
 
-    return replace(get_target(HOST_TARGET), kernels=target.kernels)
+    return replace(get_target(host_target_name()), kernels=target.kernels)

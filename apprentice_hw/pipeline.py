@@ -11,69 +11,30 @@ step's wall time and every artifact's hash go into ``manifest.json``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from apprentice_hw import __version__
+from apprentice_hw.artifacts import MODULE_FILE, QCDQ_FILE, QONNX_FILE, REPORT_BATCHES
 from apprentice_hw.atomic import replace_directory, write_json
+from apprentice_hw.backends import backend_for, validate_target
+from apprentice_hw.build_state import BuildState, Step
 from apprentice_hw.config import Recipe
-from apprentice_hw.data import DatasetSplits, load_dataset
+from apprentice_hw.data import load_dataset
 from apprentice_hw.errors import TrainingDivergedError, UserError
-from apprentice_hw.hardware import Target, find_cross_compiler, host_twin
+from apprentice_hw.hardware import Target, host_twin
+from apprentice_hw.manifest import write_build_manifest
+from apprentice_hw.options import BuildOptions
 from apprentice_hw.outputs import check_replaceable, exclusive, resolve_output
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import weight_preset
-
-MODULE_FILE = "model.so"
-QCDQ_FILE = "model.qcdq.onnx"
-QONNX_FILE = "model.qonnx.onnx"
-REPORT_BATCHES = (1, 8)
-VERSIONED_PACKAGES = (
-    "torch", "brevitas", "onnx", "onnxruntime", "apache-tvm", "apache-tvm-ffi", "qonnx", "numpy",
-)  # fmt: skip
-
-
-@dataclass
-class BuildState:
-    """What the steps hand each other, plus timings and report fields."""
-
-    recipe: Recipe
-    target: Target
-    workdir: Path
-    progress: Progress
-    data: DatasetSplits | None = None
-    student: nn.Module | None = None
-    kernel: str | None = None  # forced kernel strategy (None: the target's preference)
-    onnx_model: Any = None
-    ort_outputs: np.ndarray | None = None
-    brevitas: Any = None  # verify.BrevitasOutputs on the test set
-    compiled_outputs: np.ndarray | None = None  # the compiled module (or its host twin), test set
-    resume: bool = False  # continue an interrupted build's staging directory
-    report: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    device_options: dict[str, Any] = field(default_factory=dict)  # e.g. FPGA --reuse / --fps
-    device_objects: dict[str, Any] = field(default_factory=dict)  # handed between device steps
-
-
-@dataclass(frozen=True)
-class Step:
-    """One named stage of the pipeline."""
-
-    name: str
-    title: str
-    run: Callable[[BuildState], None]
 
 
 def step_data(state: BuildState) -> None:
@@ -163,22 +124,27 @@ def compile_model(
     layer table, the memory plan at batch 1 and 8, the module's constants and files, and the
     latency estimate. The weight footprint at trained precision is the caller's to add.
     """
-    from apprentice_hw.compiler import compile_module, export_module, memory_plan, prepare_module
-    from apprentice_hw.compiler.memory import kernel_workspace_bytes, runtime_library_bytes
+    from apprentice_hw.compiler.memory import (
+        kernel_workspace_bytes,
+        memory_plan,
+        runtime_library_bytes,
+    )
     from apprentice_hw.hardware import host_arch
     from apprentice_hw.report.estimate import estimate_latency
-    from apprentice_hw.report.layers import activation_bytes, layer_costs
+    from apprentice_hw.report.layers import activation_bytes, cost_fields, layer_costs
 
-    prepared = prepare_module(onnx_model, target, batch=1, kernel=kernel)
-    executable = compile_module(prepared.mod, target)
-    export_module(executable, target, workdir / MODULE_FILE)
+    backend = backend_for(target)
+    prepared = backend.prepare(onnx_model, target, batch=1, kernel=kernel)
+    executable = backend.compile(prepared.mod, target)
+    backend.link(executable, target, workdir / MODULE_FILE)
     report: dict[str, Any] = {}
-    if target.device == "cuda":
-        report["device_code"] = _device_code(workdir / MODULE_FILE)
-        progress.message(f"    device code: {report['device_code']['description']}")
+    device_code = backend.device_report(workdir / MODULE_FILE)
+    if device_code is not None:
+        report["device_code"] = device_code
+        progress.message(f"    device code: {device_code['description']}")
     plans = [
         memory_plan(
-            prepared.mod if b == 1 else prepare_module(onnx_model, target, b, kernel).mod,
+            prepared.mod if b == 1 else backend.prepare(onnx_model, target, b, kernel).mod,
             target,
             b,
         )
@@ -255,35 +221,6 @@ def step_compile(state: BuildState) -> None:
     state.progress.message(compiled_summary_line(compiled, footprint.quantized_bytes))
 
 
-def _device_code(module: Path) -> dict[str, Any]:
-    """What GPU code the linked module carries, read back from the file itself."""
-    from apprentice_hw.compiler.cuda import cubin_arch, device_compiler, embedded_cubins
-
-    cubins = embedded_cubins(module)
-    arch_numbers = sorted({cubin_arch(c) for c in cubins})
-    archs = [f"sm_{arch}" for arch in arch_numbers]
-    compiler = ", ".join(sorted({device_compiler(arch).name for arch in arch_numbers}))
-    return {
-        "format": "cubin",
-        "archs": archs,
-        "cubins": len(cubins),
-        "bytes": sum(len(c) for c in cubins),
-        "compiler": compiler,
-        "description": f"{len(cubins)} cubin for {', '.join(archs)} "
-        f"({sum(len(c) for c in cubins) / 1024:.0f} KiB, {compiler}) inside {module.name}",
-    }
-
-
-def cost_fields(cost) -> dict:
-    """The shape-derived columns of a layer's report row (empty when the graph has no match)."""
-    if cost is None:
-        return {}
-    keys = ("input_shape", "output_shape", "macs", "bit_operations", "output_bits",
-            "output_bytes_batch_1")  # fmt: skip
-    data = cost.to_dict()
-    return {key: data[key] for key in keys}
-
-
 def checked_description(target: Target, runs_here: bool) -> str:
     """Which module the check ran: the built one, or its host twin."""
     if runs_here:
@@ -299,12 +236,7 @@ def divergence_text(result) -> str:
 
 def not_measured(target: Target) -> dict[str, str]:
     """The latency record of a module this machine cannot run, with the reason."""
-    reason = (
-        f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"
-        if target.device == "cuda"
-        else f"the module is built for {target.arch}, this machine is not one"
-    )
-    return {"kind": "not measured", "reason": reason}
+    return {"kind": "not measured", "reason": backend_for(target).not_measured_reason(target)}
 
 
 def step_verify(state: BuildState) -> None:
@@ -373,22 +305,11 @@ def step_bundle(state: BuildState) -> None:
         inputs=state.data.test_x[:count].numpy(),
         outputs=state.compiled_outputs[:count],
         produced_by=produced_by,
-        # GPU kernels accumulate the same integers but may contract the float64 requantization
-        # differently: one output step, as for any two correct integer pipelines.
-        tolerance_steps=1.0 if target.device == "cuda" else 0.0,
+        tolerance_steps=backend_for(target).output_tolerance_steps,
     )  # fmt: skip
     state.progress.message(
         f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification images, README"
     )
-
-
-EXECUTION = {
-    "cpu": "quantized conv2d/dense layers run as integer kernels (int32 accumulation) with "
-    "weights stored at trained precision; see 'layers' for each layer's strategy",
-    "fpga": "the FPGA part runs as hls4ml fixed-point dataflow (io_stream) with weights at "
-    "trained precision; the pooling head runs on the host; see 'fpga'",
-}
-EXECUTION["cuda"] = EXECUTION["cpu"]
 
 
 def step_report(state: BuildState) -> None:
@@ -413,7 +334,7 @@ def step_report(state: BuildState) -> None:
         },
         "target": target_info(target),
         **state.report,
-        "execution": EXECUTION.get(target.device, EXECUTION["cpu"]),
+        "execution": backend_for(target).execution,
     }
     write_report(state.report, state.workdir)
 
@@ -429,68 +350,10 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def _fpga_steps() -> dict[str, Step]:
-    from apprentice_hw.fpga import build
-
-    return {step.name: step for step in (
-        Step("compile", "convert with hls4ml and compile the C simulation", build.step_compile),
-        Step("verify", "check the C simulation against ONNX Runtime", build.step_verify),
-        Step("bundle", "write the deploy bundle", build.step_bundle),
-    )}  # fmt: skip
-
-
-# Steps a kind of device does its own way (by step name); the others are shared.
-DEVICE_STEPS: dict[str, Callable[[], dict[str, Step]]] = {"fpga": _fpga_steps}
-
-
 def steps_for(target: Target) -> list[Step]:
-    """The pipeline for ``target``'s kind of device."""
-    overrides = DEVICE_STEPS[target.device]() if target.device in DEVICE_STEPS else {}
+    """The pipeline for ``target``: the shared steps, some replaced by its backend's."""
+    overrides = backend_for(target).steps()
     return [overrides.get(step.name, step) for step in STEPS]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"apprentice-hw": __version__, "python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
-def artifact_hashes(build_dir: Path) -> dict[str, dict[str, Any]]:
-    """Size and sha256 of the build's files and its bundle's, by path relative to the build."""
-    from apprentice_hw.deploy.bundle import BUNDLE_DIR
-
-    paths = [p for p in sorted(build_dir.iterdir()) if p.is_file() and p.name != "manifest.json"]
-    bundle = build_dir / BUNDLE_DIR
-    if bundle.is_dir():
-        paths += [p for p in sorted(bundle.iterdir()) if p.is_file()]
-    return {
-        str(path.relative_to(build_dir)): {
-            "bytes": path.stat().st_size,
-            "sha256": file_sha256(path),
-        }
-        for path in paths
-    }
-
-
-def refresh_manifest(build_dir: Path) -> None:
-    """Re-hash the artifacts after a later command (``deploy``) rewrote some of them."""
-    import json
-
-    manifest = json.loads((build_dir / "manifest.json").read_text())
-    manifest["artifacts"] = artifact_hashes(build_dir)
-    write_json(build_dir / "manifest.json", manifest)
 
 
 def write_manifest(state: BuildState) -> dict[str, Any]:
@@ -500,38 +363,15 @@ def write_manifest(state: BuildState) -> dict[str, Any]:
     )
 
 
-def write_build_manifest(workdir: Path, target: Target, timings: dict[str, float],
-                         origin: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """``manifest.json`` of a build (``origin``: its ``recipe``) or of a compiled model (its
-    ``source``): versions, the target, step timings and every artifact's hash."""
-    manifest = {
-        "apprentice_hw_version": __version__,
-        "created_unix": time.time(),
-        "machine": {"platform": platform.platform(), "processor": platform.machine()},
-        "versions": package_versions(),
-        **origin,
-        "target": {"name": target.name, "file": str(target.source), "tvm": target.tvm},
-        "steps": [{"name": name, "seconds": round(sec, 3)} for name, sec in timings.items()],
-        "artifacts": artifact_hashes(workdir),
-    }
-    write_json(workdir / "manifest.json", manifest)
-    return manifest
-
-
-def default_output_dir(recipe: Recipe, target: Target) -> Path:
-    """``build/<recipe>-<target>-w<bits>a<bits>`` under the current directory."""
-    return Path("build") / f"{recipe.name}-{target.name}-w{recipe.weight_bits}a{recipe.act_bits}"
-
-
 def validate_recipe(recipe: Recipe) -> None:
     """Resolve every registry name a recipe uses, so a typo fails before any training."""
     from apprentice_hw.data import DATASETS
     from apprentice_hw.distill import SCHEDULES, SCHEMES
     from apprentice_hw.distill.schemes import check_student_init, check_teacher_checkpoint
     from apprentice_hw.models import check_options
-    from apprentice_hw.training import quant_layers
+    from apprentice_hw.quant import QuantLayers
 
-    quant_layers(recipe)
+    QuantLayers.for_recipe(recipe)
     SCHEMES.get(recipe.distill.scheme)
     DATASETS.get(recipe.dataset)
     check_options(recipe.teacher)
@@ -544,19 +384,25 @@ def validate_recipe(recipe: Recipe) -> None:
         check_teacher_checkpoint(recipe)
 
 
-def validate(
-    recipe: Recipe, target: Target, out: Path, force: bool,
-    device_options: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
+def validate(options: BuildOptions) -> Path:
     """Check everything that can be checked before minutes of training are spent.
 
     Returns the output directory with symbolic links resolved (what the build will replace).
     """
-    out = validate_output(out, force)
-    validate_recipe(recipe)
-    validate_target(target, device_options)
+    out = validate_output(options.out, options.force or options.resume)
+    validate_recipe(options.recipe)
+    validate_kernel(options.kernel)
+    validate_target(options.target, options.fpga)
     validate_writable(out)
     return out
+
+
+def validate_kernel(kernel: str | None) -> None:
+    """A forced kernel strategy names a registered one."""
+    from apprentice_hw.lowering import KERNEL_STRATEGIES
+
+    if kernel is not None:
+        KERNEL_STRATEGIES.get(kernel)
 
 
 def validate_output(out: Path, force: bool) -> Path:
@@ -570,25 +416,6 @@ def validate_output(out: Path, force: bool) -> Path:
     if out.exists():
         check_replaceable(out)
     return out
-
-
-def validate_target(target: Target, device_options: dict[str, Any] | None = None) -> None:
-    """The target's compilers, tuning database and device options, before any work."""
-    if target.device == "cuda":
-        from apprentice_hw.compiler.cuda import check_device_compiler
-
-        check_device_compiler(target.tvm, target.name)
-    if target.device == "fpga":
-        from apprentice_hw.fpga.build import check_ready
-        from apprentice_hw.fpga.estimate import FpgaSpec
-
-        check_ready(device_options or {})
-        FpgaSpec.from_target(target)
-    else:
-        from apprentice_hw.compiler.tuning import check_database
-
-        check_database(target)
-    find_cross_compiler(target)
 
 
 def validate_writable(out: Path) -> None:
@@ -616,22 +443,16 @@ def staging_dir(out: Path) -> Path:
     return out.absolute().parent / f".{out.name}.partial"
 
 
-def _run_identity(recipe: Recipe, target: Target, kernel, device_options) -> dict[str, Any]:
-    """What must match for a build to be resumed: the recipe, target and options."""
-    return {"recipe": recipe.to_dict(), "target": target.name, "kernel": kernel,
-            "device_options": device_options or {}}  # fmt: skip
-
-
 def _prepare_staging(workdir: Path, identity: dict[str, Any], resume: bool, out: Path):
     """A fresh staging directory, or the interrupted one to resume: (completed, saved report)."""
     progress_path = workdir / PROGRESS_FILE
     if resume and progress_path.exists():
         saved = json.loads(progress_path.read_text())
-        saved_identity = {key: saved.get(key) for key in identity}
-        if json.loads(json.dumps(identity)) != saved_identity:
+        differing = _differing_options(json.loads(json.dumps(identity)), saved)
+        if differing:
             raise UserError(
-                f"the interrupted build of {out} used other options; rerun it with the same "
-                "ones, or without --resume to start over"
+                f"the interrupted build of {out} used other options ({differing}); rerun it "
+                "with the same ones, or without --resume to start over"
             )
         for leftover in workdir.rglob("*.tmp"):  # atomic writes cut short by the interruption
             leftover.unlink()
@@ -641,38 +462,42 @@ def _prepare_staging(workdir: Path, identity: dict[str, Any], resume: bool, out:
     return [], {}
 
 
+def _differing_options(identity: dict[str, Any], saved: dict[str, Any]) -> str:
+    """Which options differ from the interrupted build's, as ``name: then -> now`` (or "")."""
+    changes = []
+    for key, value in identity.items():
+        then = saved.get(key)
+        if isinstance(value, dict) and isinstance(then, dict):
+            changes += [f"{key}.{name}: {then.get(name)!r} -> {value.get(name)!r}"
+                        for name in sorted(set(value) | set(then))
+                        if value.get(name) != then.get(name)]  # fmt: skip
+        elif value != then:
+            changes.append(f"{key}: {then!r} -> {value!r}")
+    return "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
+
+
 def _record_progress(state: BuildState, identity: dict[str, Any], completed: list[str]) -> None:
     write_json(state.workdir / PROGRESS_FILE, {
         **identity, "completed": completed, "report": state.report, "timings": state.timings,
     })  # fmt: skip
 
 
-def run_build(
-    recipe: Recipe,
-    target: Target,
-    out: Path,
-    force: bool,
-    progress: Progress,
-    kernel: str | None = None,
-    device_options: dict[str, Any] | None = None,
-    resume: bool = False,
-):
-    """Run every step into a staging directory, then move it to ``out``. Returns the report.
+def run_build(options: BuildOptions, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every step into a staging directory, then move it to ``options.out``; returns the
+    report (``report.json``'s content).
 
-    An interrupted or failed build keeps its staging directory; ``resume`` continues it.
+    An interrupted or failed build keeps its staging directory; ``options.resume`` continues it.
     """
-    out = validate(recipe, target, out, force or resume, device_options)
+    progress = progress or Progress(quiet=True)
+    out = validate(options)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = staging_dir(out)
-    identity = _run_identity(recipe, target, kernel, device_options)
+    identity = options.identity()
     with exclusive(out):
-        if resume and out.exists() and not workdir.exists():
+        if options.resume and out.exists() and not workdir.exists():
             raise UserError(f"{out} is complete: nothing to resume (pass --force to rebuild it)")
-        completed, saved_report = _prepare_staging(workdir, identity, resume, out)
-        state = BuildState(
-            recipe=recipe, target=target, workdir=workdir, progress=progress, kernel=kernel,
-            device_options=device_options or {}, resume=resume,
-        )  # fmt: skip
+        completed, saved_report = _prepare_staging(workdir, identity, options.resume, out)
+        state = BuildState(options=options, workdir=workdir, progress=progress)
         try:
             _run_steps(state, identity, completed, saved_report)
         except BaseException as exc:

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from apprentice_hw.atomic import atomic_path, write_json, write_text
-from apprentice_hw.config import Recipe
+from apprentice_hw.config import DistillSpec, Recipe, TrainSpec
 from apprentice_hw.data import DatasetSplits
 from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, distributed, run_scheme
-from apprentice_hw.distill.schemes import load_teacher
+from apprentice_hw.distill.schemes import SCHEMES, load_fp32_into_student, load_teacher
+from apprentice_hw.distill.trainer import Batches
 from apprentice_hw.errors import UserError
 from apprentice_hw.models import build_model
 from apprentice_hw.outputs import CHECKPOINTS, RECIPE_RECORD
@@ -39,9 +40,7 @@ class TrainedModels:
 
 def quant_layers(recipe: Recipe) -> QuantLayers:
     """The student's layer factory; unknown bit widths or families raise a UserError."""
-    return QuantLayers.from_bits(
-        recipe.weight_bits, recipe.act_bits, recipe.first_last_bits, recipe.quant
-    )
+    return QuantLayers.for_recipe(recipe)
 
 
 def _for_this_world(model: nn.Module) -> nn.Module:
@@ -121,6 +120,51 @@ def train_models(
     if is_main:
         _write_results(out, teacher, student, result)
     distributed.barrier()
+    return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
+
+
+def distill_networks(
+    teacher: nn.Module,
+    student: nn.Module,
+    train: Batches,
+    test: Batches,
+    *,
+    distill: DistillSpec,
+    teacher_spec: TrainSpec,
+    student_spec: TrainSpec,
+    student_init: dict[str, torch.Tensor] | None = None,
+    teacher_trained: bool = False,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> TrainedModels:
+    """Run ``distill.scheme`` on your own networks and data (tensors or DataLoaders).
+
+    The student is any ``nn.Module`` built from Brevitas layers (``QuantLayers`` makes them);
+    ``teacher_trained`` skips the teacher's own training (schemes B and C); scheme C starts the
+    student from ``student_init``, fp32 weights under the student's parameter names (a
+    trained fp32 twin's ``state_dict()``), or from the teacher's when both share names.
+    Nothing is written to disk: the networks are trained in place and returned in eval mode.
+    """
+    progress = progress or Progress(quiet=True)
+    SCHEMES.get(distill.scheme)
+    if distill.scheme == "C" and student_init is not None:
+        load_fp32_into_student(student, student_init)
+    same_names = set(teacher.state_dict()) == set(student.state_dict())
+    if distill.scheme == "C" and student_init is None and not same_names:
+        raise UserError(
+            "scheme C starts the student from fp32 weights of its own architecture: pass "
+            "student_init (a trained fp32 twin's state_dict()), or a teacher with the same "
+            "parameter names"
+        )
+    context = TrainContext(train=train, test=test, augmentation="none", seed=seed,
+                           progress=progress)  # fmt: skip
+    inputs = SchemeInputs(
+        teacher=teacher, student=student, teacher_spec=teacher_spec, student_spec=student_spec,
+        distill=distill, context=context, same_architecture=same_names,
+        build_fp32_student=lambda: teacher, teacher_pretrained=teacher_trained,
+        student_initialized=student_init is not None,
+    )  # fmt: skip
+    result = run_scheme(distill.scheme, inputs)
     return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
 
 

@@ -32,9 +32,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from apprentice_hw.artifacts import INPUTS_FILE, MODULE_FILE, QCDQ_FILE
+from apprentice_hw.backends import compile_module, prepare_module
 from apprentice_hw.errors import UserError
-from apprentice_hw.export.onnx_export import OnnxCheck, compare_outputs, output_quant_step
+from apprentice_hw.export.onnx_export import output_quant_step
 from apprentice_hw.hardware import Target
+from apprentice_hw.output_steps import (
+    OutputComparison,
+    compare_outputs,
+    max_steps,
+    steps_per_sample,
+)
 
 DEFAULT_SAMPLES = 100
 MIN_OPSET = 10  # QuantizeLinear / DequantizeLinear exist from opset 10 on
@@ -192,7 +200,7 @@ class VerifyResult:
     samples: int
     output_step: float
     tolerance_steps: float
-    comparisons: dict[str, OnnxCheck]
+    comparisons: dict[str, OutputComparison]
     module: str  # which compiled module ran
     layers: list[dict] = field(default_factory=list)
     first_divergence: Divergence | None = None
@@ -317,7 +325,6 @@ def locate_divergence(
     model: onnx.ModelProto, inputs: np.ndarray, target: Target, kernel: str | None
 ) -> Divergence | None:
     """Compare every activation of ONNX Runtime and the compiled module; first bad one wins."""
-    from apprentice_hw.compiler import compile_module, prepare_module
     from apprentice_hw.lowering import canonicalize
 
     probed, probes = activation_probes(canonicalize(model))
@@ -326,7 +333,7 @@ def locate_divergence(
     actual = run_module_outputs(compile_module(prepared.mod, target), inputs)[1:]
     differing = []
     for (layer, tensor, step), ref, got in zip(probes, expected, actual, strict=True):
-        steps = round(float(np.abs(ref.astype(np.float64) - got).max() / step), 4)
+        steps = max_steps(ref[None], got[None], step)
         if steps > 1.0:
             return Divergence(layer, tensor, steps)
         if steps > 0 and not differing:
@@ -346,7 +353,6 @@ def verify_model(
     """Compare Brevitas (when given), ONNX Runtime and the integer-lowered module on ``inputs``."""
     import tvm
 
-    from apprentice_hw.compiler import compile_module, prepare_module
     from apprentice_hw.lowering import canonicalize
 
     canonical = canonicalize(model)  # QONNX runs in ONNX Runtime only after conversion
@@ -371,8 +377,7 @@ def verify_model(
         layers=[layer.to_dict() for layer in prepared.layers], compiled_outputs=compiled,
     )  # fmt: skip
     gate_reference = brevitas.float64 if brevitas is not None else ort_out
-    per_sample = np.abs(gate_reference.astype(np.float64) - compiled).reshape(len(compiled), -1)
-    result.gate_steps_per_sample = np.round(per_sample.max(axis=1) / step, 4)
+    result.gate_steps_per_sample = steps_per_sample(gate_reference, compiled, step)
     if not result.passed:
         result.first_divergence = locate_divergence(model, inputs, target, kernel)
     return result
@@ -422,13 +427,10 @@ def read_build(build_dir: Path, samples: int) -> BuildInputs:
     """The QCDQ model, test images and the Brevitas student's outputs from a build directory."""
     from apprentice_hw.build_dir import is_compiled_build, load_student, read_manifest
     from apprentice_hw.compiler.tvm_build import input_shape
-    from apprentice_hw.pipeline import MODULE_FILE, QCDQ_FILE
 
     manifest = read_manifest(build_dir)
     model = load_onnx(build_dir / QCDQ_FILE)
     if is_compiled_build(manifest):  # its check inputs; ONNX Runtime is the reference
-        from apprentice_hw.compile_onnx import INPUTS_FILE
-
         inputs = load_inputs(build_dir / INPUTS_FILE, input_shape(model, 1), samples, seed=0)
         return BuildInputs(model, inputs, None, manifest["target"]["name"],
                            build_dir / MODULE_FILE)  # fmt: skip
@@ -471,7 +473,7 @@ def run_verify(
     import math
 
     from apprentice_hw.compiler.tvm_build import input_shape
-    from apprentice_hw.hardware import HOST_TARGET, get_target, host_twin
+    from apprentice_hw.hardware import get_target, host_target_name, host_twin
     from apprentice_hw.lowering import KERNEL_STRATEGIES, canonicalize
 
     if samples < 1:
@@ -501,7 +503,7 @@ def run_verify(
     if not path.exists():
         raise UserError(f"{path} does not exist; pass a build directory or an .onnx file")
     model = load_onnx(path)
-    target = get_target(target_name or HOST_TARGET)
+    target = get_target(target_name or host_target_name())
     if not target.runs_on_this_machine:
         target = host_twin(target)
     try:

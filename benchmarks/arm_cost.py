@@ -333,8 +333,7 @@ def model_cost(blocks: dict[Block, float], arch: str, mca_cpu: str) -> Cost:
 def build_cases(name: str, target_name: str, tmp: Path, litert: bool = True) -> list[dict]:
     """ORT fp32, ORT int8 (its own quantize_static), LiteRT int8 (its own quantizer) and the
     four students, as files."""
-    from apprentice_hw.compiler import compile_module, prepare_module
-    from apprentice_hw.compiler.tvm_build import export_module
+    from apprentice_hw.backends import compile_module, export_module, prepare_module
     from apprentice_hw.hardware import get_target
 
     size, classes = MODELS[name]

@@ -57,8 +57,7 @@ def prepare(folder: Path, target_name: str) -> None:
     from latency import STUDENTS as LATENCY_STUDENTS
     from latency import export_float, student_onnx, with_batch
 
-    from apprentice_hw.compiler import compile_module, prepare_module
-    from apprentice_hw.compiler.tvm_build import export_module
+    from apprentice_hw.backends import compile_module, export_module, prepare_module
     from apprentice_hw.deploy.bundle import output_quantization
     from apprentice_hw.hardware import HOST_TARGET, get_target
     from apprentice_hw.models import ModelSpec, build_model
@@ -104,7 +103,7 @@ def _host_outputs(mod, host, data: np.ndarray) -> np.ndarray:
     import tvm
     from tvm import relax
 
-    from apprentice_hw.compiler import compile_module
+    from apprentice_hw.backends import compile_module
 
     vm = relax.VirtualMachine(compile_module(mod, host), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(data)).numpy()

@@ -151,7 +151,7 @@ def compile_default_tvm(model: onnx.ModelProto, batch: int):
 
 def build_cases(name: str, batches: list[int], tmp: Path) -> list[dict]:
     """Every runtime of ``name`` as a file to time: ONNX models, ``.so`` modules."""
-    from apprentice_hw.compiler import compile_module, prepare_module
+    from apprentice_hw.backends import compile_module, prepare_module
     from apprentice_hw.hardware import get_target
 
     size, classes = MODELS[name]

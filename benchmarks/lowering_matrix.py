@@ -42,13 +42,15 @@ import numpy as np
 import torch
 
 from apprentice_hw.atomic import write_json
-from apprentice_hw.compiler import compile_module, memory_plan, prepare_module
+from apprentice_hw.backends import compile_module, prepare_module
+from apprentice_hw.compiler import memory_plan
 from apprentice_hw.data import load_dataset
 from apprentice_hw.distill.trainer import train_steps
 from apprentice_hw.export import export_qcdq
-from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+from apprentice_hw.export.onnx_export import output_quant_step
 from apprentice_hw.hardware import cpu_model_name, get_target
 from apprentice_hw.models import MODELS, ModelSpec, build_model
+from apprentice_hw.output_steps import compare_outputs
 from apprentice_hw.quant import QuantLayers
 from apprentice_hw.report import weight_footprint
 from apprentice_hw.torch_backend import configure_torch

@@ -36,7 +36,8 @@ def main() -> None:
         os.environ["APPRENTICE_HW_CACHE"] = str(Path(tmp) / "cache")  # start from nothing
         from latency import student_onnx
 
-        from apprentice_hw.compiler import prepare_module, tuning
+        from apprentice_hw.backends import prepare_module
+        from apprentice_hw.compiler import tuning
         from apprentice_hw.compiler.schedules import fused_module
         from apprentice_hw.hardware import cpu_model_name, get_target
         from apprentice_hw.torch_backend import configure_torch

@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 from test_lowering import _qcdq_layer, _scheduled_functions
 
-from apprentice_hw.compiler import compile_module, prepare_module
+from apprentice_hw.backends import compile_module, export_module, prepare_module
 from apprentice_hw.compiler.runtime import run_module
-from apprentice_hw.compiler.tvm_build import export_module
 from apprentice_hw.deploy.emulated_pi import EmulatedPi, default_dir
 from apprentice_hw.hardware import get_target
 from apprentice_hw.verify import run_onnxruntime_outputs

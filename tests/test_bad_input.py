@@ -29,11 +29,10 @@ FASHION = REPO / "pipelines" / "fashion-mnist.toml"
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
     """A finished tiny build the bad commands point at (it must come out unchanged)."""
-    from apprentice_hw.cli import main
+    import apprentice_hw
 
     out = tmp_path_factory.mktemp("bad-input") / "build"
-    assert main(["build", "-t", "x86-host", "-r", str(TINY), "-o", str(out), "-q"]) == 0
-    return out
+    return apprentice_hw.build("x86-host", TINY, out=out).out
 
 
 def _variant(source: Path, dest: Path, *edits: tuple[str, str]) -> Path:

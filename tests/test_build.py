@@ -50,13 +50,18 @@ def _leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def x86_build(tmp_path_factory):
-    """One real x86-host build of the tiny recipe, shared by the tests that inspect it."""
-    from apprentice_hw.cli import main
+    """One real x86-host build of the tiny recipe (through the API), shared by the tests that
+    inspect it."""
+    import apprentice_hw
 
     recipe = Path(__file__).parent / "data" / "tiny.toml"
     out = tmp_path_factory.mktemp("x86") / "build"
-    code = main(["build", "--target", "x86-host", "--recipe", str(recipe), "--out", str(out), "-q"])
-    assert code == 0
+    result = apprentice_hw.build("x86-host", recipe, out=out)
+    assert result.out == out and result.module_path == out / "model.so"
+    assert result.student_top1 == result.report["accuracy"]["student_top1"] > 0.5
+    assert result.latency_ms is not None and result.latency_ms > 0
+    assert result.weight_bytes == result.report["memory"]["weights"]["quantized_weight_bytes"]
+    assert set(result.activation_bytes) == {1, 8}
     return out
 
 
@@ -297,6 +302,7 @@ def test_resume_checks_what_it_continues(tmp_path, run_cli, tiny_recipe, monkeyp
     changed = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "--resume",
                       "--bits", "4")  # fmt: skip
     assert changed.code == 2 and "used other options" in changed.err
+    assert "recipe.weight_bits:" in changed.err and "-> 4" in changed.err  # names what differs
     (tmp_path / ".other.partial" / "student.pt").write_bytes(b"truncated")
     damaged = run_cli("build", "-t", "x86-host", "-r", tiny_recipe, "-o", other, "--resume")
     assert damaged.code == 2 and "student.pt is damaged" in damaged.err

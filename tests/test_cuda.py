@@ -42,16 +42,14 @@ def _elf_machine(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def gpu_builds(tmp_path_factory) -> dict[str, Path]:
-    from apprentice_hw.cli import main
+    import apprentice_hw
 
     if not _nvcc_archs():
         pytest.skip("no nvcc on this machine")
     root = tmp_path_factory.mktemp("cuda")
     targets = ["jetson-orin", "a100"] + (["jetson-xavier"] if HAS_NVRTC else [])
     for target in targets:
-        code = main(["build", "-t", target, "--bits", "4", "-r", str(TINY),
-                     "-o", str(root / target), "-q"])  # fmt: skip
-        assert code == 0
+        apprentice_hw.build(target, TINY, bits=4, out=root / target)
     return {target: root / target for target in targets}
 
 
@@ -197,7 +195,7 @@ def test_an_arch_nothing_here_compiles_fails_before_training(tmp_path, run_cli, 
 @pytest.mark.skipif(not HAS_NVRTC, reason="no cuda12 extra")
 def test_nvrtc_compiles_the_nanos_kernels(tmp_path):
     """sm_53 (no dp4a: the scalar schedule) through CUDA 12's NVRTC; a cubin for sm_53."""
-    from apprentice_hw.compiler.tvm_build import compile_module, prepare_module
+    from apprentice_hw.backends import compile_module, prepare_module
     from apprentice_hw.report.sizing import export_model
 
     model = export_model("resnet20", "W4A4", 32, 3, 10, 8, tmp_path / "model.onnx")

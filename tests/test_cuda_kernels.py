@@ -60,7 +60,7 @@ def _fuse(model, target_name: str):
     """``model`` lowered for ``target_name`` and fused (before scheduling)."""
     import tvm
 
-    from apprentice_hw.compiler.tvm_build import prepare_module
+    from apprentice_hw.backends import prepare_module
 
     target = get_target(target_name)
     tvm_target = tvm.target.Target(target.tvm_target())
@@ -222,7 +222,7 @@ def test_conv_tiles_cover_the_output_within_the_thread_limit():
 @pytest.mark.skipif(_nvcc() is None or 80 not in _nvcc().archs, reason="needs nvcc for sm_80")
 def test_conv_kernels_compile_to_dp4a_without_spills(tmp_path):
     """nvcc's view of a whole model's kernels: dp4a in the PTX, registers only, no spills."""
-    from apprentice_hw.compiler.tvm_build import compile_module, prepare_module
+    from apprentice_hw.backends import compile_module, prepare_module
     from apprentice_hw.report.sizing import export_model
 
     model = export_model("resnet20", "W2A8", 32, 3, 10, 8, tmp_path / "model.onnx")

@@ -28,12 +28,11 @@ TINY = Path(__file__).parent / "data" / "tiny.toml"
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory) -> dict[str, Path]:
     """A tiny x86-host build and a tiny arm-a72 build (never modified: tests copy them)."""
-    from apprentice_hw.cli import main
+    import apprentice_hw
 
     root = tmp_path_factory.mktemp("deploy")
     for target in ("x86-host", "arm-a72"):
-        code = main(["build", "-t", target, "-r", str(TINY), "-o", str(root / target), "-q"])
-        assert code == 0
+        apprentice_hw.build(target, TINY, out=root / target)
     return {"x86": root / "x86-host", "arm": root / "arm-a72"}
 
 

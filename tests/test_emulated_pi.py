@@ -37,12 +37,10 @@ def pi() -> EmulatedPi:
 
 @pytest.fixture(scope="module")
 def arm_build(tmp_path_factory) -> Path:
-    from apprentice_hw.cli import main
+    import apprentice_hw
 
     out = tmp_path_factory.mktemp("pi") / "arm-a72"
-    code = main(["build", "-t", "arm-a72", "--bits", "4", "-r", str(TINY), "-o", str(out), "-q"])
-    assert code == 0
-    return out
+    return apprentice_hw.build("arm-a72", TINY, bits=4, out=out).out
 
 
 def test_bundle_runner_works_on_the_emulated_pi_with_only_the_bundle(pi, arm_build, tmp_path):

@@ -18,8 +18,9 @@ from foreign_models import (
 )
 from test_arm_kernels import PI, _run_on_emulated_core  # PI read at import, as there
 
-from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+from apprentice_hw.export.onnx_export import output_quant_step
 from apprentice_hw.lowering import canonicalize
+from apprentice_hw.output_steps import compare_outputs
 from apprentice_hw.verify import load_onnx, run_onnxruntime_outputs, run_verify
 
 
@@ -195,8 +196,7 @@ def test_foreign_models_are_exact_on_the_emulated_pi(name, tmp_path):
     """The Pi 4 module of a foreign model (depthwise convs, a 3-channel 2-bit first conv in
     one-block groups, a flattened FC) gives the x86 module's outputs, bit for bit, on the
     emulated Cortex-A72."""
-    from apprentice_hw.compiler import compile_module, prepare_module
-    from apprentice_hw.compiler.tvm_build import export_module
+    from apprentice_hw.backends import compile_module, export_module, prepare_module
     from apprentice_hw.hardware import get_target
 
     if not PI.ready:

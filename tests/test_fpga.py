@@ -29,12 +29,11 @@ TINY = Path(__file__).parent / "data" / "tiny.toml"
 @pytest.fixture(scope="module")
 def fpga_build(tmp_path_factory) -> Path:
     """The tiny digits recipe (residual blocks, pooling head), W4A8 power-of-two, on a ZCU104."""
-    from apprentice_hw.cli import main
+    import apprentice_hw
 
     out = tmp_path_factory.mktemp("fpga") / "zcu104"
-    code = main(["build", "-t", "zcu104", "--bits", "4", "--quant", "po2", "-r", str(TINY),
-                 "-o", str(out), "-q"])  # fmt: skip
-    assert code == 0
+    result = apprentice_hw.build("zcu104", TINY, bits=4, quant="po2", out=out)
+    assert result.module_path is None and (out / "hls").is_dir()
     return out
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
-from apprentice_hw.compiler import compile_module, prepare_module
+from apprentice_hw.backends import compile_module, prepare_module
 from apprentice_hw.hardware import get_target
 from apprentice_hw.lowering.packing import (
     bitserial_conv_weights,
@@ -486,7 +486,8 @@ def test_qonnx_and_qcdq_exports_compile_to_the_same_module(tmp_path):
     np.testing.assert_array_equal(outputs[0], outputs[1])
     with torch.no_grad():
         reference = model(images[:32]).numpy()
-    from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+    from apprentice_hw.export.onnx_export import output_quant_step
+    from apprentice_hw.output_steps import compare_outputs
 
     check = compare_outputs(reference, outputs[0], output_quant_step(qcdq))
     assert check.max_diff_steps <= 1.0 and check.prediction_agreement >= 0.99, check
@@ -653,7 +654,8 @@ def test_fma_division_rounds_exactly_as_a_division():
 
 def _compiled(model, target, channels_last: bool):
     """``model`` lowered and compiled for ``target`` with or without the NHWC pass."""
-    from apprentice_hw.compiler.tvm_build import dot_order, fma_division, import_onnx
+    from apprentice_hw.compiler.cpu import dot_order, fma_division
+    from apprentice_hw.compiler.tvm_build import import_onnx
     from apprentice_hw.lowering import LoweringOptions, canonicalize, lower_to_integer
     from apprentice_hw.lowering.channels_last import to_channels_last
 

@@ -142,7 +142,7 @@ def _disassembly(target_name: str, tmp_path: Path) -> str:
     """objdump of the tiny tuning student compiled for ``target_name``."""
     import subprocess
 
-    from apprentice_hw.compiler import compile_module, export_module, prepare_module
+    from apprentice_hw.backends import compile_module, export_module, prepare_module
     from tests.test_tuning import _student_onnx
 
     model, _ = _student_onnx(tmp_path)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from apprentice_hw.compiler import compile_module, prepare_module, tuning
+from apprentice_hw.backends import compile_module, prepare_module
+from apprentice_hw.compiler import tuning
 from apprentice_hw.compiler.schedules import (
     DEFAULT_ACCUMULATORS,
     MAX_ACCUMULATORS,

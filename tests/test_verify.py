@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apprentice_hw.export.onnx_export import compare_outputs
+from apprentice_hw.output_steps import compare_outputs
 from apprentice_hw.verify import VerifyResult
 
 STEP = 0.25

@@ -110,11 +110,12 @@ def _digits_like(images: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_integer_module_matches_brevitas(name, weight_bits, act_bits, tmp_path):
     """The reduced matrix; ``benchmarks/lowering_matrix.py`` runs every model and width."""
-    from apprentice_hw.compiler import compile_module, prepare_module
+    from apprentice_hw.backends import compile_module, prepare_module
     from apprentice_hw.data import load_dataset
     from apprentice_hw.distill.trainer import train_steps
-    from apprentice_hw.export.onnx_export import compare_outputs, output_quant_step
+    from apprentice_hw.export.onnx_export import output_quant_step
     from apprentice_hw.hardware import get_target
+    from apprentice_hw.output_steps import compare_outputs
     from apprentice_hw.verify import brevitas_outputs, run_module_outputs
 
     shape = INPUT.get(name, DEFAULT_INPUT)

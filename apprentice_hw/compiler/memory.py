@@ -80,10 +80,10 @@ def _measure(mod) -> tuple[int, int, int, int]:
     return sum(constants.values()), len(constants), totals["unplanned"], totals["planned"]
 
 
-# The backend pipeline module per device kind: the passes the build itself runs (CUDA builds
-# add the project's conv schedule to TVM's CUDA passes).
+# The backend pipeline module per TVM target kind: the passes the build itself runs (CUDA
+# builds add the project's conv schedule to TVM's CUDA passes).
 BACKEND_PIPELINES = {
-    "cpu": "tvm.relax.backend.cpu_generic.pipeline",
+    "llvm": "tvm.relax.backend.cpu_generic.pipeline",
     "cuda": "apprentice_hw.compiler.gpu_schedules",
 }
 
@@ -91,7 +91,7 @@ BACKEND_PIPELINES = {
 def _backend(target):
     import importlib
 
-    return importlib.import_module(BACKEND_PIPELINES[target.device])
+    return importlib.import_module(BACKEND_PIPELINES[target.tvm["kind"]])
 
 
 def memory_plan(mod, target, batch: int) -> MemoryPlan:
@@ -130,7 +130,7 @@ def kernel_workspace_bytes(mod, target) -> int:
 
     tvm_target = target.tvm_target()
     with tvm_target:
-        if target.device == "cpu":
+        if target.tvm["kind"] == "llvm":  # the project's CPU schedules, as cpu_pipeline runs them
             scheduled = schedule_pass(tvm_target)(fused_module(mod, tvm_target))
         else:  # the GPU legalization fuses and schedules (the conv rule, DLight) in one go
             backend = _backend(target)

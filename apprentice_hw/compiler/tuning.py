@@ -278,10 +278,10 @@ def _build(mod, target, _params):
 
 def _export(mod, target: Target) -> str:
     """Link a kernel as a build links a model (cross-linked for a board), in a temporary folder."""
-    from apprentice_hw.compiler.tvm_build import export_module
+    from apprentice_hw.compiler.tvm_build import link_library
 
     path = Path(tempfile.mkdtemp(prefix="apprentice-hw-tune-")) / "kernel.so"
-    return str(export_module(mod, target, path))
+    return str(link_library(mod, path, find_cross_compiler(target)))
 
 
 @contextmanager

@@ -19,7 +19,6 @@ from onnx import numpy_helper
 
 from apprentice_hw.atomic import atomic_path
 from apprentice_hw.errors import UserError
-from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.lowering import (
     LoweredLayer,
     LoweringOptions,
@@ -116,50 +115,27 @@ def layer_names(model: onnx.ModelProto) -> dict[str, str]:
     return names
 
 
-def fma_division(target: Target) -> bool:
-    """Whether requantization divides by multiply + FMA (``precision.divide_exactly``)."""
-    from apprentice_hw.compiler.schedules import has_fused_multiply_add
-
-    return target.device == "cpu" and has_fused_multiply_add(target.tvm_target())
-
-
-def dot_order(target: Target) -> str:
-    """The order of conv weight blocks ``target``'s kernels read: AVX2's int16 pairs or 16x4."""
-    if target.device != "cpu":
-        return "16x4"
-    from apprentice_hw.compiler.schedules import _dot_product
-
-    return "pairs" if _dot_product(target.tvm_target()) == "avx2" else "16x4"
-
-
-def dot_product_options(target: Target) -> dict[str, bool]:
-    """The lowering options that follow from ``target``'s vector instructions: int16 sums
-    where proven exact (AVX2 without VNNI; NEON), one product per int16 lane where codes fit
-    a signed byte (NEON's ``smlal``), SDOT for every conv layer where the CPU has it, and
-    integer requantization lines as ``sqdmulh`` on AArch64."""
-    if target.device != "cpu":
-        return {}
-    from apprentice_hw.compiler.schedules import has_signed_dot, int16_product
-
-    tvm_target = target.tvm_target()
-    kind = int16_product(tvm_target)
-    return {"int16_sums": kind is not None, "int16_signed_lanes": kind == "neon",
-            "signed_dot": has_signed_dot(tvm_target),
-            "high_half_multiply": kind == "neon"}  # fmt: skip
-
-
-def prepare_module(
-    model: onnx.ModelProto, target: Target, batch: int = 1, kernel: str | None = None
+def prepare(
+    model: onnx.ModelProto,
+    batch: int,
+    *,
+    preference: tuple[str, ...],
+    kernel: str | None,
+    channels_last: bool,
+    lowering: dict | None = None,
 ) -> PreparedModule:
-    """Canonicalize, import and lower ``model`` for ``target`` at a fixed ``batch``."""
+    """Canonicalize, import and lower ``model`` at a fixed ``batch``.
+
+    The device backend (``apprentice_hw.backends``) decides the layout and the lowering options
+    that follow from its instructions; this function only applies them.
+    """
     canonical = canonicalize(model)
     mod = import_onnx(canonical, batch)
-    if target.device == "cpu":  # the CPU kernels' layout; CUDA's dp4a schedule reads NCHW
+    if channels_last:
         mod = to_channels_last(mod)
     options = LoweringOptions(
-        preference=target.kernels, forced=kernel, layer_names=layer_names(canonical),
-        dot_order=dot_order(target), fma_division=fma_division(target),
-        proven_requantization=target.device == "cpu", **dot_product_options(target),
+        preference=preference, forced=kernel, layer_names=layer_names(canonical),
+        **(lowering or {}),
     )  # fmt: skip
     lowered, layers = lower_to_integer(mod, options)
     return PreparedModule(
@@ -167,53 +143,19 @@ def prepare_module(
     )
 
 
-def compile_module(mod, target: Target, use_tuning: bool = True):
-    """Compile a Relax module for ``target``: TVM's pipeline plus the project's schedules.
-
-    CPU targets get the default CPU schedules (``schedules.py``), CUDA targets the dp4a conv
-    schedule (``gpu_schedules.py``) with DLight for the rest, other devices TVM's defaults.
-
-    On CPUs, functions the target's tuning database (``apprentice-hw tune``) has records for
-    get their tuned schedule, conv kernels the shipped tables know get their pre-tuned knobs,
-    and the rest the default schedules; ``use_tuning=False`` uses the defaults everywhere.
-    """
-    import tvm
-
-    from apprentice_hw.compiler import tuning
-    from apprentice_hw.compiler.gpu_schedules import cuda_pipeline
-    from apprentice_hw.compiler.schedules import cpu_pipeline
-
-    tvm_target = target.tvm_target()
-    if target.device == "cuda":
-        pipeline = cuda_pipeline(tvm.target.Target(tvm_target))
-        return tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
-    if target.device != "cpu":
-        return tvm.compile(mod, tvm_target)
-    tuned, knob_table = None, None
-    if use_tuning:
-        knob_table = tuning.shipped_knobs(target, tvm_target)
-        if tuning.has_records(target):
-
-            def tuned(fused):
-                return tuning.apply_records(fused, target, tvm_target)
-
-    pipeline = cpu_pipeline(tvm_target, tuned, knob_table)
-    return tvm.compile(mod, tvm_target, relax_pipeline=pipeline)
-
-
-def export_module(executable, target: Target, path: Path) -> Path:
-    """Link ``executable`` into a shared object for ``target`` (cross-linked when needed)."""
+def link_library(executable, path: Path, cross_compiler: str | None,
+                 export=None) -> Path:  # fmt: skip
+    """Link ``executable`` into a shared object at ``path`` (atomically), cross-linked with
+    ``cross_compiler`` when given. ``export(executable, so_path, fcompile)`` replaces TVM's
+    ``export_library`` where a device embeds code of its own (CUDA's cubins)."""
     from tvm.support import cc
 
-    from apprentice_hw.compiler import cuda
-
-    compiler = find_cross_compiler(target)
-    fcompile = cc.cross_compiler(compiler) if compiler is not None else None
+    fcompile = cc.cross_compiler(cross_compiler) if cross_compiler is not None else None
     with atomic_path(path) as tmp:
         # TVM picks the output format from the suffix, so the temporary name must end in .so.
         so_tmp = tmp.with_suffix(".so")
-        if target.device == "cuda":
-            cuda.export_with_cubin(executable, target.tvm, so_tmp, fcompile)
+        if export is not None:
+            export(executable, so_tmp, fcompile)
         else:
             executable.export_library(str(so_tmp), fcompile=fcompile)
         so_tmp.replace(tmp)

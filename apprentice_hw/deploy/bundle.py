@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from apprentice_hw.artifacts import BUNDLE_DIR
 from apprentice_hw.atomic import write_json, write_text
 from apprentice_hw.errors import UserError
 from apprentice_hw.report.layers import constant_values
 
-BUNDLE_DIR = "bundle"
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_MODULE = "model.so"
 RUNNER_FILE = "run.py"

@@ -21,6 +21,7 @@ import numpy as np
 from apprentice_hw.compiler.runtime import LatencyStats
 from apprentice_hw.deploy.bundle import Bundle
 from apprentice_hw.errors import UserError
+from apprentice_hw.output_steps import max_steps
 
 T = TypeVar("T")
 
@@ -154,7 +155,7 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
         board=board,
         samples=len(inputs),
         identical=bool(np.array_equal(outputs, expected)),
-        max_diff_steps=float(np.max(np.abs(outputs.astype(np.float64) - expected)) / step),
+        max_diff_steps=max_steps(expected, outputs, step),
         tolerance_steps=float(manifest["verification"]["tolerance_steps"]),
         top1_agreement=float(np.mean(outputs.argmax(1) == expected.argmax(1))),
         latency_median_ms=latency.median_ms,
@@ -176,7 +177,7 @@ def record_in_report(build_dir: Path, report: dict[str, Any], result: DeployResu
     are both written.
     """
     from apprentice_hw.atomic import uninterrupted
-    from apprentice_hw.pipeline import refresh_manifest
+    from apprentice_hw.manifest import refresh_manifest
     from apprentice_hw.report import write_report
 
     report = {**report, "deploy": result.to_dict()}

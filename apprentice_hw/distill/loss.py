@@ -49,3 +49,34 @@ def apprentice_loss(
     soft = soft_cross_entropy(teacher_logits.detach(), student_logits, tau)
     total = alpha * teacher_hard + beta * student_hard + gamma * soft
     return ApprenticeLoss(total, teacher_hard, student_hard, soft)
+
+
+class DistillationLoss(torch.nn.Module):
+    """The Apprentice loss as a reusable ``torch.nn.Module`` for your own training loop.
+
+    ``criterion = DistillationLoss(alpha=1.0, beta=0.5, gamma=0.5, tau=1.0)``;
+    ``criterion(student_logits, teacher_logits, labels)`` is the total (a scalar tensor to
+    ``backward()``), ``criterion.components(...)`` the total and its three terms. A frozen
+    teacher's logits may come from ``torch.no_grad()``; in joint training (scheme A) the
+    teacher learns from the alpha term only.
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.5, gamma: float = 0.5,
+                 tau: float = 1.0) -> None:  # fmt: skip
+        super().__init__()
+        from apprentice_hw.config import DistillSpec
+
+        DistillSpec(alpha=alpha, beta=beta, gamma=gamma, tau=tau)  # the recipe's range checks
+        self.alpha, self.beta, self.gamma, self.tau = alpha, beta, gamma, tau
+
+    def components(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                   labels: torch.Tensor) -> ApprenticeLoss:  # fmt: skip
+        return apprentice_loss(student_logits, teacher_logits, labels, self.alpha, self.beta,
+                               self.gamma, self.tau)  # fmt: skip
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        return self.components(student_logits, teacher_logits, labels).total
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}, tau={self.tau}"

@@ -47,6 +47,7 @@ class SchemeInputs:
     same_architecture: bool  # teacher and student are the same model with the same options
     build_fp32_student: Callable[[], nn.Module]
     teacher_pretrained: bool = False  # the teacher came trained (--teacher): schemes B, C skip it
+    student_initialized: bool = False  # scheme C: the caller loaded the fp32 weights already
 
 
 @dataclass
@@ -207,7 +208,7 @@ def check_student_init(recipe) -> None:
     before the teacher trains.
     """
     from apprentice_hw.models import build_model
-    from apprentice_hw.training import quant_layers
+    from apprentice_hw.quant import QuantLayers
 
     if recipe.distill.scheme != "C":
         raise UserError(
@@ -215,7 +216,9 @@ def check_student_init(recipe) -> None:
             "starts the student from random weights"
         )
     state = read_student_init(Path(recipe.distill.student_init))
-    student = build_model(recipe.student, quant_layers(recipe), in_channels=3, num_classes=10)
+    student = build_model(
+        recipe.student, QuantLayers.for_recipe(recipe), in_channels=3, num_classes=10
+    )
     why = _key_mismatch(student, state)
     if why is not None:
         raise UserError(f"student_init {recipe.distill.student_init} does not fit the student "
@@ -265,7 +268,9 @@ def scheme_b(inputs: SchemeInputs) -> SchemeResult:
 @SCHEMES.register("C")
 def scheme_c(inputs: SchemeInputs) -> SchemeResult:
     """Scheme C: student initialized from trained fp32 weights, fine-tuned with distillation."""
-    if inputs.distill.student_init:  # loaded first: a checkpoint that does not fit fails now
+    if inputs.student_initialized:
+        history = train_teacher(inputs)
+    elif inputs.distill.student_init:  # loaded first: a checkpoint that does not fit fails now
         load_fp32_into_student(inputs.student, read_student_init(Path(inputs.distill.student_init)))
         history = train_teacher(inputs)
     else:

@@ -10,7 +10,7 @@ from it ends with exactly the weights of an uninterrupted run.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,11 @@ from apprentice_hw.data.augment import AUGMENTATIONS
 from apprentice_hw.distill import distributed
 from apprentice_hw.errors import TrainingDivergedError, UserError, summarize
 from apprentice_hw.progress import Progress
-from apprentice_hw.quant.calibration import calibrate_activations, has_runtime_stats
+from apprentice_hw.quant.calibration import (
+    CALIBRATION_BATCHES,
+    calibrate_activations,
+    has_runtime_stats,
+)
 from apprentice_hw.registry import Registry
 from apprentice_hw.torch_backend import configure_torch
 
@@ -79,12 +83,21 @@ class Phase:
     spec: TrainSpec
 
 
+# Training or test data: (images, labels) tensors, or any iterable of (images, labels) batches
+# such as a torch DataLoader (the API's ``distill`` takes the user's own loaders).
+Batches = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class TrainContext:
-    """What every phase of one training run shares."""
+    """What every phase of one training run shares.
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
+    With tensors, the trainer draws seeded batches and applies ``augmentation`` itself; with a
+    loader, the loader's own order and transforms are used as they are.
+    """
+
+    train: Batches
+    test: Batches
     augmentation: str
     seed: int
     progress: Progress
@@ -127,6 +140,60 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1]."""
     return topk_accuracy(predict(model, x), y, 1)
+
+
+def _is_tensors(data: Batches) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+
+
+def calibration_images(data: Batches, batch_size: int) -> torch.Tensor:
+    """The images activation scales are calibrated on: the first batches, in data order."""
+    if _is_tensors(data):
+        return data[0]
+    images, count = [], 0
+    for xb, _ in data:
+        images.append(xb)
+        count += len(xb)
+        if count >= CALIBRATION_BATCHES * batch_size:
+            break
+    return torch.cat(images)
+
+
+def _steps_per_epoch(data: Batches, batch_size: int) -> int | None:
+    if _is_tensors(data):
+        return math.ceil(len(data[0]) / batch_size)
+    return len(data) if hasattr(data, "__len__") else None
+
+
+def _epoch_batches(
+    context: TrainContext, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of (augmented) training batches."""
+    if not _is_tensors(context.train):
+        yield from context.train
+        return
+    augment = AUGMENTATIONS.get(context.augmentation)
+    for xb, yb in batches(*context.train, batch_size, generator):
+        yield augment(xb, generator), yb
+
+
+@torch.no_grad()
+def test_logits(networks: dict[str, nn.Module], data: Batches) -> tuple[dict, torch.Tensor]:
+    """Each network's logits (eval mode) on the test data, and the labels."""
+    if _is_tensors(data):
+        return {name: predict(net, data[0]) for name, net in networks.items()}, data[1]
+    modes = {name: net.training for name, net in networks.items()}
+    for net in networks.values():
+        net.eval()
+    logits: dict[str, list] = {name: [] for name in networks}
+    labels = []
+    for xb, yb in data:
+        for name, net in networks.items():
+            logits[name].append(net(xb))
+        labels.append(yb)
+    for name, net in networks.items():
+        net.train(modes[name])
+    return {name: torch.cat(parts) for name, parts in logits.items()}, torch.cat(labels)
 
 
 def _checkpoint_path(context: TrainContext, phase: Phase) -> Path | None:
@@ -203,7 +270,6 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
     """Train ``phase`` (in place), checkpointing every epoch; return per-epoch metrics."""
     spec = phase.spec
     schedule = SCHEDULES.get(spec.schedule)
-    augment = AUGMENTATIONS.get(context.augmentation)
     parameters = [
         p for name in phase.trainable for p in phase.networks[name].parameters() if p.requires_grad
     ]
@@ -222,8 +288,9 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
     for name in phase.trainable:
         if has_runtime_stats(phase.networks[name]):
             with distributed.replicated_batch():  # every rank calibrates on the same batches
-                calibrate_activations(phase.networks[name], context.train[0], spec.batch_size)
-    steps_per_epoch = math.ceil(len(context.train[0]) / spec.batch_size)
+                images = calibration_images(context.train, spec.batch_size)
+                calibrate_activations(phase.networks[name], images, spec.batch_size)
+    steps_per_epoch = _steps_per_epoch(context.train, spec.batch_size)
     for epoch in range(start_epoch, spec.epochs):
         lr = schedule(spec.lr, epoch, spec.epochs)
         for group in optimizer.param_groups:
@@ -232,14 +299,14 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             phase.networks[name].train()
         total, count, term_sums = 0.0, 0, {}
         bar = context.progress.bar(
-            batches(*context.train, spec.batch_size, generator),
+            _epoch_batches(context, spec.batch_size, generator),
             desc=f"{phase.name} epoch {epoch + 1}/{spec.epochs}",
             total=steps_per_epoch,
         )
         for batch, (xb, yb) in enumerate(bar, 1):
-            # Augment the whole global batch, then take this rank's share of it: every rank
-            # (and a single process) draws the same random numbers in the same order.
-            xb, global_count = augment(xb, generator), len(xb)
+            # The whole global batch was augmented; each rank takes its share of it: every
+            # rank (and a single process) draws the same random numbers in the same order.
+            global_count = len(xb)
             xb, yb = distributed.shard(xb, yb, world)
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
@@ -259,15 +326,15 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             [total, count, *(term_sums[k] for k in keys)], world
         )
         term_sums = dict(zip(keys, sums, strict=True))
-        logits = {name: predict(net, context.test[0]) for name, net in phase.networks.items()}
+        logits, test_labels = test_logits(phase.networks, context.test)
         _check_outputs(logits, phase, epoch + 1)
         metrics = EpochMetrics(
             phase=phase.name,
             epoch=epoch + 1,
             lr=lr,
             train_loss=total / count,
-            test_top1={n: topk_accuracy(v, context.test[1], 1) for n, v in logits.items()},
-            test_top5={n: topk_accuracy(v, context.test[1], 5) for n, v in logits.items()},
+            test_top1={n: topk_accuracy(v, test_labels, 1) for n, v in logits.items()},
+            test_top5={n: topk_accuracy(v, test_labels, 5) for n, v in logits.items()},
             terms={k: v / count for k, v in term_sums.items()},
         )
         history.append(metrics)

@@ -3,7 +3,6 @@
 from apprentice_hw.export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
-    OnnxCheck,
     check_with_onnxruntime,
     export_qcdq,
     export_qonnx_model,
@@ -13,7 +12,6 @@ from apprentice_hw.export.onnx_export import (
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
-    "OnnxCheck",
     "check_with_onnxruntime",
     "export_qcdq",
     "export_qonnx_model",

@@ -9,7 +9,6 @@ are removed (an input shadowing an initializer invites a runtime to expect it as
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 
 from apprentice_hw.atomic import atomic_path
 from apprentice_hw.brevitas_compat import brevitas_export
+from apprentice_hw.output_steps import OutputComparison, compare_outputs
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -89,36 +89,6 @@ def output_quant_step(model: onnx.ModelProto) -> float:
     return float(numpy_helper.to_array(attr.t).reshape(-1)[0])
 
 
-@dataclass(frozen=True)
-class OnnxCheck:
-    """How an exported model's outputs compare with a reference on the same inputs."""
-
-    samples: int
-    max_abs_diff: float
-    max_diff_steps: float
-    fraction_exact: float  # samples whose outputs are identical
-    fraction_within_one_step: float  # samples whose outputs all differ by at most one step
-    prediction_agreement: float  # samples with the same top-1 class
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, step: float) -> OnnxCheck:
-    """Compare two (samples, classes) output arrays in units of the output step."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    per_sample = diff.reshape(len(diff), -1).max(axis=1)
-    return OnnxCheck(
-        samples=len(reference),
-        max_abs_diff=float(diff.max()),
-        # Both sides are integers times ``step``; rounding drops the float noise of the division.
-        max_diff_steps=round(float(diff.max() / step), 4),
-        fraction_exact=float(np.mean(per_sample == 0.0)),
-        fraction_within_one_step=float(np.mean(np.round(per_sample / step, 4) <= 1.0)),
-        prediction_agreement=float(np.mean(reference.argmax(1) == candidate.argmax(1))),
-    )
-
-
 def reference_session_options():
     """ONNX Runtime options for a faithful reference run: one thread, no graph optimizations.
 
@@ -152,7 +122,7 @@ def run_onnxruntime(model: onnx.ModelProto, inputs: np.ndarray) -> np.ndarray:
 
 def check_with_onnxruntime(
     student: nn.Module, model: onnx.ModelProto, inputs: torch.Tensor
-) -> tuple[OnnxCheck, np.ndarray, np.ndarray]:
+) -> tuple[OutputComparison, np.ndarray, np.ndarray]:
     """Compare the torch student with ONNX Runtime on ``inputs``.
 
     Returns the comparison, ONNX Runtime's outputs and the student's outputs.

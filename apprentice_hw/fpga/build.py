@@ -1,7 +1,7 @@
 """The build steps of an FPGA target: hls4ml project, C simulation check, estimates.
 
-They replace the compile, verify and bundle steps of the CPU/GPU pipeline (see
-``pipeline.DEVICE_STEPS``); data, training, export and the report are shared. The report keeps
+They replace the compile, verify and bundle steps of the CPU/GPU pipeline (the FPGA backend's
+``steps``, ``backends/fpga.py``); data, training, export and the report are shared. The report keeps
 the CPU/GPU format: per-layer rows, a memory section, ``latency_estimate`` (labelled estimated),
 plus an ``fpga`` section with the resource estimate against the part's budget.
 """
@@ -10,35 +10,39 @@ from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from apprentice_hw.artifacts import QONNX_FILE, REPORT_BATCHES
+from apprentice_hw.build_state import BuildState
 from apprentice_hw.errors import UserError
-
-if TYPE_CHECKING:
-    from apprentice_hw.pipeline import BuildState
+from apprentice_hw.options import FpgaOptions
 
 HLS_DIR = "hls"
 CHECK_IMAGES = 100  # the C simulation is checked against ONNX Runtime on this many test images
 EXACT_QUANT = "po2"  # power-of-two scales: what fixed-point arithmetic reproduces exactly
+NOT_MEASURED = "no FPGA is reachable here (the C simulation checks values, not time)"
 
 
-def check_ready(options: dict[str, Any]) -> None:
-    """Fail before training: bad --reuse / --fps, no hls4ml, no Vitis HLS for --synthesize."""
-    import math
+@dataclass
+class FpgaDesign:
+    """What the compile step hands the verify step: the compiled hls4ml model and the split."""
+
+    hls_model: Any
+    split: Any  # hls.Split
+
+
+def check_ready(options: FpgaOptions) -> None:
+    """Fail before training: no hls4ml, no Vitis HLS for --synthesize (FpgaOptions checked
+    --reuse and --fps when it was made)."""
     import shutil
 
     from apprentice_hw.fpga.synthesis import VITIS_HLS, synthesize
 
-    reuse, fps = options.get("reuse"), options.get("fps")
-    if reuse is not None and reuse < 1:
-        raise UserError(f"--reuse must be at least 1, got {reuse}")
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise UserError(f"--fps must be a positive number of images per second, got {fps:g}")
-
-    if options.get("synthesize") and shutil.which(VITIS_HLS) is None:
+    if options.synthesize and shutil.which(VITIS_HLS) is None:
         synthesize(Path("."))  # raises the one-line error that says what is missing
     try:
         import hls4ml  # noqa: F401
@@ -71,7 +75,7 @@ def _weight_shape(cost) -> list[int]:
 
 def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
     """A report row in the CPU/GPU layout, so the Markdown, HTML and plot read it as usual."""
-    from apprentice_hw.pipeline import cost_fields
+    from apprentice_hw.report.layers import cost_fields
 
     return {
         "name": cost.name,
@@ -90,7 +94,6 @@ def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
 def step_compile(state: BuildState) -> None:
     from apprentice_hw.fpga import hls, synthesis
     from apprentice_hw.fpga.estimate import FpgaSpec, choose_reuse
-    from apprentice_hw.pipeline import QONNX_FILE, REPORT_BATCHES
     from apprentice_hw.report import weight_footprint
     from apprentice_hw.report.layers import activation_bytes, layer_costs
 
@@ -102,16 +105,16 @@ def step_compile(state: BuildState) -> None:
         split = hls.split(state.workdir / QONNX_FILE, state.onnx_model, Path(scratch))
     costs = layer_costs(state.onnx_model)
     on_fpga = [cost for cost in costs if cost.name not in split.head_layers]
-    options = state.device_options
-    design = choose_reuse(on_fpga, spec, options.get("reuse"), options.get("fps"))
+    options = state.options.fpga
+    design = choose_reuse(on_fpga, spec, options.reuse, options.fps)
     state.progress.message(
         f"    reuse factor {design.reuse_factor} on {spec.part}: estimated "
         + ", ".join(f"{k} {v:,}/{spec.budget()[k]:,}" for k, v in design.totals.items())
     )
     hls_model = hls.compile_body(split, state.workdir / HLS_DIR, design.reuse_factor,
                                  spec.part, spec.clock_mhz)  # fmt: skip
-    state.device_objects.update(hls_model=hls_model, split=split)
-    if options.get("synthesize"):
+    state.device_artifacts = FpgaDesign(hls_model, split)
+    if options.synthesize:
         state.progress.message("    running Vitis HLS C synthesis (minutes to hours)")
         synthesis.synthesize(state.workdir / HLS_DIR)
     estimate = design.to_dict()
@@ -167,20 +170,21 @@ def step_compile(state: BuildState) -> None:
 
 def step_verify(state: BuildState) -> None:
     from apprentice_hw.fpga import hls
+    from apprentice_hw.output_steps import compare_outputs
 
     data, checks = state.data, state.report["checks"]
     count = min(CHECK_IMAGES, len(data.test_x))
     images = data.test_x[:count].numpy()
-    outputs = hls.run(state.device_objects["hls_model"], state.device_objects["split"], images)
+    design = state.device_artifacts
+    outputs = hls.run(design.hls_model, design.split, images)
     reference = state.ort_outputs[:count]
-    step = checks["output_step"]
-    diff = np.abs(outputs.astype(np.float64) - reference) / step
+    check = compare_outputs(reference, outputs, checks["output_step"])
     checks["hls_csim_vs_onnxruntime"] = {
         "samples": count,
-        "max_diff_steps": float(diff.max()),
-        "identical_samples": int(np.sum(diff.max(axis=1) == 0)),
-        "within_1_step": int(np.sum(diff.max(axis=1) <= 1)),
-        "prediction_agreement": float(np.mean(outputs.argmax(1) == reference.argmax(1))),
+        "max_diff_steps": check.max_diff_steps,
+        "identical_samples": round(check.fraction_exact * count),
+        "within_1_step": round(check.fraction_within_one_step * count),
+        "prediction_agreement": check.prediction_agreement,
         "exact": bool(np.array_equal(outputs, reference)),
     }
     checks["compiled_module_checked"] = (
@@ -194,7 +198,7 @@ def step_verify(state: BuildState) -> None:
     )
     state.report["latency"] = {
         "kind": "not measured",
-        "reason": "no FPGA is reachable here (the C simulation checks values, not time)",
+        "reason": NOT_MEASURED,
     }
     result = checks["hls_csim_vs_onnxruntime"]
     state.progress.message(

@@ -299,7 +299,7 @@ def choose_strategy(
     layer: QuantLayer, preference: tuple[str, ...], forced: str | None = None
 ) -> KernelStrategy:
     """The forced strategy when it supports ``layer``, else the first preferred one that does."""
-    order = ((forced,) if forced else ()) + tuple(preference) + ("int8",)
+    order = ((forced,) if forced else ()) + (tuple(preference) or DEFAULT_PREFERENCE) + ("int8",)
     for name in order:
         strategy = KERNEL_STRATEGIES.get(name)
         if strategy.unsupported(layer) is None:

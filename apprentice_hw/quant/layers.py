@@ -86,6 +86,14 @@ class QuantLayers:
         edge = None if edge_bits is None else weight_preset(edge_bits, family)
         return cls(weight_preset(weight_bits, family), act_preset(act_bits, family), edge)
 
+    @classmethod
+    def for_recipe(cls, recipe) -> QuantLayers:
+        """The student's layers for a ``config.Recipe``; unknown widths or families raise a
+        UserError."""
+        return cls.from_bits(
+            recipe.weight_bits, recipe.act_bits, recipe.first_last_bits, recipe.quant
+        )
+
     def _edge_act(self) -> ActPreset:
         """8-bit activations of the same family for the input, pooled features and logits."""
         return act_preset(8, self.act.family.name)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from apprentice_hw.report.fields import bits_label
 from apprentice_hw.report.figure import BATCHES, FootprintBar, build_bars
-from apprentice_hw.report.writer import bits_label
 
 # (row label, function of a report) for the comparison table, in display order.
 ROWS: tuple[tuple[str, Any], ...] = (
@@ -33,13 +32,6 @@ ROWS: tuple[tuple[str, Any], ...] = (
     ("latency b1 median (ms)", lambda r: r["latency"].get("median_ms")),
     ("latency b1 estimated (ms)", lambda r: r.get("latency_estimate", {}).get("ms")),
 )  # fmt: skip
-
-
-def load_reports(directories: list[Path]) -> list[tuple[str, dict]]:
-    """(build name, report) for each build directory, with one-line errors for non-builds."""
-    from apprentice_hw.build_dir import read_report
-
-    return [(directory.name, read_report(directory)) for directory in directories]
 
 
 def comparison(reports: list[tuple[str, dict]]) -> dict[str, Any]:

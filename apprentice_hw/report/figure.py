@@ -78,7 +78,7 @@ def build_bars(report: dict) -> list[FootprintBar]:
     pairs = list(zip(params, outputs, layers, strict=True))
     weight = sum(n * (layer["weight_bits"] or 32) / 8 for n, _, layer in pairs)
     per_image = sum(m * layer["output_bits"] / 8 for _, m, layer in pairs)
-    from apprentice_hw.report.writer import bits_label
+    from apprentice_hw.report.fields import bits_label
 
     label = f"W{bits_label(model['weight_bits'])}A{bits_label(model['act_bits'])}"
     return [fp32, FootprintBar(label, weight, {b: b * per_image for b in BATCHES})]

@@ -12,7 +12,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from apprentice_hw.report.writer import is_compiled
+from apprentice_hw.report.fields import is_compiled
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }

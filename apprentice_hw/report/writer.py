@@ -5,19 +5,13 @@ The Markdown is rendered from the JSON dict alone, so the two can never disagree
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from apprentice_hw.atomic import write_json, write_text
+from apprentice_hw.report.fields import bits_label, format_ms, is_compiled
 
 
 def _kib(value: float) -> str:
     return f"{value / 1024:,.1f} KiB"
-
-
-def format_ms(value: float) -> str:
-    """A duration given in ms, readable also when it is microseconds (GPU estimates)."""
-    return f"{value:.3f} ms" if value >= 0.1 else f"{value * 1000:.3g} us"
 
 
 def _pct(value: float | None) -> str:
@@ -36,19 +30,6 @@ def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> st
         f"| {check['fraction_within_one_step']:.1%} "
         f"| {check['prediction_agreement']:.2%} |"
     )
-
-
-def is_compiled(report: dict[str, Any]) -> bool:
-    """Whether ``report`` is of ``compile`` (a user's ONNX model) rather than ``build``."""
-    return "source" in report["model"]
-
-
-def figure_title(report: dict[str, Any]) -> str:
-    """The footprint figure's title: the student and its data, or the compiled model's file."""
-    model = report["model"]
-    if is_compiled(report):
-        return f"{model['source']}: weights and activations"
-    return f"{model['student']} on {model['dataset']}: weights and activations"
 
 
 def _device_code_lines(report: dict[str, Any]) -> list[str]:
@@ -95,13 +76,6 @@ def _build_header(report: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
-
-
-def bits_label(value: int | list[int]) -> str:
-    """A build's one bit width, or a compiled model's list of them (``2/8``; ``-``: none)."""
-    if isinstance(value, list):
-        return "/".join(str(v) for v in value) or "-"
-    return str(value)
 
 
 def _compiled_header(report: dict[str, Any]) -> list[str]:
@@ -283,21 +257,6 @@ def _memory_and_rest(report: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
     lines += ["", f"Execution: {report['execution']}", ""]
     return lines
-
-
-FIGURE_FILE = "footprint.png"
-HTML_FILE = "report.html"
-
-
-def write_report(report: dict[str, Any], directory: Path) -> None:
-    """Write report.json, report.md, the Figure-1 plot and report.html, each atomically."""
-    from apprentice_hw.report.figure import build_bars, plot_footprint
-    from apprentice_hw.report.html import render_html
-
-    write_json(directory / "report.json", report)
-    write_text(directory / "report.md", render_markdown(report))
-    figure = plot_footprint(build_bars(report), figure_title(report), directory / FIGURE_FILE)
-    write_text(directory / HTML_FILE, render_html(report, figure))
 
 
 def _fpga_section(fpga: dict[str, Any], checks: dict[str, Any]) -> list[str]:
