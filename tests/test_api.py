@@ -104,7 +104,7 @@ def test_distill_takes_your_own_networks_and_loaders():
     assert not student.training  # returned in eval mode
     with pytest.raises(UserError, match="student_init"):  # C needs fp32 weights of its own
         ahw.distill(teacher, student, train, test, scheme="C", epochs=1)
-    with pytest.raises(UserError, match="torch.nn.Module"):
+    with pytest.raises(UserError, match=r"torch\.nn\.Module"):
         ahw.distill("teacher", student, train, test)
 
 
