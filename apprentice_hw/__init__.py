@@ -17,8 +17,8 @@ import apprentice_hw.distill
 import apprentice_hw.report
 import apprentice_hw.verify  # noqa: F401
 from apprentice_hw.api import (
+    BuildReport,
     BuildResult,
-    Report,
     TrainResult,
     build,
     build_from,
@@ -38,10 +38,12 @@ from apprentice_hw.distill.loss import DistillationLoss
 from apprentice_hw.errors import UserError
 from apprentice_hw.options import BuildOptions, FpgaOptions
 from apprentice_hw.quant import FloatLayers, QuantLayers
+from apprentice_hw.report_model import Report
 from apprentice_hw.version import __version__
 
 __all__ = [
     "BuildOptions",
+    "BuildReport",
     "BuildResult",
     "DistillationLoss",
     "FloatLayers",

@@ -27,6 +27,7 @@ from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, get_target
 from apprentice_hw.options import BuildOptions, FpgaOptions, default_output_dir
 from apprentice_hw.progress import Progress
+from apprentice_hw.report_model import Report
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,7 +116,7 @@ class BuildResult:
 
     out: Path
     options: BuildOptions
-    report: dict[str, Any]
+    report: Report  # what report.json holds
 
     @property
     def module_path(self) -> Path | None:
@@ -125,27 +126,27 @@ class BuildResult:
 
     @property
     def student_top1(self) -> float:
-        return self.report["accuracy"]["student_top1"]
+        return self.report.accuracy.student_top1
 
     @property
     def teacher_top1(self) -> float | None:
-        return self.report["accuracy"].get("teacher_top1")
+        return self.report.accuracy.teacher_top1
 
     @property
     def latency_ms(self) -> float | None:
         """Median batch-1 latency measured here; None where this machine cannot run it."""
-        return self.report.get("latency", {}).get("median_ms")
+        return self.report.latency.median_ms
 
     @property
     def weight_bytes(self) -> int:
         """The quantized layers' weights as the module (or the FPGA design) stores them."""
-        return self.report["memory"]["weights"]["quantized_weight_bytes"]
+        return self.report.memory.weights.quantized_weight_bytes
 
     @property
     def activation_bytes(self) -> dict[int, int]:
         """Planned activation memory by batch size (empty for FPGA builds: streamed)."""
-        return {int(key.split("_")[1]): value["activation_bytes_planned"]
-                for key, value in self.report["memory"]["activations"].items()}  # fmt: skip
+        return {batch: plan.activation_bytes_planned
+                for batch, plan in self.report.memory.activations.items()}  # fmt: skip
 
     def summary_lines(self) -> list[str]:
         """What ``apprentice-hw build`` prints after it finishes."""
@@ -433,23 +434,27 @@ def tune(
 
 # -- report ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Report:
-    """A build's report, rendered on demand as Markdown, JSON, HTML or the Figure-1 plot."""
+class BuildReport:
+    """A build directory's report, rendered on demand as Markdown, JSON, HTML or the plot."""
 
     build_dir: Path
-    data: dict[str, Any]
+    report: Report
 
     def markdown(self) -> str:
         from apprentice_hw.report.writer import render_markdown
 
-        return render_markdown(self.data)
+        return render_markdown(self.report)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``report.json`` holds."""
+        return self.report.to_dict()
 
     def html(self) -> str:
         from apprentice_hw.report.fields import FIGURE_FILE
         from apprentice_hw.report.html import render_html
 
         figure = self.build_dir / FIGURE_FILE
-        return render_html(self.data, figure if figure.is_file() else None)
+        return render_html(self.report, figure if figure.is_file() else None)
 
     def plot(self, path: str | Path | None = None) -> Path:
         """Write the Figure-1 plot (default: the build's ``footprint.png``)."""
@@ -457,28 +462,30 @@ class Report:
         from apprentice_hw.report.figure import build_bars, plot_footprint
 
         target = Path(path) if path is not None else self.build_dir / FIGURE_FILE
-        return plot_footprint(build_bars(self.data), figure_title(self.data), target)
+        return plot_footprint(build_bars(self.report), figure_title(self.report), target)
 
 
-def report(build_dir: str | Path) -> Report:
+def report(build_dir: str | Path) -> BuildReport:
     """A build's report (``report.json``), with the HLS synthesis results where a project was
     synthesized after the build."""
+    from dataclasses import replace
+
     from apprentice_hw.build_dir import read_report
 
     build_dir = Path(build_dir)
-    data = read_report(build_dir)  # one line when it is not a build or the report is damaged
-    if data.get("fpga"):
+    loaded = read_report(build_dir)  # one line when it is not a build or the report is damaged
+    if loaded.fpga is not None:
         from apprentice_hw.fpga.synthesis import synthesis_of
 
-        synthesized = synthesis_of(build_dir, data["fpga"]["hls_project"])
+        synthesized = synthesis_of(build_dir, loaded.fpga.hls_project)
         if synthesized is not None:
-            data["fpga"]["synthesis"] = synthesized
-    return Report(build_dir, data)
+            loaded.fpga = replace(loaded.fpga, synthesis=synthesized)
+    return BuildReport(build_dir, loaded)
 
 
-def compare(build_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
+def compare(build_dirs: list[str | Path]) -> list[tuple[str, Report]]:
     """(build name, report) of each build, for ``report.compare``'s table and plot."""
-    return [(Path(d).name, report(d).data) for d in build_dirs]
+    return [(Path(d).name, report(d).report) for d in build_dirs]
 
 
 # -- deploy ---------------------------------------------------------------------------------

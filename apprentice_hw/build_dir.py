@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apprentice_hw.errors import UserError, summarize
 from apprentice_hw.outputs import BUILD_MANIFEST, RECIPE_RECORD
+
+if TYPE_CHECKING:
+    from apprentice_hw.report_model import Report
 
 REPORT_FILE = "report.json"
 STUDENT_FILE = "student.pt"
@@ -60,17 +63,21 @@ def is_compiled_build(manifest: dict[str, Any]) -> bool:
     return "source" in manifest and "recipe" not in manifest
 
 
-def read_report(build_dir: Path) -> dict[str, Any]:
-    """A build's ``report.json``, checked to render (Markdown) before anyone relies on it."""
+def read_report(build_dir: Path) -> Report:
+    """A build's ``report.json`` as a ``Report``, checked to render (Markdown) before anyone
+    relies on it."""
     from apprentice_hw.report.writer import render_markdown
+    from apprentice_hw.report_model import Report
 
     build_dir = Path(build_dir)
     read_manifest(build_dir)
     path = build_dir / REPORT_FILE
-    report = _json_object(path, build_dir, "a build report")
-    missing = [key for key in REPORT_SECTIONS if not isinstance(report.get(key), dict)]
+    data = _json_object(path, build_dir, "a build report")
+    missing = [key for key in REPORT_SECTIONS if not isinstance(data.get(key), dict)]
+    report = None
     try:
         if not missing:
+            report = Report.from_dict(data)
             render_markdown(report)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         missing = [summarize(exc, 120)]

@@ -19,6 +19,7 @@ from apprentice_hw.data import DatasetSplits
 from apprentice_hw.hardware import Target
 from apprentice_hw.options import BuildOptions
 from apprentice_hw.progress import Progress
+from apprentice_hw.report_model import Report, ReportParts
 
 
 @dataclass
@@ -33,7 +34,8 @@ class BuildState:
     onnx_model: Any = None  # onnx.ModelProto (QCDQ)
     ort_outputs: np.ndarray | None = None
     compiled_outputs: np.ndarray | None = None  # the compiled module (or its host twin), test set
-    report: dict[str, Any] = field(default_factory=dict)  # report.json as the steps fill it
+    parts: ReportParts = field(default_factory=ReportParts)  # the report's sections so far
+    report: Report | None = None  # the finished report (the report step)
     timings: dict[str, float] = field(default_factory=dict)
     device_artifacts: object | None = None  # what a backend's compile step hands its verify step
 

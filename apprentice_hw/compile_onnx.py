@@ -30,6 +30,17 @@ from apprentice_hw.hardware import Target
 from apprentice_hw.manifest import file_sha256, write_build_manifest
 from apprentice_hw.output_steps import compare_outputs, fraction_within
 from apprentice_hw.progress import Progress
+from apprentice_hw.report_model import (
+    Accuracy,
+    CheckedInputs,
+    Checks,
+    CompiledModel,
+    Latency,
+    LayerRow,
+    Report,
+    ReportParts,
+    TargetSection,
+)
 
 SOURCE_FORMATS = {"qonnx": "QONNX", "qcdq": "QCDQ", "qdq": "QDQ"}
 
@@ -53,8 +64,25 @@ class CompileResult:
     """A finished ``compile``: where it went and what the report says."""
 
     out: Path
-    report: dict[str, Any]
-    float_layers: list[dict[str, Any]] = field(default_factory=list)  # name, kind, reason
+    report: Report
+
+    @property
+    def module_path(self) -> Path:
+        return self.out / MODULE_FILE
+
+    @property
+    def float_layers(self) -> list[LayerRow]:
+        """The conv / fully connected layers left in float, with the reason in each row."""
+        return self.report.float_layers
+
+    @property
+    def max_diff_steps(self) -> float:
+        """The largest difference from ONNX Runtime on the checked inputs, in output steps."""
+        return self.report.checks.comparisons["compiled_vs_onnxruntime"].max_diff_steps
+
+    @property
+    def latency_ms(self) -> float | None:
+        return self.report.latency.median_ms
 
 
 def source_format(model) -> str:
@@ -192,12 +220,7 @@ def compile_onnx(model_path: Path, options: CompileOptions, progress: Progress |
             shutil.rmtree(workdir, ignore_errors=True)
             raise
         replace_directory(workdir, out)
-    floats = [
-        {"name": layer["name"], "kind": layer["kind"], "reason": layer["reason"]}
-        for layer in report["layers"]
-        if layer["strategy"] == "float"
-    ]
-    return CompileResult(out, report, floats)
+    return CompileResult(out, report)
 
 
 STEPS = (
@@ -208,39 +231,51 @@ STEPS = (
 )
 
 
-def _run_steps(prepared: _Prepared, options: CompileOptions, workdir: Path, progress: Progress):
-    report: dict[str, Any] = {}
+@dataclass
+class _CompileState:
+    """What the steps of one compile hand each other."""
+
+    prepared: _Prepared
+    options: CompileOptions
+    workdir: Path
+    progress: Progress
+    parts: ReportParts = field(default_factory=lambda: ReportParts(Accuracy(labelled=False)))
+    compiled_outputs: np.ndarray | None = None
+    report: Report | None = None
+
+
+def _run_steps(prepared: _Prepared, options: CompileOptions, workdir: Path,
+               progress: Progress) -> tuple[Report, dict[str, float]]:  # fmt: skip
+    state = _CompileState(prepared, options, workdir, progress)
+    actions = {"compile": _step_compile, "verify": _step_verify, "bundle": _step_bundle,
+               "report": _step_report}  # fmt: skip
     timings: dict[str, float] = {}
-    state: dict[str, Any] = {}
-    actions = {
-        "compile": lambda: _step_compile(prepared, options, workdir, progress, report, state),
-        "verify": lambda: _step_verify(prepared, options, workdir, progress, report, state),
-        "bundle": lambda: _step_bundle(prepared, options, workdir, progress, report, state),
-        "report": lambda: _step_report(prepared, options, workdir, report),
-    }
     for index, (name, title) in enumerate(STEPS, start=1):
         start = time.perf_counter()
         with progress.step(index, len(STEPS), title):
-            actions[name]()
+            actions[name](state)
         timings[name] = time.perf_counter() - start
-    return report, timings
+    return state.report, timings
 
 
-def _step_compile(prepared, options, workdir, progress, report, state) -> None:
+def _step_compile(state: _CompileState) -> None:
     import onnx
 
-    from apprentice_hw.pipeline import compile_model, compiled_summary_line, footprint_fields
+    from apprentice_hw.pipeline import compile_model, compiled_summary_line
     from apprentice_hw.report.footprint import onnx_weight_footprint
 
+    prepared, options, workdir, progress = (state.prepared, state.options, state.workdir,
+                                            state.progress)  # fmt: skip
     onnx.save(prepared.canonical, str(workdir / QCDQ_FILE))
     np.save(workdir / INPUTS_FILE, prepared.inputs)
     compiled = compile_model(prepared.canonical, options.target, options.kernel, workdir,
                              progress)  # fmt: skip
     footprint = onnx_weight_footprint(prepared.canonical, compiled.prepared.layers)
-    compiled.report["memory"]["weights"].update(
-        footprint_fields(footprint, compiled.quantized_bytes)
-    )
-    report.update(compiled.report)
+    parts = state.parts
+    parts.layers = compiled.layers
+    parts.memory = compiled.memory(footprint)
+    parts.latency_estimate = compiled.latency_estimate
+    parts.device_code = compiled.device_code
     progress.message(compiled_summary_line(compiled, footprint.quantized_bytes))
     for layer in compiled.prepared.layers:
         if layer.strategy == "float":
@@ -249,27 +284,25 @@ def _step_compile(prepared, options, workdir, progress, report, state) -> None:
             )
 
 
-def _step_verify(prepared, options, workdir, progress, report, state) -> None:
+def _step_verify(state: _CompileState) -> None:
     from apprentice_hw.compiler import measure_latency
     from apprentice_hw.hardware import host_twin
     from apprentice_hw.pipeline import checked_description, divergence_text, not_measured
     from apprentice_hw.verify import MIN_AGREEMENT, verify_model
 
+    prepared, options = state.prepared, state.options
     target = options.target
     runs_here = target.runs_on_this_machine
     result = verify_model(
         prepared.canonical, prepared.inputs, target if runs_here else host_twin(target),
         options.kernel, tolerance=options.tolerance,
-        module_path=workdir / MODULE_FILE if runs_here else None,
+        module_path=state.workdir / MODULE_FILE if runs_here else None,
     )  # fmt: skip
-    checks: dict[str, Any] = {
-        "output_step": prepared.output_step,
-        "compiled_vs_onnxruntime": result.comparisons["compiled_vs_onnxruntime"].to_dict(),
-        "compiled_module_checked": checked_description(target, runs_here),
-        "samples": len(prepared.inputs),
-        "inputs": str(options.inputs) if options.inputs else "seeded uniform [0, 1)",
-        "tolerance_steps": options.tolerance,
-    }
+    checks = Checks(
+        output_step=prepared.output_step,
+        comparisons={"compiled_vs_onnxruntime": result.comparisons["compiled_vs_onnxruntime"]},
+        compiled_module_checked=checked_description(target, runs_here),
+    )
     failed = [] if result.passed else ["ONNX Runtime"]
     if prepared.reference is not None:
         compiled = result.compiled_outputs.reshape(len(prepared.inputs), -1)
@@ -280,18 +313,22 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
                 f"{compiled.shape[1]}"
             )
         check = compare_outputs(expected, compiled, prepared.output_step)
-        checks["compiled_vs_reference"] = check.to_dict()
+        checks.comparisons["compiled_vs_reference"] = check
         within = fraction_within(expected, compiled, prepared.output_step, options.tolerance)
         if within < MIN_AGREEMENT or check.prediction_agreement < MIN_AGREEMENT:
             failed.append("your reference outputs (--reference)")
-    checks["passed"] = not failed
-    report["checks"] = checks
-    state["compiled_outputs"] = result.compiled_outputs
-    comparison = checks["compiled_vs_onnxruntime"]
-    progress.message(
+    checks.inputs = CheckedInputs(
+        samples=len(prepared.inputs),
+        inputs=str(options.inputs) if options.inputs else "seeded uniform [0, 1)",
+        tolerance_steps=options.tolerance, passed=not failed,
+    )  # fmt: skip
+    state.parts.checks = checks
+    state.compiled_outputs = result.compiled_outputs
+    comparison = checks.comparisons["compiled_vs_onnxruntime"]
+    state.progress.message(
         f"    compiled module vs ONNX Runtime on {len(prepared.inputs)} inputs: max "
-        f"{comparison['max_diff_steps']:.2f} output steps, top-1 agreement "
-        f"{comparison['prediction_agreement']:.2%}; checked: {checks['compiled_module_checked']}"
+        f"{comparison.max_diff_steps:.2f} output steps, top-1 agreement "
+        f"{comparison.prediction_agreement:.2%}; checked: {checks.compiled_module_checked}"
     )
     if failed:
         raise CheckFailedError(
@@ -300,62 +337,58 @@ def _step_verify(prepared, options, workdir, progress, report, state) -> None:
             f"fewer than 99%{divergence_text(result)}; nothing was written"
         )
     if not runs_here:
-        report["latency"] = not_measured(target)
+        state.parts.latency = not_measured(target)
         return
-    latency = measure_latency(workdir / MODULE_FILE, prepared.inputs[:1])
-    report["latency"] = latency.to_dict()
-    progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
+    latency = measure_latency(state.workdir / MODULE_FILE, prepared.inputs[:1])
+    state.parts.latency = Latency.from_dict(latency.to_dict())
+    state.progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
 
 
-def _model_info(prepared: _Prepared, report: dict[str, Any]) -> dict[str, Any]:
+def _model_section(prepared: _Prepared, layers: list[LayerRow]) -> CompiledModel:
     """The report's and the bundle's model section for a compiled model."""
-    lowered = [layer for layer in report["layers"] if layer["strategy"] != "float"]
-    weight_bits = sorted({layer["weight_bits"] for layer in lowered})
-    act_bits = sorted({layer["act_bits"] for layer in lowered if layer["act_bits"] is not None})
+    lowered = [layer for layer in layers if not layer.is_float]
     dims = prepared.canonical.graph.output[0].type.tensor_type.shape.dim
-    return {
-        "source": prepared.path.name,
-        "source_sha256": file_sha256(prepared.path),
-        "format": prepared.fmt,
-        "weight_bits": weight_bits,
-        "act_bits": act_bits,
-        "layers": len(report["layers"]),
-        "float_layers": len(report["layers"]) - len(lowered),
-        "outputs": int(np.prod([d.dim_value for d in dims[1:]])) if len(dims) > 1 else 1,
-    }
+    return CompiledModel(
+        source=prepared.path.name,
+        source_sha256=file_sha256(prepared.path),
+        format=prepared.fmt,
+        weight_bits=sorted({layer.weight_bits for layer in lowered}),
+        act_bits=sorted({layer.act_bits for layer in lowered if layer.act_bits is not None}),
+        layers=len(layers),
+        float_layers=len(layers) - len(lowered),
+        outputs=int(np.prod([d.dim_value for d in dims[1:]])) if len(dims) > 1 else 1,
+    )
 
 
-def _step_bundle(prepared, options, workdir, progress, report, state) -> None:
+def _step_bundle(state: _CompileState) -> None:
     from apprentice_hw.deploy.bundle import BUNDLE_DIR, VERIFY_COUNT, write_bundle
     from apprentice_hw.pipeline import target_info
 
+    prepared, target = state.prepared, state.options.target
     count = min(VERIFY_COUNT, len(prepared.inputs))
     write_bundle(
-        workdir / BUNDLE_DIR, workdir / MODULE_FILE, prepared.canonical,
-        target_info=target_info(options.target), model_info=_model_info(prepared, report),
-        inputs=prepared.inputs[:count], outputs=state["compiled_outputs"][:count],
-        produced_by=report["checks"]["compiled_module_checked"],
-        tolerance_steps=backend_for(options.target).output_tolerance_steps,
+        state.workdir / BUNDLE_DIR, state.workdir / MODULE_FILE, prepared.canonical,
+        target_info=target_info(target),
+        model_info=_model_section(prepared, state.parts.layers).to_dict(),
+        inputs=prepared.inputs[:count], outputs=state.compiled_outputs[:count],
+        produced_by=state.parts.checks.compiled_module_checked,
+        tolerance_steps=backend_for(target).output_tolerance_steps,
     )  # fmt: skip
-    progress.message(
+    state.progress.message(
         f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification inputs, README"
     )
 
 
-def _step_report(prepared, options, workdir, report) -> None:
-    from apprentice_hw.pipeline import target_info
+def _step_report(state: _CompileState) -> None:
     from apprentice_hw.report import write_report
 
-    full = {
-        "model": _model_info(prepared, report),
-        "target": target_info(options.target),
-        "accuracy": {},  # no labels: agreement with ONNX Runtime (checks) is the measure
-        **report,
-        "execution": backend_for(options.target).execution,
-    }
-    report.clear()
-    report.update(full)
-    write_report(report, workdir)
+    target = state.options.target
+    # No labels: agreement with ONNX Runtime (checks) is the measure, accuracy stays empty.
+    state.report = state.parts.report(
+        _model_section(state.prepared, state.parts.layers), TargetSection.from_target(target),
+        backend_for(target).execution,
+    )  # fmt: skip
+    write_report(state.report, state.workdir)
 
 
 def _write_manifest(prepared, options, workdir, timings) -> None:

@@ -35,6 +35,23 @@ from apprentice_hw.options import BuildOptions
 from apprentice_hw.outputs import check_replaceable, exclusive, resolve_output
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import weight_preset
+from apprentice_hw.report_model import (
+    Accuracy,
+    Checks,
+    DeviceCode,
+    Latency,
+    LatencyEstimate,
+    LayerRow,
+    MemorySection,
+    ModuleConstants,
+    ModuleFiles,
+    PlannedActivations,
+    Report,
+    ReportParts,
+    TargetSection,
+    TrainedModel,
+    WeightMemory,
+)
 
 
 def step_data(state: BuildState) -> None:
@@ -55,15 +72,15 @@ def step_train(state: BuildState) -> None:
     data = state.data
     trained = train_models(state.recipe, data, state.workdir, state.progress, resume=state.resume)
     state.student = trained.student
-    state.report["accuracy"] = {
-        "teacher_top1": (
+    state.parts.accuracy = Accuracy(
+        teacher_top1=(
             evaluate(trained.teacher, data.test_x, data.test_y) if trained.teacher_trained else None
         ),
-        "student_top1": evaluate(trained.student, data.test_x, data.test_y),
-    }
+        student_top1=evaluate(trained.student, data.test_x, data.test_y),
+    )
 
 
-def restore_train(state: BuildState, saved_report: dict[str, Any]) -> None:
+def restore_train(state: BuildState, saved: ReportParts) -> None:
     """A finished training step of an interrupted build: its student and accuracy, no epochs."""
     from apprentice_hw.build_dir import STUDENT_FILE, load_weights
     from apprentice_hw.training import build_student
@@ -71,11 +88,11 @@ def restore_train(state: BuildState, saved_report: dict[str, Any]) -> None:
     student = build_student(state.recipe, state.data)
     fix = "rerun the build without --resume"
     state.student = load_weights(student, state.workdir / STUDENT_FILE, fix).eval()
-    state.report["accuracy"] = saved_report["accuracy"]
+    state.parts.accuracy = saved.accuracy
 
 
 # Steps whose results an interrupted build can reload instead of recomputing.
-RESTORE: dict[str, Callable[[BuildState, dict[str, Any]], None]] = {"train": restore_train}
+RESTORE: dict[str, Callable[[BuildState, ReportParts], None]] = {"train": restore_train}
 
 
 def step_export(state: BuildState) -> None:
@@ -88,13 +105,13 @@ def step_export(state: BuildState) -> None:
     export_qonnx_model(state.student, sample, state.workdir / QONNX_FILE)
     check, ort_outputs, _ = check_with_onnxruntime(state.student, state.onnx_model, data.test_x)
     state.ort_outputs = ort_outputs
-    state.report["accuracy"]["onnxruntime_top1"] = float(
+    state.parts.accuracy.onnxruntime_top1 = float(
         np.mean(ort_outputs.argmax(1) == data.test_y.numpy())
     )
-    state.report["checks"] = {
-        "output_step": output_quant_step(state.onnx_model),
-        "onnxruntime_vs_brevitas": check.to_dict(),
-    }
+    state.parts.checks = Checks(
+        output_step=output_quant_step(state.onnx_model),
+        comparisons={"onnxruntime_vs_brevitas": check},
+    )
     state.progress.message(
         f"    ONNX Runtime vs Brevitas on {check.samples} test images: max "
         f"{check.max_diff_steps:.2f} output steps, top-1 agreement {check.prediction_agreement:.2%}"
@@ -107,22 +124,63 @@ def step_export(state: BuildState) -> None:
 
 
 @dataclass
-class CompiledModel:
+class CompiledModule:
     """What compiling one ONNX model for a CPU or GPU target produced (``compile_model``)."""
 
     prepared: Any  # compiler.PreparedModule at batch 1
-    report: dict[str, Any]  # layers, latency_estimate, memory (without the footprint) [, device]
-    quantized_bytes: int  # the lowered layers' weights in the module
+    layers: list[LayerRow]
+    constants: ModuleConstantsDraft
+    plans: dict[int, PlannedActivations]
+    files: ModuleFiles
+    paper_activation_bytes: dict[int, float]
+    latency_estimate: LatencyEstimate
+    device_code: DeviceCode | None
+
+    @property
+    def quantized_bytes(self) -> int:
+        """The lowered layers' weights in the module."""
+        return self.constants.quantized_weight_bytes
+
+    def memory(self, footprint) -> MemorySection:
+        """The memory section, with the weights at trained precision (``footprint``: a
+        ``report.footprint.WeightFootprint`` of the trained model or of the ONNX graph)."""
+        draft = self.constants
+        weights = WeightMemory.from_footprint(
+            footprint,
+            draft.quantized_weight_bytes,
+            module=ModuleConstants(
+                compiled_module_bytes=draft.compiled_module_bytes,
+                compiled_module_tensors=draft.compiled_module_tensors,
+                scale_bytes=draft.scale_bytes,
+                other_bytes=draft.other_bytes,
+                quantized_vs_trained=round(
+                    draft.quantized_weight_bytes / max(footprint.quantized_bytes, 1), 4
+                ),
+            ),
+        )
+        return MemorySection(weights, self.plans, self.paper_activation_bytes, self.files)
+
+
+@dataclass(frozen=True)
+class ModuleConstantsDraft:
+    """The module's constants before the trained footprint is known."""
+
+    compiled_module_bytes: int
+    compiled_module_tensors: int
+    quantized_weight_bytes: int
+    scale_bytes: int
+    other_bytes: int
 
 
 def compile_model(
     onnx_model, target: Target, kernel: str | None, workdir: Path, progress: Progress
-) -> CompiledModel:
+) -> CompiledModule:
     """Lower, compile and export ``onnx_model`` to ``workdir/model.so``; describe the result.
 
     Shared by ``build`` (a trained student) and ``compile`` (a user's quantized model): the
     layer table, the memory plan at batch 1 and 8, the module's constants and files, and the
-    latency estimate. The weight footprint at trained precision is the caller's to add.
+    latency estimate. The weight footprint at trained precision is the caller's to add
+    (``CompiledModule.memory``).
     """
     from apprentice_hw.compiler.memory import (
         kernel_workspace_bytes,
@@ -131,71 +189,62 @@ def compile_model(
     )
     from apprentice_hw.hardware import host_arch
     from apprentice_hw.report.estimate import estimate_latency
-    from apprentice_hw.report.layers import activation_bytes, cost_fields, layer_costs
+    from apprentice_hw.report.layers import activation_bytes, layer_costs
 
     backend = backend_for(target)
     prepared = backend.prepare(onnx_model, target, batch=1, kernel=kernel)
     executable = backend.compile(prepared.mod, target)
     backend.link(executable, target, workdir / MODULE_FILE)
-    report: dict[str, Any] = {}
     device_code = backend.device_report(workdir / MODULE_FILE)
     if device_code is not None:
-        report["device_code"] = device_code
-        progress.message(f"    device code: {device_code['description']}")
-    plans = [
-        memory_plan(
+        progress.message(f"    device code: {device_code.description}")
+    plans = {
+        b: memory_plan(
             prepared.mod if b == 1 else backend.prepare(onnx_model, target, b, kernel).mod,
             target,
             b,
         )
         for b in REPORT_BATCHES
-    ]
-    layers = prepared.layers
-    lowered = [layer for layer in layers if layer.strategy != "float"]
+    }
+    lowered = [layer for layer in prepared.layers if layer.strategy != "float"]
     quantized_bytes = sum(layer.weight_bytes for layer in lowered)
     scale_bytes = sum(layer.scale_bytes for layer in lowered)
-    compiled_bytes = plans[0].weight_bytes
+    compiled_bytes = plans[1].weight_bytes
     costs = {cost.name: cost for cost in layer_costs(onnx_model)}
-    report["latency_estimate"] = estimate_latency(list(costs.values()), target).to_dict()
-    report["layers"] = [
-        {**layer.to_dict(), **cost_fields(costs.get(layer.name))} for layer in layers
-    ]
-    report["memory"] = {
-        "weights": {
-            "compiled_module_bytes": compiled_bytes,
-            "compiled_module_tensors": plans[0].weight_tensors,
-            "quantized_weight_bytes": quantized_bytes,
-            "scale_bytes": scale_bytes,
-            "other_bytes": max(0, compiled_bytes - quantized_bytes - scale_bytes),
-        },
-        "activations": {f"batch_{p.batch}": p.to_dict() for p in plans},
+    constants = ModuleConstantsDraft(
+        compiled_module_bytes=compiled_bytes,
+        compiled_module_tensors=plans[1].weight_tensors,
+        quantized_weight_bytes=quantized_bytes,
+        scale_bytes=scale_bytes,
+        other_bytes=max(0, compiled_bytes - quantized_bytes - scale_bytes),
+    )
+    files = ModuleFiles(
         # Scratch memory of the largest kernel (padded activations, decoded weights), taken
         # from TVM's workspace pool outside the planned activations; at batch 1.
-        "kernel_workspace_bytes_batch_1": kernel_workspace_bytes(prepared.mod, target),
-        "module_file_bytes": (workdir / MODULE_FILE).stat().st_size,
-        "runtime_library_bytes": {"arch": host_arch(), **runtime_library_bytes()},
+        kernel_workspace_bytes_batch_1=kernel_workspace_bytes(prepared.mod, target),
+        module_file_bytes=(workdir / MODULE_FILE).stat().st_size,
+        runtime_arch=host_arch(),
+        runtime_library_bytes=runtime_library_bytes(),
+    )
+    return CompiledModule(
+        prepared=prepared,
+        layers=[LayerRow.lowered(layer, costs.get(layer.name)) for layer in prepared.layers],
+        constants=constants,
+        plans={b: PlannedActivations(**plan.to_dict()) for b, plan in plans.items()},
+        files=files,
         # The paper's Figure 1 measure, from the graph's shapes: conv and FC outputs at the bits
         # their quantizers store (the compiled module keeps codes of up to 8 bits in bytes).
-        "paper_activation_bytes": {
-            f"batch_{b}": activation_bytes(list(costs.values()), b) for b in REPORT_BATCHES
+        paper_activation_bytes={
+            b: activation_bytes(list(costs.values()), b) for b in REPORT_BATCHES
         },
-    }
-    return CompiledModel(prepared, report, quantized_bytes)
+        latency_estimate=LatencyEstimate.from_dict(
+            estimate_latency(list(costs.values()), target).to_dict()
+        ),
+        device_code=device_code,
+    )
 
 
-def footprint_fields(footprint, quantized_bytes: int) -> dict[str, Any]:
-    """The report's weight rows at trained precision, beside what the module stores."""
-    return {
-        "trained_precision_bytes": footprint.trained_precision_bytes,
-        "trained_quantized_bytes": footprint.quantized_bytes,
-        "quantized_vs_trained": round(quantized_bytes / max(footprint.quantized_bytes, 1), 4),
-        "fp32_bytes": footprint.fp32_bytes,
-        "parameters": footprint.parameters,
-        "bits_per_layer": footprint.bits_per_layer,
-    }
-
-
-def compiled_summary_line(compiled: CompiledModel, trained_quantized_bytes: float) -> str:
+def compiled_summary_line(compiled: CompiledModule, trained_quantized_bytes: float) -> str:
     """How many layers became integer kernels, and what their weights take."""
     layers = compiled.prepared.layers
     lowered = [layer for layer in layers if layer.strategy != "float"]
@@ -214,10 +263,11 @@ def step_compile(state: BuildState) -> None:
         state.onnx_model, state.target, state.kernel, state.workdir, state.progress
     )
     footprint = weight_footprint(state.student)
-    compiled.report["memory"]["weights"].update(
-        footprint_fields(footprint, compiled.quantized_bytes)
-    )
-    state.report.update(compiled.report)
+    parts = state.parts
+    parts.layers = compiled.layers
+    parts.memory = compiled.memory(footprint)
+    parts.latency_estimate = compiled.latency_estimate
+    parts.device_code = compiled.device_code
     state.progress.message(compiled_summary_line(compiled, footprint.quantized_bytes))
 
 
@@ -234,16 +284,16 @@ def divergence_text(result) -> str:
     return f"; first divergence at {where.layer} ({where.max_diff_steps} steps)" if where else ""
 
 
-def not_measured(target: Target) -> dict[str, str]:
+def not_measured(target: Target) -> Latency:
     """The latency record of a module this machine cannot run, with the reason."""
-    return {"kind": "not measured", "reason": backend_for(target).not_measured_reason(target)}
+    return Latency.not_measured(backend_for(target).not_measured_reason(target))
 
 
 def step_verify(state: BuildState) -> None:
     from apprentice_hw.compiler import measure_latency
     from apprentice_hw.verify import brevitas_outputs, verify_model
 
-    target, data, checks = state.target, state.data, state.report["checks"]
+    target, data, checks = state.target, state.data, state.parts.checks
     inputs = data.test_x.numpy()
     runs_here = target.runs_on_this_machine
     result = verify_model(
@@ -251,11 +301,9 @@ def step_verify(state: BuildState) -> None:
         brevitas=brevitas_outputs(state.student, data.test_x),
         module_path=state.workdir / MODULE_FILE if runs_here else None,
     )  # fmt: skip
-    check = result.comparisons["compiled_vs_onnxruntime"]
-    checks["compiled_vs_onnxruntime"] = check.to_dict()
-    for name in ("compiled_vs_brevitas", "compiled_vs_brevitas_float32"):
-        checks[name] = result.comparisons[name].to_dict()
-    checks["compiled_module_checked"] = checked_description(target, runs_here)
+    for name in ("compiled_vs_onnxruntime", "compiled_vs_brevitas", "compiled_vs_brevitas_float32"):
+        checks.comparisons[name] = result.comparisons[name]
+    checks.compiled_module_checked = checked_description(target, runs_here)
     if not result.passed:
         located = divergence_text(result)
         raise RuntimeError(
@@ -265,27 +313,26 @@ def step_verify(state: BuildState) -> None:
         )
     state.progress.message(
         f"    compiled module vs Brevitas (exact): max "
-        f"{checks['compiled_vs_brevitas']['max_diff_steps']:.2f} output steps, vs ONNX Runtime: "
-        f"max {check.max_diff_steps:.2f} "
-        f"steps; checked: {checks['compiled_module_checked']}"
+        f"{checks.comparisons['compiled_vs_brevitas'].max_diff_steps:.2f} output steps, vs ONNX "
+        f"Runtime: max {checks.comparisons['compiled_vs_onnxruntime'].max_diff_steps:.2f} "
+        f"steps; checked: {checks.compiled_module_checked}"
     )
     state.compiled_outputs = result.compiled_outputs
-    state.report["accuracy"]["compiled_top1"] = float(
+    state.parts.accuracy.compiled_top1 = float(
         np.mean(result.compiled_outputs.argmax(1) == data.test_y.numpy())
     )
     if not runs_here:
-        state.report["latency"] = not_measured(target)
+        state.parts.latency = not_measured(target)
         return
     module_path = state.workdir / MODULE_FILE
     latency = measure_latency(module_path, data.test_x[:1].numpy())
-    state.report["latency"] = latency.to_dict()
+    state.parts.latency = Latency.from_dict(latency.to_dict())
     state.progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
 
 
 def target_info(target: Target) -> dict[str, Any]:
     """The target as the report and the bundle manifest describe it."""
-    return {"name": target.name, "description": target.description, "device": target.device,
-            "arch": target.arch, "tvm": target.tvm}  # fmt: skip
+    return TargetSection.from_target(target).to_dict()
 
 
 def step_bundle(state: BuildState) -> None:
@@ -293,7 +340,7 @@ def step_bundle(state: BuildState) -> None:
 
     recipe, target = state.recipe, state.target
     count = min(VERIFY_COUNT, len(state.data.test_x))
-    produced_by = state.report["checks"]["compiled_module_checked"]
+    produced_by = state.parts.checks.compiled_module_checked
     write_bundle(
         state.workdir / BUNDLE_DIR,
         state.workdir / MODULE_FILE,
@@ -312,30 +359,27 @@ def step_bundle(state: BuildState) -> None:
     )
 
 
-def step_report(state: BuildState) -> None:
-    from apprentice_hw.report import write_report
-
-    recipe, target = state.recipe, state.target
+def trained_model_section(recipe: Recipe) -> TrainedModel:
+    """The report's model section of a build: the recipe, its networks and precision."""
     first_last = (
         f"{recipe.first_last_bits}-bit" if recipe.first_last_bits is not None else "same as body"
     )
-    state.report = {
-        "model": {
-            "recipe": recipe.name,
-            "dataset": recipe.dataset,
-            "teacher": recipe.teacher.name,
-            "student": recipe.student.name,
-            "scheme": recipe.distill.scheme,
-            "quant": recipe.quant,
-            "weight_bits": recipe.weight_bits,
-            "weight_preset": weight_preset(recipe.weight_bits).levels,
-            "act_bits": recipe.act_bits,
-            "first_last": first_last,
-        },
-        "target": target_info(target),
-        **state.report,
-        "execution": backend_for(target).execution,
-    }
+    return TrainedModel(
+        recipe=recipe.name, dataset=recipe.dataset, teacher=recipe.teacher.name,
+        student=recipe.student.name, scheme=recipe.distill.scheme, quant=recipe.quant,
+        weight_bits=recipe.weight_bits, weight_preset=weight_preset(recipe.weight_bits).levels,
+        act_bits=recipe.act_bits, first_last=first_last,
+    )  # fmt: skip
+
+
+def step_report(state: BuildState) -> None:
+    from apprentice_hw.report import write_report
+
+    target = state.target
+    state.report = state.parts.report(
+        trained_model_section(state.recipe), TargetSection.from_target(target),
+        backend_for(target).execution,
+    )  # fmt: skip
     write_report(state.report, state.workdir)
 
 
@@ -456,10 +500,17 @@ def _prepare_staging(workdir: Path, identity: dict[str, Any], resume: bool, out:
             )
         for leftover in workdir.rglob("*.tmp"):  # atomic writes cut short by the interruption
             leftover.unlink()
-        return saved["completed"], saved["report"]
+        try:
+            parts = ReportParts.from_dict(saved["report"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(
+                f"the interrupted build of {out} was saved by another version or is damaged "
+                f"({exc!r}); rerun it without --resume to start over"
+            ) from exc
+        return saved["completed"], parts
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir()
-    return [], {}
+    return [], ReportParts()
 
 
 def _differing_options(identity: dict[str, Any], saved: dict[str, Any]) -> str:
@@ -478,13 +529,14 @@ def _differing_options(identity: dict[str, Any], saved: dict[str, Any]) -> str:
 
 def _record_progress(state: BuildState, identity: dict[str, Any], completed: list[str]) -> None:
     write_json(state.workdir / PROGRESS_FILE, {
-        **identity, "completed": completed, "report": state.report, "timings": state.timings,
+        **identity, "completed": completed, "report": state.parts.to_dict(),
+        "timings": state.timings,
     })  # fmt: skip
 
 
-def run_build(options: BuildOptions, progress: Progress | None = None) -> dict[str, Any]:
+def run_build(options: BuildOptions, progress: Progress | None = None) -> Report:
     """Run every step into a staging directory, then move it to ``options.out``; returns the
-    report (``report.json``'s content).
+    report (``report.json``).
 
     An interrupted or failed build keeps its staging directory; ``options.resume`` continues it.
     """
@@ -513,7 +565,7 @@ def run_build(options: BuildOptions, progress: Progress | None = None) -> dict[s
 
 
 def _run_steps(state: BuildState, identity: dict[str, Any], completed: list[str],
-               saved_report: dict[str, Any]) -> None:  # fmt: skip
+               saved_report: ReportParts) -> None:  # fmt: skip
     """Run the target's steps in order, recording each finished one for ``--resume``."""
     steps = steps_for(state.target)
     done: list[str] = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_schema import assert_report_unchanged
 from torch import nn
 
 import apprentice_hw as ahw
@@ -136,6 +137,8 @@ def test_the_example_distils_compiles_and_reports(tmp_path):
     for target, machine in (("x86-host", 62), ("arm-a72", 183)):  # ELF e_machine
         header = (out / target / "model.so").read_bytes()[:20]
         assert int.from_bytes(header[18:20], "little") == machine
+        kind = "compile-x86" if target == "x86-host" else "compile-arm"
+        assert_report_unchanged(out / target / "report.json", kind)
         report = json.loads((out / target / "report.json").read_text())
         assert report["checks"]["compiled_vs_onnxruntime"]["max_diff_steps"] <= 1.0
         assert all(layer["strategy"] != "float" for layer in report["layers"])

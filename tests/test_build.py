@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from report_schema import assert_report_unchanged, assert_same_values
 
 from apprentice_hw import pipeline
 from apprentice_hw.data import load_dataset
@@ -58,10 +59,15 @@ def x86_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("x86") / "build"
     result = apprentice_hw.build("x86-host", recipe, out=out)
     assert result.out == out and result.module_path == out / "model.so"
-    assert result.student_top1 == result.report["accuracy"]["student_top1"] > 0.5
-    assert result.latency_ms is not None and result.latency_ms > 0
-    assert result.weight_bytes == result.report["memory"]["weights"]["quantized_weight_bytes"]
-    assert set(result.activation_bytes) == {1, 8}
+    saved = json.loads((out / "report.json").read_text())
+    assert result.report.to_dict() == saved  # the result carries what report.json holds
+    assert 0.0 < result.student_top1 == saved["accuracy"]["student_top1"] <= 1.0
+    assert result.latency_ms == saved["latency"]["median_ms"] > 0
+    assert result.weight_bytes == saved["memory"]["weights"]["quantized_weight_bytes"]
+    assert result.activation_bytes == {
+        1: saved["memory"]["activations"]["batch_1"]["activation_bytes_planned"],
+        8: saved["memory"]["activations"]["batch_8"]["activation_bytes_planned"],
+    }
     return out
 
 
@@ -88,6 +94,8 @@ def test_manifest_records_versions_steps_and_hashes(x86_build):
 
 
 def test_report_is_complete_and_consistent(x86_build):
+    assert_report_unchanged(x86_build / "report.json", "build-x86")
+    assert_same_values(x86_build / "report.json", "build-x86")  # where the CPU is the recorded one
     report = json.loads((x86_build / "report.json").read_text())
     acc = report["accuracy"]
     for key in ("teacher_top1", "student_top1", "onnxruntime_top1", "compiled_top1"):
@@ -204,6 +212,7 @@ def test_arm_build_is_an_aarch64_shared_object(tiny_recipe, tmp_path, run_cli):
     result = run_cli("build", "-t", "arm-a72", "--bits", "4", "-r", tiny_recipe, "-o", out)
     assert result.code == 0, result.err
     assert _elf_machine(out / "model.so") == (2, 3, EM_AARCH64)
+    assert_report_unchanged(out / "report.json", "build-arm")
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["weight_bits"] == 4
     assert report["latency"]["kind"] == "not measured"

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from report_schema import assert_report_unchanged
 
 from apprentice_hw.compiler import cuda, nvrtc
 from apprentice_hw.errors import UserError
@@ -68,6 +69,7 @@ def test_module_carries_a_cubin_for_the_targets_gpu(gpu_builds, target, host, ar
     assert len(cubins) == 1
     assert [cuda.cubin_arch(c) for c in cubins] == [arch]  # from each cubin's ELF header
     assert int.from_bytes(cubins[0][18:20], "little") == cuda.EM_CUDA
+    assert_report_unchanged(gpu_builds[target] / "report.json", "build-cuda")
     report = json.loads((gpu_builds[target] / "report.json").read_text())
     assert report["device_code"]["archs"] == [f"sm_{arch}"]
     assert report["device_code"]["bytes"] == len(cubins[0])

@@ -257,7 +257,7 @@ def test_a_zero_pad_before_a_conv_is_folded_into_it():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(-255, 0), st.integers(0, 255)), min_size=1, max_size=8))
 def test_weight_offsets_take_9_bit_rows_into_int8(bounds):
-    from apprentice_hw.lowering.relax_pass import weight_offsets
+    from apprentice_hw.lowering.lowered import weight_offsets
 
     rows = np.array([[low, high, (low + high) // 2] for low, high in bounds], dtype=np.int64)
     offsets = weight_offsets(rows)
@@ -626,7 +626,7 @@ def test_fma_division_rounds_exactly_as_a_division():
     import tvm
     from tvm import te
 
-    from apprentice_hw.lowering.precision import divide_exactly
+    from apprentice_hw.lowering.float64_pass import divide_exactly
 
     rng = np.random.default_rng(0)
     count = 1 << 16

@@ -15,9 +15,10 @@ from apprentice_hw.report.figure import (
     ACTIVATION_COLOUR,
     WEIGHT_COLOUR,
     FootprintBar,
-    build_bars,
+    footprint_bars,
     plot_footprint,
 )
+from apprentice_hw.report_model import LayerRow, LayerShape
 
 
 def _pixels_of(image: Image.Image, colour: str) -> np.ndarray:
@@ -46,16 +47,15 @@ def test_plot_has_one_stacked_bar_per_precision_and_batch(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*partial*"))
 
 
+def _row(weight_shape, output_shape, weight_bits, output_bits) -> LayerRow:
+    shape = LayerShape([1], output_shape, 0, 0, output_bits, 0.0)
+    return LayerRow("layer", "conv2d", weight_shape, "int8", weight_bits, weight_bits, 8, 0,
+                    None, shape=shape)  # fmt: skip
+
+
 def test_build_bars_count_parameters_and_outputs_at_their_bits():
-    report = {
-        "model": {"weight_bits": 2, "act_bits": 4},
-        "layers": [
-            {"weight_shape": [8, 3, 3, 3], "output_shape": [8, 4, 4], "weight_bits": 8,
-             "output_bits": 4},
-            {"weight_shape": [10, 8], "output_shape": [10], "weight_bits": 2, "output_bits": 8},
-        ],
-    }  # fmt: skip
-    fp32, student = build_bars(report)
+    layers = [_row([8, 3, 3, 3], [8, 4, 4], 8, 4), _row([10, 8], [10], 2, 8)]
+    fp32, student = footprint_bars(layers, "W2A4")
     assert fp32.label == "fp32" and student.label == "W2A4"
     assert fp32.weight_bytes == 4 * (216 + 80)
     assert fp32.activation_bytes == {1: 4 * 138, 8: 32 * 138}

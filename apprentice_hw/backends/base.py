@@ -11,13 +11,13 @@ what target files may name); nothing else asks which kind of device a target is.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from apprentice_hw.build_state import Step
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.options import FpgaOptions
 from apprentice_hw.registry import Registry
+from apprentice_hw.report_model import DeviceCode, Report
 
 
 class Backend:
@@ -62,7 +62,7 @@ class Backend:
         self.check_compilable(target)
         return path
 
-    def device_report(self, module: Path) -> dict[str, Any] | None:
+    def device_report(self, module: Path) -> DeviceCode | None:
         """A report section on the device code inside the linked module, if it has one."""
         return None
 
@@ -81,7 +81,7 @@ class Backend:
         lacking = f" (this CPU lacks {missing})" if missing else ""
         return "yes" if target.runs_on_this_machine else f"no{lacking}"
 
-    def summary_lines(self, report: dict[str, Any], out: Path) -> list[str]:
+    def summary_lines(self, report: Report, out: Path) -> list[str]:
         """The build summary after the accuracy line."""
         return []
 

@@ -4,12 +4,12 @@ build summary of a compiled module."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from apprentice_hw.backends.base import Backend
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.options import FpgaOptions
+from apprentice_hw.report_model import Report
 
 
 def check_kernel_names(target: Target) -> None:
@@ -41,42 +41,40 @@ class TvmBackend(Backend):
     def check_compilable(self, target: Target) -> None:
         return None
 
-    def summary_lines(self, report: dict[str, Any], out: Path) -> list[str]:
+    def summary_lines(self, report: Report, out: Path) -> list[str]:
         return compiled_summary_lines(report, out)
 
 
-def compiled_summary_lines(report: dict[str, Any], out: Path) -> list[str]:
+def compiled_summary_lines(report: Report, out: Path) -> list[str]:
     """A CPU/GPU build's summary: memory, agreement, latency, bundle."""
     from apprentice_hw.report.fields import format_ms
 
-    weights = report["memory"]["weights"]
-    planned = {k: v["activation_bytes_planned"] for k, v in report["memory"]["activations"].items()}
+    weights, memory, checks = report.memory.weights, report.memory, report.checks
     lines = [
-        f"  quantized weights in the module {weights['quantized_weight_bytes'] / 1024:.1f} KiB "
-        f"(parameters x bits / 8: {weights['trained_quantized_bytes'] / 1024:.1f} KiB); "
-        f"activations planned {planned['batch_1'] / 1024:.1f} KiB (batch 1), "
-        f"{planned['batch_8'] / 1024:.1f} KiB (batch 8)"
+        f"  quantized weights in the module {weights.quantized_weight_bytes / 1024:.1f} KiB "
+        f"(parameters x bits / 8: {weights.trained_quantized_bytes / 1024:.1f} KiB); "
+        f"activations planned {memory.planned(1) / 1024:.1f} KiB (batch 1), "
+        f"{memory.planned(8) / 1024:.1f} KiB (batch 8)"
     ]
-    checks = report["checks"]
     others = [
-        f"vs {label}: max {checks[key]['max_diff_steps']:.2f} steps"
+        f"vs {label}: max {checks.comparisons[key].max_diff_steps:.2f} steps"
         for key, label in (("compiled_vs_brevitas", "Brevitas (exact)"),
                            ("compiled_vs_reference", "your reference outputs"))
-        if checks.get(key)
+        if key in checks.comparisons
     ]  # fmt: skip
     lines.append(
         f"  compiled module vs ONNX Runtime: max "
-        f"{checks['compiled_vs_onnxruntime']['max_diff_steps']:.2f} output steps"
+        f"{checks.comparisons['compiled_vs_onnxruntime'].max_diff_steps:.2f} output steps"
         f"{''.join(', ' + other for other in others)}; checked: "
-        f"{checks['compiled_module_checked']}"
+        f"{checks.compiled_module_checked}"
     )
-    latency = report["latency"]
-    estimate = report.get("latency_estimate", {}).get("ms")
-    estimated = f"; estimated {format_ms(estimate)} (roofline lower bound)" if estimate else ""
-    if latency.get("median_ms") is not None:
-        lines.append(f"  latency {latency['median_ms']:.3f} ms median (batch 1){estimated}")
+    latency, estimate = report.latency, report.latency_estimate
+    estimated = (f"; estimated {format_ms(estimate.ms)} (roofline lower bound)"
+                 if estimate is not None else "")  # fmt: skip
+    if latency.measured:
+        lines.append(f"  latency {latency.median_ms:.3f} ms median (batch 1){estimated}")
     else:
-        lines.append(f"  latency not measured: {latency['reason']}{estimated}")
+        lines.append(f"  latency not measured: {latency.reason}{estimated}")
     lines.append(
         f"  deploy bundle: {out / 'bundle'} (copy it to the board and run 'python3 run.py "
         f"--verify'; or 'apprentice-hw deploy {out} --tracker HOST:PORT --key KEY')"

@@ -4,13 +4,13 @@ compiled to a cubin for the target's GPU and embedded in the module."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from apprentice_hw.backends.base import BACKENDS
 from apprentice_hw.backends.compiled import TvmBackend
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.options import FpgaOptions
+from apprentice_hw.report_model import DeviceCode
 
 
 class CudaBackend(TvmBackend):
@@ -51,7 +51,7 @@ class CudaBackend(TvmBackend):
 
         return link_library(executable, path, find_cross_compiler(target), export=with_cubin)
 
-    def device_report(self, module: Path) -> dict[str, Any]:
+    def device_report(self, module: Path) -> DeviceCode:
         """What GPU code the linked module carries, read back from the file itself."""
         from apprentice_hw.compiler.cuda import cubin_arch, device_compiler, embedded_cubins
 
@@ -59,15 +59,12 @@ class CudaBackend(TvmBackend):
         arch_numbers = sorted({cubin_arch(c) for c in cubins})
         archs = [f"sm_{arch}" for arch in arch_numbers]
         compiler = ", ".join(sorted({device_compiler(arch).name for arch in arch_numbers}))
-        return {
-            "format": "cubin",
-            "archs": archs,
-            "cubins": len(cubins),
-            "bytes": sum(len(c) for c in cubins),
-            "compiler": compiler,
-            "description": f"{len(cubins)} cubin for {', '.join(archs)} "
-            f"({sum(len(c) for c in cubins) / 1024:.0f} KiB, {compiler}) inside {module.name}",
-        }
+        size = sum(len(c) for c in cubins)
+        return DeviceCode(
+            format="cubin", archs=archs, cubins=len(cubins), bytes=size, compiler=compiler,
+            description=f"{len(cubins)} cubin for {', '.join(archs)} ({size / 1024:.0f} KiB, "
+            f"{compiler}) inside {module.name}",
+        )  # fmt: skip
 
     def not_measured_reason(self, target: Target) -> str:
         return f"the module needs an NVIDIA GPU ({target.tvm['arch']}); none is reachable here"

@@ -4,13 +4,13 @@ estimates; the pooling head runs on the board's processor. Built from a recipe o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from apprentice_hw.backends.base import BACKENDS, Backend
 from apprentice_hw.build_state import Step
 from apprentice_hw.errors import UserError
 from apprentice_hw.hardware import Target, find_cross_compiler
 from apprentice_hw.options import FpgaOptions
+from apprentice_hw.report_model import Report
 
 
 class FpgaBackend(Backend):
@@ -53,23 +53,22 @@ class FpgaBackend(Backend):
     def runs_here_text(self, target: Target) -> str:
         return "C simulation only (hls4ml); no FPGA here"
 
-    def summary_lines(self, report: dict[str, Any], out: Path) -> list[str]:
+    def summary_lines(self, report: Report, out: Path) -> list[str]:
         """C simulation check, estimates, HLS project."""
-        check = report["checks"]["hls_csim_vs_onnxruntime"]
-        fpga = report["fpga"]
-        estimate = fpga["estimate"]
-        verdict = "identical" if check["exact"] else f"max {check['max_diff_steps']:g} output steps"
+        check, fpga = report.checks.hls_csim, report.fpga
+        estimate = fpga.estimate
+        verdict = "identical" if check.exact else f"max {check.max_diff_steps:g} output steps"
         used = ", ".join(
             f"{key} {value:,} ({estimate['utilization'][key]:.1%})"
             for key, value in estimate["totals"].items()
         )
         return [
-            f"  hls4ml C simulation vs ONNX Runtime on {check['samples']} test images: {verdict}",
-            f"  estimated on {fpga['part']} at reuse factor {estimate['reuse_factor']}: {used}",
+            f"  hls4ml C simulation vs ONNX Runtime on {check.samples} test images: {verdict}",
+            f"  estimated on {fpga.part} at reuse factor {estimate['reuse_factor']}: {used}",
             f"  estimated latency {estimate['latency_cycles']:,} cycles = "
             f"{estimate['latency_ms']:.4f} ms at {estimate['clock_mhz']:g} MHz, "
             f"{estimate['images_per_second']:,.0f} images/s",
-            f"  HLS project: {out / fpga['hls_project']} ({fpga['head']})",
+            f"  HLS project: {out / fpga.hls_project} ({fpga.head})",
         ]
 
 

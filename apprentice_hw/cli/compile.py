@@ -69,12 +69,12 @@ def compile_command(
     )  # fmt: skip
     report = result.report
     click.echo(f"build written to {result.out}")
-    model = report["model"]
+    model = report.model
     click.echo(
-        f"  {model['format']} model {model['source']}: {model['layers'] - model['float_layers']}"
-        f" of {model['layers']} conv / fully connected layers as integer kernels"
+        f"  {model.format} model {model.source}: {model.layers - model.float_layers}"
+        f" of {model.layers} conv / fully connected layers as integer kernels"
     )
     for layer in result.float_layers:
-        click.echo(f"  warning: {layer['name']} ({layer['kind']}) stays float: "
-                   f"{layer['reason']}", err=True)  # fmt: skip
+        click.echo(f"  warning: {layer.name} ({layer.kind}) stays float: {layer.reason}",
+                   err=True)  # fmt: skip
     echo_lines(compiled_summary_lines(report, result.out))

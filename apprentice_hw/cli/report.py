@@ -129,7 +129,7 @@ def _report_build(path: Path, fmt: str, out: Path | None) -> None:
     if fmt == "md":
         click.echo(report.markdown())
     elif fmt == "json":
-        click.echo(json.dumps(report.data, indent=2))
+        click.echo(json.dumps(report.to_dict(), indent=2))
     elif fmt == "png":
         click.echo(f"wrote {report.plot(out)}")
     else:

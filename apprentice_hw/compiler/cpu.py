@@ -11,7 +11,7 @@ from apprentice_hw.hardware import Target
 
 
 def fma_division(target: Target) -> bool:
-    """Whether requantization divides by multiply + FMA (``precision.divide_exactly``)."""
+    """Whether requantization divides by multiply + FMA (``float64_pass.divide_exactly``)."""
     from apprentice_hw.compiler.schedules import has_fused_multiply_add
 
     return has_fused_multiply_add(target.tvm_target())

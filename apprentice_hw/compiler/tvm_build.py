@@ -27,7 +27,7 @@ from apprentice_hw.lowering import (
     lower_to_integer,
 )
 from apprentice_hw.lowering.channels_last import to_channels_last
-from apprentice_hw.lowering.relax_pass import weight_digest
+from apprentice_hw.lowering.lowered import weight_digest
 
 LOWERED_OPS = ("Conv", "Gemm", "MatMul")
 

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from apprentice_hw.compiler.runtime import LatencyStats
 from apprentice_hw.deploy.bundle import Bundle
 from apprentice_hw.errors import UserError
 from apprentice_hw.output_steps import max_steps
+from apprentice_hw.report_model import DeploySection, Report
 
 T = TypeVar("T")
 
@@ -170,7 +171,7 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
     )
 
 
-def record_in_report(build_dir: Path, report: dict[str, Any], result: DeployResult) -> None:
+def record_in_report(build_dir: Path, report: Report, result: DeployResult) -> None:
     """Add the board's results to ``report`` and write it (json, md, html), then the manifest.
 
     The files land together: Ctrl-C waits until the report and the manifest that hashes it
@@ -180,7 +181,7 @@ def record_in_report(build_dir: Path, report: dict[str, Any], result: DeployResu
     from apprentice_hw.manifest import refresh_manifest
     from apprentice_hw.report import write_report
 
-    report = {**report, "deploy": result.to_dict()}
+    report = replace(report, deploy=DeploySection.from_dict(result.to_dict()))
     with uninterrupted():
         write_report(report, build_dir)
         refresh_manifest(build_dir)

@@ -20,6 +20,18 @@ from apprentice_hw.artifacts import QONNX_FILE, REPORT_BATCHES
 from apprentice_hw.build_state import BuildState
 from apprentice_hw.errors import UserError
 from apprentice_hw.options import FpgaOptions
+from apprentice_hw.report_model import (
+    CsimCheck,
+    FpgaPlacement,
+    FpgaSection,
+    Latency,
+    LatencyEstimate,
+    LayerRow,
+    LayerShape,
+    MemorySection,
+    WeightMemory,
+    shape_fields,
+)
 
 HLS_DIR = "hls"
 CHECK_IMAGES = 100  # the C simulation is checked against ONNX Runtime on this many test images
@@ -73,22 +85,14 @@ def _weight_shape(cost) -> list[int]:
     return [filters, channels, kernel, kernel]
 
 
-def _layer_row(cost, on_fpga: bool) -> dict[str, Any]:
-    """A report row in the CPU/GPU layout, so the Markdown, HTML and plot read it as usual."""
-    from apprentice_hw.report.layers import cost_fields
-
-    return {
-        "name": cost.name,
-        "kind": cost.kind,
-        "weight_shape": _weight_shape(cost),
-        "weight_bits": cost.weight_bits,
-        "storage_bits": cost.weight_bits,
-        "act_bits": cost.act_bits,
-        "strategy": "hls4ml (FPGA fabric)" if on_fpga else "host (ONNX Runtime)",
-        "reason": None,
-        "weight_bytes": cost.weight_bytes,
-        **cost_fields(cost),
-    }
+def _layer_row(cost, on_fpga: bool) -> LayerRow:
+    """A report row like a CPU/GPU build's, so the Markdown, HTML and plot read it as usual."""
+    return LayerRow(
+        name=cost.name, kind=cost.kind, weight_shape=_weight_shape(cost),
+        strategy="hls4ml (FPGA fabric)" if on_fpga else "host (ONNX Runtime)",
+        weight_bits=cost.weight_bits, storage_bits=cost.weight_bits, act_bits=cost.act_bits,
+        weight_bytes=cost.weight_bytes, reason=None, shape=LayerShape(**shape_fields(cost)),
+    )  # fmt: skip
 
 
 def step_compile(state: BuildState) -> None:
@@ -118,49 +122,33 @@ def step_compile(state: BuildState) -> None:
         state.progress.message("    running Vitis HLS C synthesis (minutes to hours)")
         synthesis.synthesize(state.workdir / HLS_DIR)
     estimate = design.to_dict()
-    state.report["layers"] = [_layer_row(c, c.name not in split.head_layers) for c in costs]
-    footprint = weight_footprint(state.student)
+    parts = state.parts
+    parts.layers = [_layer_row(c, c.name not in split.head_layers) for c in costs]
     on_chip = sum(cost.weight_bytes for cost in on_fpga)
-    state.report["memory"] = {
-        "weights": {
-            "on_chip_weight_bytes": on_chip,
-            "host_weight_bytes": sum(c.weight_bytes for c in costs) - on_chip,
-            "quantized_weight_bytes": sum(c.weight_bytes for c in costs),
-            "trained_precision_bytes": footprint.trained_precision_bytes,
-            "trained_quantized_bytes": footprint.quantized_bytes,
-            "fp32_bytes": footprint.fp32_bytes,
-            "parameters": footprint.parameters,
-            "bits_per_layer": footprint.bits_per_layer,
-        },
-        "activations": {},  # streamed through FIFOs and line buffers, not planned in memory
-        "paper_activation_bytes": {
-            f"batch_{b}": activation_bytes(costs, b) for b in REPORT_BATCHES
-        },
-    }
-    state.report["latency_estimate"] = {
-        "ms": estimate["latency_ms"],
-        "kind": "estimated",
-        "method": f"{estimate['method']}; {estimate['latency_cycles']:,} cycles at "
+    total = sum(c.weight_bytes for c in costs)
+    weights = WeightMemory.from_footprint(
+        weight_footprint(state.student), total, fpga=FpgaPlacement(on_chip, total - on_chip)
+    )
+    parts.memory = MemorySection(
+        weights,
+        activations={},  # streamed through FIFOs and line buffers, not planned in memory
+        paper_activation_bytes={b: activation_bytes(costs, b) for b in REPORT_BATCHES},
+    )
+    parts.latency_estimate = LatencyEstimate(
+        ms=estimate["latency_ms"],
+        method=f"{estimate['method']}; {estimate['latency_cycles']:,} cycles at "
         f"{spec.clock_mhz:g} MHz, a new image every {estimate['interval_cycles']:,} cycles",
-    }
+    )
     head = (
         "the pooling head (global average pool, classifier, output quantizer) runs on the host "
         "with ONNX Runtime: hls4ml cannot take it (see apprentice_hw/fpga/hls.py)"
         if split.head is not None else "the whole model is on the FPGA"
     )  # fmt: skip
-    state.report["fpga"] = {
-        "part": spec.part,
-        "hls_project": HLS_DIR,
-        "backend": hls.HLS_BACKEND,
-        "io_type": hls.IO_TYPE,
-        "precision": hls.HLS_PRECISION,
-        "head": head,
-        "exactness_warning": warning,
-        "estimate": estimate,
-    }
-    synthesized = synthesis.synthesis_of(state.workdir, HLS_DIR)
-    if synthesized is not None:
-        state.report["fpga"]["synthesis"] = synthesized
+    parts.fpga = FpgaSection(
+        part=spec.part, hls_project=HLS_DIR, backend=hls.HLS_BACKEND, io_type=hls.IO_TYPE,
+        precision=hls.HLS_PRECISION, head=head, exactness_warning=warning, estimate=estimate,
+        synthesis=synthesis.synthesis_of(state.workdir, HLS_DIR),
+    )  # fmt: skip
     if not design.fits:
         state.progress.message(
             f"    warning: reuse factor {design.reuse_factor} exceeds 80% of {spec.part}'s "
@@ -172,43 +160,40 @@ def step_verify(state: BuildState) -> None:
     from apprentice_hw.fpga import hls
     from apprentice_hw.output_steps import compare_outputs
 
-    data, checks = state.data, state.report["checks"]
+    data, checks = state.data, state.parts.checks
     count = min(CHECK_IMAGES, len(data.test_x))
     images = data.test_x[:count].numpy()
     design = state.device_artifacts
     outputs = hls.run(design.hls_model, design.split, images)
     reference = state.ort_outputs[:count]
-    check = compare_outputs(reference, outputs, checks["output_step"])
-    checks["hls_csim_vs_onnxruntime"] = {
-        "samples": count,
-        "max_diff_steps": check.max_diff_steps,
-        "identical_samples": round(check.fraction_exact * count),
-        "within_1_step": round(check.fraction_within_one_step * count),
-        "prediction_agreement": check.prediction_agreement,
-        "exact": bool(np.array_equal(outputs, reference)),
-    }
-    checks["compiled_module_checked"] = (
+    check = compare_outputs(reference, outputs, checks.output_step)
+    result = CsimCheck(
+        samples=count,
+        max_diff_steps=check.max_diff_steps,
+        identical_samples=round(check.fraction_exact * count),
+        within_1_step=round(check.fraction_within_one_step * count),
+        prediction_agreement=check.prediction_agreement,
+        exact=bool(np.array_equal(outputs, reference)),
+    )
+    checks.hls_csim = result
+    checks.compiled_module_checked = (
         f"hls4ml's C simulation of the FPGA part on {count} test images, head on the host"
     )
     # On the checked images only (the C simulation is slow): not comparable to the full-split
     # top-1 of the other rows, hence its own key.
-    state.report["accuracy"]["compiled_top1"] = None
-    state.report["accuracy"][f"hls_csim_top1_first_{count}"] = float(
+    state.parts.accuracy.compiled_top1 = None
+    state.parts.accuracy.partial[f"hls_csim_top1_first_{count}"] = float(
         np.mean(outputs.argmax(1) == data.test_y[:count].numpy())
     )
-    state.report["latency"] = {
-        "kind": "not measured",
-        "reason": NOT_MEASURED,
-    }
-    result = checks["hls_csim_vs_onnxruntime"]
+    state.parts.latency = Latency.not_measured(NOT_MEASURED)
     state.progress.message(
-        f"    C simulation vs ONNX Runtime on {count} images: max {result['max_diff_steps']:g} "
-        f"output steps, {result['identical_samples']}/{count} identical"
+        f"    C simulation vs ONNX Runtime on {count} images: max {result.max_diff_steps:g} "
+        f"output steps, {result.identical_samples}/{count} identical"
     )
-    if state.recipe.quant == EXACT_QUANT and not result["exact"]:
+    if state.recipe.quant == EXACT_QUANT and not result.exact:
         raise RuntimeError(
             f"the hls4ml C simulation differs from ONNX Runtime by up to "
-            f"{result['max_diff_steps']:g} output steps on a power-of-two model, which must be "
+            f"{result.max_diff_steps:g} output steps on a power-of-two model, which must be "
             "exact; the FPGA build is broken"
         )
 

@@ -1,7 +1,8 @@
 """Integer lowering of quantized ONNX models: canonical ONNX, Relax pass, kernels, packing."""
 
+from apprentice_hw.lowering.lowered import LoweredLayer, LoweringOptions
 from apprentice_hw.lowering.onnx_canonical import canonicalize, graph_input
-from apprentice_hw.lowering.relax_pass import LoweredLayer, LoweringOptions, lower_to_integer
+from apprentice_hw.lowering.relax_pass import lower_to_integer
 from apprentice_hw.lowering.strategies import (
     DEFAULT_PREFERENCE,
     KERNEL_STRATEGIES,

@@ -2,39 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from apprentice_hw.report.fields import bits_label
+from apprentice_hw.report.fields import precision_label
 from apprentice_hw.report.figure import BATCHES, FootprintBar, build_bars
+from apprentice_hw.report_model import Report
 
 # (row label, function of a report) for the comparison table, in display order.
-ROWS: tuple[tuple[str, Any], ...] = (
-    ("target", lambda r: r["target"]["name"]),
-    ("precision", lambda r: f"W{bits_label(r['model']['weight_bits'])}"
-                            f"A{bits_label(r['model']['act_bits'])}"),
-    ("student top-1", lambda r: r["accuracy"].get("student_top1")),
-    ("compiled module top-1", lambda r: r["accuracy"].get("compiled_top1")),
+ROWS: tuple[tuple[str, Callable[[Report], Any]], ...] = (
+    ("target", lambda r: r.target.name),
+    ("precision", precision_label),
+    ("student top-1", lambda r: r.accuracy.student_top1),
+    ("compiled module top-1", lambda r: r.accuracy.compiled_top1),
     # FPGA designs have no module and plan no activation memory: their cells read "-".
-    ("module constants (bytes)", lambda r: r["memory"]["weights"].get("compiled_module_bytes")),
-    ("quantized weights (bytes)", lambda r: r["memory"]["weights"]["quantized_weight_bytes"]),
-    ("weights as fp32 (bytes)", lambda r: r["memory"]["weights"]["fp32_bytes"]),
+    ("module constants (bytes)",
+     lambda r: r.memory.weights.module.compiled_module_bytes if r.memory.weights.module else None),
+    ("quantized weights (bytes)", lambda r: r.memory.weights.quantized_weight_bytes),
+    ("weights as fp32 (bytes)", lambda r: r.memory.weights.fp32_bytes),
     *(
         (f"activations b{b}, paper's measure (bytes)",
-         lambda r, b=b: r["memory"].get("paper_activation_bytes", {}).get(f"batch_{b}"))
+         lambda r, b=b: r.memory.paper_activation_bytes.get(b))
         for b in BATCHES
     ),
     *(
-        (f"activations b{b}, planned (bytes)",
-         lambda r, b=b: r["memory"]["activations"].get(f"batch_{b}", {})
-         .get("activation_bytes_planned"))
+        (f"activations b{b}, planned (bytes)", lambda r, b=b: r.memory.planned(b))
         for b in BATCHES
     ),
-    ("latency b1 median (ms)", lambda r: r["latency"].get("median_ms")),
-    ("latency b1 estimated (ms)", lambda r: r.get("latency_estimate", {}).get("ms")),
+    ("latency b1 median (ms)", lambda r: r.latency.median_ms),
+    ("latency b1 estimated (ms)",
+     lambda r: r.latency_estimate.ms if r.latency_estimate is not None else None),
 )  # fmt: skip
 
 
-def comparison(reports: list[tuple[str, dict]]) -> dict[str, Any]:
+def comparison(reports: list[tuple[str, Report]]) -> dict[str, Any]:
     """The comparison as data: build names and one value per build for every row."""
     return {
         "builds": [name for name, _ in reports],
@@ -62,7 +63,7 @@ def render_comparison(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def comparison_bars(reports: list[tuple[str, dict]]) -> list[FootprintBar]:
+def comparison_bars(reports: list[tuple[str, Report]]) -> list[FootprintBar]:
     """fp32 of the first build, then each build at its precision, labelled by build name."""
     bars = [build_bars(reports[0][1])[0]]
     for name, report in reports:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from apprentice_hw.report_model import Report
 
 FIGURE_FILE = "footprint.png"
 HTML_FILE = "report.html"
@@ -13,17 +13,12 @@ def format_ms(value: float) -> str:
     return f"{value:.3f} ms" if value >= 0.1 else f"{value * 1000:.3g} us"
 
 
-def is_compiled(report: dict[str, Any]) -> bool:
-    """Whether ``report`` is of ``compile`` (a user's ONNX model) rather than ``build``."""
-    return "source" in report["model"]
-
-
-def figure_title(report: dict[str, Any]) -> str:
+def figure_title(report: Report) -> str:
     """The footprint figure's title: the student and its data, or the compiled model's file."""
-    model = report["model"]
-    if is_compiled(report):
-        return f"{model['source']}: weights and activations"
-    return f"{model['student']} on {model['dataset']}: weights and activations"
+    model = report.model
+    if report.is_compiled:
+        return f"{model.source}: weights and activations"
+    return f"{model.student} on {model.dataset}: weights and activations"
 
 
 def bits_label(value: int | list[int]) -> str:
@@ -31,3 +26,8 @@ def bits_label(value: int | list[int]) -> str:
     if isinstance(value, list):
         return "/".join(str(v) for v in value) or "-"
     return str(value)
+
+
+def precision_label(report: Report) -> str:
+    """``W2A8``, or a compiled model's widths (``W2/8A4/8``)."""
+    return f"W{bits_label(report.model.weight_bits)}A{bits_label(report.model.act_bits)}"

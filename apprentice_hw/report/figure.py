@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apprentice_hw.atomic import atomic_path
+from apprentice_hw.report_model import LayerRow, Report
 
 BATCHES = (1, 8)
 WEIGHT_COLOUR = "#4C72B0"
@@ -61,24 +62,27 @@ def plot_footprint(bars: list[FootprintBar], title: str, path: Path) -> Path:
     return path
 
 
-def build_bars(report: dict) -> list[FootprintBar]:
-    """fp32 and the build's own precision, from a build report's per-layer rows."""
+def build_bars(report: Report) -> list[FootprintBar]:
+    """fp32 and the build's own precision, from a report's per-layer rows."""
+    from apprentice_hw.report.fields import precision_label
+
+    return footprint_bars(report.layers, precision_label(report))
+
+
+def footprint_bars(layers: list[LayerRow], label: str) -> list[FootprintBar]:
+    """fp32 and ``label``'s precision: every layer's parameters and outputs at their bits."""
     import math
 
-    layers = [layer for layer in report.get("layers", []) if layer.get("output_shape")]
-    if not layers:
+    shaped = [layer for layer in layers if layer.shape is not None and layer.shape.output_shape]
+    if not shaped:
         from apprentice_hw.errors import UserError
 
         raise UserError("this build's report has no per-layer shapes (it was made by an older "
                         "apprentice-hw); rebuild it to plot its footprint")  # fmt: skip
-    model = report["model"]
-    params = [math.prod(layer["weight_shape"]) for layer in layers]
-    outputs = [math.prod(layer["output_shape"]) for layer in layers]
+    params = [math.prod(layer.weight_shape) for layer in shaped]
+    outputs = [math.prod(layer.shape.output_shape) for layer in shaped]
     fp32 = FootprintBar("fp32", 4.0 * sum(params), {b: 4.0 * b * sum(outputs) for b in BATCHES})
-    pairs = list(zip(params, outputs, layers, strict=True))
-    weight = sum(n * (layer["weight_bits"] or 32) / 8 for n, _, layer in pairs)
-    per_image = sum(m * layer["output_bits"] / 8 for _, m, layer in pairs)
-    from apprentice_hw.report.fields import bits_label
-
-    label = f"W{bits_label(model['weight_bits'])}A{bits_label(model['act_bits'])}"
+    pairs = list(zip(params, outputs, shaped, strict=True))
+    weight = sum(n * (layer.weight_bits or 32) / 8 for n, _, layer in pairs)
+    per_image = sum(m * layer.shape.output_bits / 8 for _, m, layer in pairs)
     return [fp32, FootprintBar(label, weight, {b: b * per_image for b in BATCHES})]

@@ -1,13 +1,20 @@
-"""Writers for ``report.json`` (the data) and ``report.md`` (the same data, for people).
+"""``report.md``: the report (``report_model.Report``, what ``report.json`` holds) for people.
 
-The Markdown is rendered from the JSON dict alone, so the two can never disagree.
+The Markdown is rendered from the same report object as the JSON, so the two never disagree.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from apprentice_hw.report.fields import bits_label, format_ms, is_compiled
+from apprentice_hw.output_steps import OutputComparison
+from apprentice_hw.report.fields import bits_label, format_ms
+from apprentice_hw.report_model import (
+    Checks,
+    DeploySection,
+    FpgaSection,
+    LayerRow,
+    Report,
+    WeightMemory,
+)
 
 
 def _kib(value: float) -> str:
@@ -22,178 +29,177 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _check_row(label: str, check: dict[str, Any] | None, reason: str = "") -> str:
-    if not check:
+def _check_row(label: str, check: OutputComparison | None, reason: str = "") -> str:
+    if check is None:
         return f"| {label} | not run{': ' + reason if reason else ''} | | | |"
     return (
-        f"| {label} | {check['max_diff_steps']:.2f} | {check['fraction_exact']:.1%} "
-        f"| {check['fraction_within_one_step']:.1%} "
-        f"| {check['prediction_agreement']:.2%} |"
+        f"| {label} | {check.max_diff_steps:.2f} | {check.fraction_exact:.1%} "
+        f"| {check.fraction_within_one_step:.1%} "
+        f"| {check.prediction_agreement:.2%} |"
     )
 
 
-def _device_code_lines(report: dict[str, Any]) -> list[str]:
+def _device_code_lines(report: Report) -> list[str]:
     """A GPU build's device code, where its weights and activations live."""
-    if not report.get("device_code"):
+    if report.device_code is None:
         return []
-    return [f"Device code: {report['device_code']['description']}; weights and activations "
+    return [f"Device code: {report.device_code.description}; weights and activations "
             "below live in GPU memory.", ""]  # fmt: skip
 
 
-def _build_header(report: dict[str, Any]) -> list[str]:
+AGREEMENT_TABLE = (
+    "| comparison | max diff (steps) | identical samples | within 1 step | same top-1 |",
+    "|---|---|---|---|---|",
+)
+
+
+def _build_header(report: Report) -> list[str]:
     """Title, student, accuracy and agreement of a trained build."""
-    model, target, acc = report["model"], report["target"], report["accuracy"]
-    checks = report["checks"]
+    model, target, acc, checks = report.model, report.target, report.accuracy, report.checks
+    comparison = checks.comparison
     return [
-        f"# apprentice-hw build: {model['recipe']} on {target['name']}",
+        f"# apprentice-hw build: {model.recipe} on {target.name}",
         "",
-        f"Student **W{model['weight_bits']}A{model['act_bits']}** "
-        f"({model['weight_preset']}; first/last layer weights: {model['first_last']}), "
-        f"distilled with scheme {model['scheme']} from an fp32 teacher on `{model['dataset']}`. "
-        f"Target: {target['description']}.",
+        f"Student **W{model.weight_bits}A{model.act_bits}** "
+        f"({model.weight_preset}; first/last layer weights: {model.first_last}), "
+        f"distilled with scheme {model.scheme} from an fp32 teacher on `{model.dataset}`. "
+        f"Target: {target.description}.",
         "",
         *_device_code_lines(report),
         "## Accuracy (test split, top-1)",
         "",
         "| network | top-1 |",
         "|---|---|",
-        f"| fp32 teacher | {_pct(acc['teacher_top1'])} |",
-        f"| student (Brevitas) | {_pct(acc['student_top1'])} |",
-        f"| student (ONNX Runtime, QCDQ) | {_pct(acc['onnxruntime_top1'])} |",
-        f"| student (compiled module) | {_pct(acc.get('compiled_top1'))} |",
+        f"| fp32 teacher | {_pct(acc.teacher_top1)} |",
+        f"| student (Brevitas) | {_pct(acc.student_top1)} |",
+        f"| student (ONNX Runtime, QCDQ) | {_pct(acc.onnxruntime_top1)} |",
+        f"| student (compiled module) | {_pct(acc.compiled_top1)} |",
         "",
         "## Agreement (max difference in output quantization steps)",
         "",
-        f"One step = {checks['output_step']:.6g} (scale of the output quantizer).",
+        f"One step = {checks.output_step:.6g} (scale of the output quantizer).",
         "",
-        "| comparison | max diff (steps) | identical samples | within 1 step | same top-1 |",
-        "|---|---|---|---|---|",
-        _check_row("ONNX Runtime vs Brevitas, float32", checks["onnxruntime_vs_brevitas"]),
-        _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
-        _check_row("compiled module vs Brevitas, exact", checks.get("compiled_vs_brevitas")),
+        *AGREEMENT_TABLE,
+        _check_row("ONNX Runtime vs Brevitas, float32", comparison("onnxruntime_vs_brevitas")),
+        _check_row("compiled module vs ONNX Runtime", comparison("compiled_vs_onnxruntime")),
+        _check_row("compiled module vs Brevitas, exact", comparison("compiled_vs_brevitas")),
         _check_row(
-            "compiled module vs Brevitas, float32", checks.get("compiled_vs_brevitas_float32")
+            "compiled module vs Brevitas, float32", comparison("compiled_vs_brevitas_float32")
         ),
         "",
     ]
 
 
-def _compiled_header(report: dict[str, Any]) -> list[str]:
+def _compiled_header(report: Report) -> list[str]:
     """Title, source model and agreement of a compiled user model."""
-    model, target, checks = report["model"], report["target"], report["checks"]
-    integer = model["layers"] - model["float_layers"]
+    model, target, checks = report.model, report.target, report.checks
+    integer = model.layers - model.float_layers
+    inputs = checks.inputs
+    reference = checks.comparison("compiled_vs_reference")
     return [
-        f"# apprentice-hw compile: {model['source']} on {target['name']}",
+        f"# apprentice-hw compile: {model.source} on {target.name}",
         "",
-        f"{model['format']} model `{model['source']}`: {integer} of {model['layers']} conv / "
+        f"{model.format} model `{model.source}`: {integer} of {model.layers} conv / "
         f"fully connected layers as integer kernels (weight bits "
-        f"{bits_label(model['weight_bits'])}, activation bits {bits_label(model['act_bits'])}). "
-        f"Target: {target['description']}.",
+        f"{bits_label(model.weight_bits)}, activation bits {bits_label(model.act_bits)}). "
+        f"Target: {target.description}.",
         "",
         *_device_code_lines(report),
         "## Agreement (max difference in output quantization steps)",
         "",
-        f"One step = {checks['output_step']:.6g} (scale of the output quantizer); "
-        f"{checks['samples']} inputs ({checks['inputs']}).",
+        f"One step = {checks.output_step:.6g} (scale of the output quantizer); "
+        f"{inputs.samples} inputs ({inputs.inputs}).",
         "",
-        "| comparison | max diff (steps) | identical samples | within 1 step | same top-1 |",
-        "|---|---|---|---|---|",
-        _check_row("compiled module vs ONNX Runtime", checks.get("compiled_vs_onnxruntime")),
-        *(
-            [_check_row("compiled module vs reference outputs", checks["compiled_vs_reference"])]
-            if checks.get("compiled_vs_reference")
-            else []
-        ),
+        *AGREEMENT_TABLE,
+        _check_row("compiled module vs ONNX Runtime", checks.comparison("compiled_vs_onnxruntime")),
+        *([_check_row("compiled module vs reference outputs", reference)] if reference else []),
         "",
     ]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """A readable summary of ``report`` (the dict written to ``report.json``)."""
-    memory, checks = report["memory"], report["checks"]
-    weights = memory["weights"]
-    lines = _compiled_header(report) if is_compiled(report) else _build_header(report)
+def render_markdown(report: Report) -> str:
+    """A readable summary of ``report`` (what ``report.json`` holds)."""
+    weights = report.memory.weights
+    lines = _compiled_header(report) if report.is_compiled else _build_header(report)
     lines += [
-        f"Compiled module checked: {checks.get('compiled_module_checked', 'not run')}.",
+        f"Compiled module checked: {report.checks.compiled_module_checked or 'not run'}.",
         "",
         "## Memory",
         "",
         "| | bytes | |",
         "|---|---|---|",
-        *(
-            _module_weight_rows(weights)
-            if "compiled_module_bytes" in weights
-            else _fpga_weight_rows(weights)
-        ),
+        *(_module_weight_rows(weights) if weights.module else _fpga_weight_rows(weights)),
     ]
     lines += [
-        f"| all parameters at trained precision | {weights['trained_precision_bytes']:,.0f} "
-        f"| {_kib(weights['trained_precision_bytes'])} (quantized at their bits, rest fp32) |",
-        f"| weights as fp32 | {weights['fp32_bytes']:,} | {_kib(weights['fp32_bytes'])} |",
+        f"| all parameters at trained precision | {weights.trained_precision_bytes:,.0f} "
+        f"| {_kib(weights.trained_precision_bytes)} (quantized at their bits, rest fp32) |",
+        f"| weights as fp32 | {weights.fp32_bytes:,} | {_kib(weights.fp32_bytes)} |",
     ]  # fmt: skip
     lines += _memory_and_rest(report)
     return "\n".join(lines)
 
 
-def _module_weight_rows(weights: dict[str, Any]) -> list[str]:
+def _module_weight_rows(weights: WeightMemory) -> list[str]:
     """The compiled module's constants (CPU and GPU builds)."""
+    module = weights.module
     return [
-        f"| constants in the compiled module | {weights['compiled_module_bytes']:,} "
-        f"| {_kib(weights['compiled_module_bytes'])} (all of the below) |",
-        f"| quantized weights in the module | {weights['quantized_weight_bytes']:,} "
-        f"| {_kib(weights['quantized_weight_bytes'])} "
-        f"({weights['quantized_vs_trained']:.3f}x parameters x bits / 8 = "
-        f"{weights['trained_quantized_bytes']:,.0f} B) |",
+        f"| constants in the compiled module | {module.compiled_module_bytes:,} "
+        f"| {_kib(module.compiled_module_bytes)} (all of the below) |",
+        f"| quantized weights in the module | {weights.quantized_weight_bytes:,} "
+        f"| {_kib(weights.quantized_weight_bytes)} "
+        f"({module.quantized_vs_trained:.3f}x parameters x bits / 8 = "
+        f"{weights.trained_quantized_bytes:,.0f} B) |",
         f"| requantization constants (per-channel scales, folded BatchNorm) "
-        f"| {weights['scale_bytes']:,} "
-        f"| {_kib(weights['scale_bytes'])} |",
-        f"| other constants (biases, layers left in float) | {weights['other_bytes']:,} "
-        f"| {_kib(weights['other_bytes'])} |",
+        f"| {module.scale_bytes:,} "
+        f"| {_kib(module.scale_bytes)} |",
+        f"| other constants (biases, layers left in float) | {module.other_bytes:,} "
+        f"| {_kib(module.other_bytes)} |",
     ]
 
 
-def _fpga_weight_rows(weights: dict[str, Any]) -> list[str]:
+def _fpga_weight_rows(weights: WeightMemory) -> list[str]:
     """Where an FPGA build keeps its weights: in the fabric, or with the head on the host."""
+    fpga = weights.fpga
     return [
-        f"| quantized weights on the FPGA (BRAM or logic) | {weights['on_chip_weight_bytes']:,.0f} "
-        f"| {_kib(weights['on_chip_weight_bytes'])} |",
-        f"| quantized weights of the head on the host | {weights['host_weight_bytes']:,.0f} "
-        f"| {_kib(weights['host_weight_bytes'])} |",
+        f"| quantized weights on the FPGA (BRAM or logic) | {fpga.on_chip_weight_bytes:,.0f} "
+        f"| {_kib(fpga.on_chip_weight_bytes)} |",
+        f"| quantized weights of the head on the host | {fpga.host_weight_bytes:,.0f} "
+        f"| {_kib(fpga.host_weight_bytes)} |",
     ]
 
 
-def _memory_and_rest(report: dict[str, Any]) -> list[str]:
+def _memory_and_rest(report: Report) -> list[str]:
     """Activation rows, layers, latency and the device sections of the Markdown report."""
-    memory, latency = report["memory"], report["latency"]
+    memory = report.memory
     lines: list[str] = []
-    for key, value in memory.get("paper_activation_bytes", {}).items():
+    for batch, value in memory.paper_activation_bytes.items():
         lines.append(
-            f"| activations, {key.replace('_', ' ')}, conv/FC outputs at their bits "
+            f"| activations, batch {batch}, conv/FC outputs at their bits "
             f"(the paper's measure) | {value:,.0f} | {_kib(value)} |"
         )
-    for act in memory["activations"].values():
+    for plan in memory.activations.values():
         lines.append(
-            f"| activations, batch {act['batch']}, planned peak | "
-            f"{act['activation_bytes_planned']:,} | {_kib(act['activation_bytes_planned'])} |"
+            f"| activations, batch {plan.batch}, planned peak | "
+            f"{plan.activation_bytes_planned:,} | {_kib(plan.activation_bytes_planned)} |"
         )
         lines.append(
-            f"| activations, batch {act['batch']}, sum of all tensors | "
-            f"{act['activation_bytes_unplanned']:,} | {_kib(act['activation_bytes_unplanned'])} |"
+            f"| activations, batch {plan.batch}, sum of all tensors | "
+            f"{plan.activation_bytes_unplanned:,} | {_kib(plan.activation_bytes_unplanned)} |"
         )
-    if "kernel_workspace_bytes_batch_1" in memory:
-        workspace = memory["kernel_workspace_bytes_batch_1"]
-        module_file = memory["module_file_bytes"]
-        runtime = {k: v for k, v in memory["runtime_library_bytes"].items() if k != "arch"}
-        peak = memory["activations"]["batch_1"]["activation_bytes_planned"] + workspace
+    if memory.files is not None:
+        files = memory.files
+        workspace = files.kernel_workspace_bytes_batch_1
+        runtime = files.runtime_library_bytes
+        peak = memory.planned(1) + workspace
         lines += [
             f"| kernel workspace, batch 1 (largest kernel's scratch, outside the plan) "
             f"| {workspace:,} | {_kib(workspace)} |",
             f"| peak working memory, batch 1 (planned activations + kernel workspace) "
             f"| {peak:,} | {_kib(peak)} |",
-            f"| compiled module file (`model.so`) | {module_file:,} | {_kib(module_file)} |",
-            f"| TVM runtime libraries ({', '.join(runtime)}; "
-            f"{memory['runtime_library_bytes']['arch']} build) | {sum(runtime.values()):,} "
-            f"| {_kib(sum(runtime.values()))} |",
+            f"| compiled module file (`model.so`) | {files.module_file_bytes:,} "
+            f"| {_kib(files.module_file_bytes)} |",
+            f"| TVM runtime libraries ({', '.join(runtime)}; {files.runtime_arch} build) "
+            f"| {sum(runtime.values()):,} | {_kib(sum(runtime.values()))} |",
         ]
     lines += [
         "",
@@ -203,77 +209,85 @@ def _memory_and_rest(report: dict[str, Any]) -> list[str]:
         "| activation bits in / out | weight bytes | output bytes (batch 1) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for layer in report.get("layers", []):
-        shape = "x".join(str(d) for d in layer["weight_shape"])
-        bits = (
-            f"{layer['weight_bits']} ({layer['storage_bits']})"
-            if layer["weight_bits"] is not None
-            else f"float: {layer['reason']}"
-        )
-        output = "x".join(str(d) for d in layer.get("output_shape", [])) or "-"
-        acts = (
-            f"{layer['act_bits'] if layer['act_bits'] is not None else '-'} / "
-            f"{layer.get('output_bits', '-')}"
-        )
-        lines.append(
-            f"| {layer['name']} | {layer['kind']} | {shape} | {output} "
-            f"| {_count(layer.get('macs'))} | {_count(layer.get('bit_operations'))} "
-            f"| {layer['strategy']} | {bits} | {acts} | {layer['weight_bytes']:,} "
-            f"| {_count(layer.get('output_bytes_batch_1'))} |"
-        )
+    lines += [_layer_line(layer) for layer in report.layers]
     lines += ["", "## Latency (batch 1)", ""]
-    if latency.get("kind") == "measured":
+    latency = report.latency
+    if latency.measured:
         lines.append(
-            f"Measured on this machine: median **{latency['median_ms']:.3f} ms** "
-            f"(min {latency['min_ms']:.3f}, max {latency['max_ms']:.3f}, "
-            f"{latency['repeats']} runs of {latency['number']} calls)."
+            f"Measured on this machine: median **{latency.median_ms:.3f} ms** "
+            f"(min {latency.min_ms:.3f}, max {latency.max_ms:.3f}, "
+            f"{latency.repeats} runs of {latency.number} calls)."
         )
     else:
-        lines.append(f"Not measured: {latency.get('reason', 'unknown')}.")
-    estimate = report.get("latency_estimate")
-    if estimate and "compute_bound_layers" in estimate:
-        lines += ["", f"Estimated (lower bound; {estimate['method']}): "
-                  f"**{format_ms(estimate['ms'])}** ({estimate['compute_bound_layers']} layers "
-                  f"compute-bound, {estimate['memory_bound_layers']} memory-bound)."]  # fmt: skip
-    elif estimate:
-        lines += ["", f"Estimated ({estimate['method']}): **{format_ms(estimate['ms'])}**."]
-    if report.get("fpga"):
-        lines += _fpga_section(report["fpga"], report["checks"])
-    deploy = report.get("deploy")
-    if deploy:
-        verdict = (
-            "identical to"
-            if deploy["identical"]
-            else (f"up to {deploy['max_diff_steps']:g} output steps from")
-        )
-        lines += [
-            "", f"## On the board ({deploy['board']})", "",
-            f"{deploy['kind'].capitalize()}: median **{deploy['latency_median_ms']:.3f} "
-            f"ms** (min {deploy['latency_min_ms']:.3f}, max {deploy['latency_max_ms']:.3f}, "
-            f"stdev {deploy['latency_stdev_ms']:.3f}; {deploy['repeats']} runs of "
-            f"{deploy['number']} calls). Outputs on {deploy['samples']} verification images "
-            f"{verdict} the host build's; top-1 agreement {deploy['top1_agreement']:.0%}. "
-            f"Deployed {deploy['when']}.",
-        ]  # fmt: skip
-    lines += ["", f"Execution: {report['execution']}", ""]
+        lines.append(f"Not measured: {latency.reason or 'unknown'}.")
+    estimate = report.latency_estimate
+    if estimate is not None and estimate.is_roofline:
+        lines += ["", f"Estimated (lower bound; {estimate.method}): "
+                  f"**{format_ms(estimate.ms)}** ({estimate.compute_bound_layers} layers "
+                  f"compute-bound, {estimate.memory_bound_layers} memory-bound)."]  # fmt: skip
+    elif estimate is not None:
+        lines += ["", f"Estimated ({estimate.method}): **{format_ms(estimate.ms)}**."]
+    if report.fpga is not None:
+        lines += _fpga_section(report.fpga, report.checks)
+    if report.deploy is not None:
+        lines += _deploy_section(report.deploy)
+    lines += ["", f"Execution: {report.execution}", ""]
     return lines
 
 
-def _fpga_section(fpga: dict[str, Any], checks: dict[str, Any]) -> list[str]:
-    """The FPGA part: C simulation check and the resource estimate against the part."""
-    estimate = fpga["estimate"]
-    check = checks["hls_csim_vs_onnxruntime"]
+def _layer_line(layer: LayerRow) -> str:
+    shape = "x".join(str(d) for d in layer.weight_shape)
+    bits = (
+        f"{layer.weight_bits} ({layer.storage_bits})"
+        if layer.weight_bits is not None
+        else f"float: {layer.reason}"
+    )
+    cost = layer.shape
+    output = "x".join(str(d) for d in cost.output_shape) if cost else "-"
+    acts = (
+        f"{layer.act_bits if layer.act_bits is not None else '-'} / "
+        f"{cost.output_bits if cost else '-'}"
+    )
+    return (
+        f"| {layer.name} | {layer.kind} | {shape} | {output or '-'} "
+        f"| {_count(cost.macs if cost else None)} "
+        f"| {_count(cost.bit_operations if cost else None)} "
+        f"| {layer.strategy} | {bits} | {acts} | {layer.weight_bytes:,} "
+        f"| {_count(cost.output_bytes_batch_1 if cost else None)} |"
+    )
+
+
+def _deploy_section(deploy: DeploySection) -> list[str]:
+    """What ``apprentice-hw deploy`` measured on the board."""
     verdict = (
         "identical to"
-        if check["exact"]
-        else (f"up to {check['max_diff_steps']:g} output steps from")
+        if deploy.identical
+        else (f"up to {deploy.max_diff_steps:g} output steps from")
+    )
+    return [
+        "", f"## On the board ({deploy.board})", "",
+        f"{deploy.kind.capitalize()}: median **{deploy.latency_median_ms:.3f} "
+        f"ms** (min {deploy.latency_min_ms:.3f}, max {deploy.latency_max_ms:.3f}, "
+        f"stdev {deploy.latency_stdev_ms:.3f}; {deploy.repeats} runs of "
+        f"{deploy.number} calls). Outputs on {deploy.samples} verification images "
+        f"{verdict} the host build's; top-1 agreement {deploy.top1_agreement:.0%}. "
+        f"Deployed {deploy.when}.",
+    ]  # fmt: skip
+
+
+def _fpga_section(fpga: FpgaSection, checks: Checks) -> list[str]:
+    """The FPGA part: C simulation check and the resource estimate against the part."""
+    estimate = fpga.estimate
+    check = checks.hls_csim
+    verdict = (
+        "identical to" if check.exact else (f"up to {check.max_diff_steps:g} output steps from")
     )
     lines = [
-        "", f"## FPGA: {fpga['part']} (estimated)", "",
-        f"hls4ml ({fpga['backend']}, {fpga['io_type']}, {fpga['precision']}) C simulation on "
-        f"{check['samples']} test images: {verdict} ONNX Runtime; {fpga['head']}. "
-        f"HLS project: `{fpga['hls_project']}/`.",
-        *(["", fpga["exactness_warning"]] if fpga.get("exactness_warning") else []),
+        "", f"## FPGA: {fpga.part} (estimated)", "",
+        f"hls4ml ({fpga.backend}, {fpga.io_type}, {fpga.precision}) C simulation on "
+        f"{check.samples} test images: {verdict} ONNX Runtime; {fpga.head}. "
+        f"HLS project: `{fpga.hls_project}/`.",
+        *(["", fpga.exactness_warning] if fpga.exactness_warning else []),
         "", f"Reuse factor {estimate['reuse_factor']} at {estimate['clock_mhz']:g} MHz: "
         f"latency {estimate['latency_cycles']:,} cycles ({estimate['latency_ms']:.4f} ms), a new "
         f"image every {estimate['interval_cycles']:,} cycles; {estimate['method']}.",
@@ -283,7 +297,7 @@ def _fpga_section(fpga: dict[str, Any], checks: dict[str, Any]) -> list[str]:
         share = estimate["utilization"][key]
         shown = f"{share:.1%}" if share is not None else "-"
         lines.append(f"| {key} | {used:,} | {estimate['budget'][key]:,} | {shown} |")
-    synthesized = fpga.get("synthesis")
+    synthesized = fpga.synthesis
     if synthesized:
         lines += ["", f"Vitis HLS C synthesis ({synthesized['source']}): "
                   + ", ".join(f"{k} {v:,}" for k, v in synthesized["resources"].items())
