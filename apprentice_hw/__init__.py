@@ -30,6 +30,7 @@ from apprentice_hw.api import (
     export,
     load_recipe_with_overrides,
     report,
+    size_model,
     train,
     tune,
     verify,
@@ -37,6 +38,7 @@ from apprentice_hw.api import (
 from apprentice_hw.distill.loss import DistillationLoss
 from apprentice_hw.errors import UserError
 from apprentice_hw.options import BuildOptions, FpgaOptions
+from apprentice_hw.progress import Progress
 from apprentice_hw.quant import FloatLayers, QuantLayers
 from apprentice_hw.report_model import Report
 from apprentice_hw.version import __version__
@@ -48,6 +50,7 @@ __all__ = [
     "DistillationLoss",
     "FloatLayers",
     "FpgaOptions",
+    "Progress",
     "QuantLayers",
     "Report",
     "TrainResult",
@@ -63,6 +66,7 @@ __all__ = [
     "export",
     "load_recipe_with_overrides",
     "report",
+    "size_model",
     "train",
     "tune",
     "verify",

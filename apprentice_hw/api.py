@@ -24,7 +24,7 @@ from apprentice_hw.artifacts import MODULE_FILE, QCDQ_FILE
 from apprentice_hw.backends import backend_for
 from apprentice_hw.config import DistillSpec, Recipe, TrainSpec, load_recipe
 from apprentice_hw.errors import UserError
-from apprentice_hw.hardware import Target, get_target
+from apprentice_hw.hardware import Target, get_target, host_target_name
 from apprentice_hw.options import BuildOptions, FpgaOptions, default_output_dir
 from apprentice_hw.progress import Progress
 from apprentice_hw.report_model import Report
@@ -408,7 +408,7 @@ def tune(
     if path.is_dir():
         target = target or read_manifest(path)["target"]["name"]
         path = path / QCDQ_FILE
-    resolved = get_target(target or "x86-host")
+    resolved = get_target(target or host_target_name())
     if not backend_for(resolved).tunable:
         raise UserError(
             f"tuning {resolved.device} targets is not supported yet ({resolved.name} builds use "
@@ -486,6 +486,97 @@ def report(build_dir: str | Path) -> BuildReport:
 def compare(build_dirs: list[str | Path]) -> list[tuple[str, Report]]:
     """(build name, report) of each build, for ``report.compare``'s table and plot."""
     return [(Path(d).name, report(d).report) for d in build_dirs]
+
+
+# size_model exports the network at this input size: ResNet-18 at 2048x2048 already holds
+# about 0.8 GiB of activations; 100000x100000 would ask for hundreds of GB.
+MIN_INPUT, MAX_INPUT, MAX_CLASSES = 8, 2048, 100_000
+FIRST_LAST_POLICIES = {"8": (8,), "same": (None,), "both": (8, None)}
+
+
+@dataclass(frozen=True)
+class SizedPrecision:
+    """One precision of a zoo model: its weight and activation bytes (batch 1 and 8)."""
+
+    label: str  # fp32 or WxAy
+    first_last: str  # "8-bit" or "same": the first conv and classifier's weight bits
+    weight_bytes: float
+    activation_bytes: dict[int, float]  # by batch size
+
+    def to_dict(self) -> dict[str, Any]:
+        activations = {f"batch_{b}": v for b, v in self.activation_bytes.items()}
+        return {"first_last": self.first_last, "label": self.label,
+                "weight_bytes": self.weight_bytes, "activation_bytes": activations}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSizing:
+    """``report --model``: a zoo model's footprint at several precisions, from its shapes."""
+
+    model: str
+    input_size: int
+    classes: int
+    rows: list[SizedPrecision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "input": self.input_size,
+                "rows": [row.to_dict() for row in self.rows]}  # fmt: skip
+
+    def plot(self, path: str | Path | None = None) -> Path:
+        """The Figure-1 plot of the rows of the first first/last-layer policy."""
+        from apprentice_hw.report.figure import FootprintBar, plot_footprint
+
+        policy = self.rows[0].first_last
+        title = (f"{self.model} {self.input_size}x{self.input_size}, first/last layer "
+                 f"{'8-bit' if policy == '8-bit' else 'same bits'}")  # fmt: skip
+        bars = [FootprintBar(r.label, r.weight_bytes, r.activation_bytes)
+                for r in self.rows if r.first_last == policy]  # fmt: skip
+        target = (
+            Path(path)
+            if path is not None
+            else Path(f"{self.model}-{self.input_size}-footprint.png")
+        )
+        return plot_footprint(bars, title, target)
+
+
+def size_model(
+    model: str,
+    *,
+    input_size: int = 224,
+    classes: int = 1000,
+    precisions: tuple[str, ...] = ("fp32", "W8A8", "W4A4", "W2A2"),
+    first_last: str = "both",
+) -> ModelSizing:
+    """Weight and activation bytes of a zoo model (random weights) at each precision: the
+    untrained model is exported and its graph's shapes counted. ``first_last``: the first conv
+    and the classifier at ``"8"`` bits, at the body's bits (``"same"``) or ``"both"``."""
+    from apprentice_hw.models import MODELS
+    from apprentice_hw.report import sizing
+
+    if model not in MODELS.names():
+        raise UserError(f"unknown model '{model}'; choose one of: {', '.join(MODELS.names())}")
+    for label in precisions:
+        try:
+            bits = sizing.parse_precision(label)
+        except ValueError:
+            bits = (0, 0)
+        if bits is not None and not all(1 < b <= 8 for b in bits):
+            raise UserError(f"precision '{label}' is not fp32 or WxAy with 2 to 8 bits each")
+    if not MIN_INPUT <= input_size <= MAX_INPUT or not 2 <= classes <= MAX_CLASSES:
+        raise UserError(
+            f"--input must be from {MIN_INPUT} to {MAX_INPUT} pixels and --classes from 2 to "
+            f"{MAX_CLASSES} (sizing exports the model at that size, in memory)"
+        )
+    if first_last not in FIRST_LAST_POLICIES:
+        raise UserError(f"first_last must be one of {', '.join(FIRST_LAST_POLICIES)}")
+    rows = [
+        SizedPrecision(bar.label, "8-bit" if policy == 8 else "same", bar.weight_bytes,
+                       bar.activation_bytes)
+        for policy in FIRST_LAST_POLICIES[first_last]
+        for bar, _ in sizing.size_model(model, input_size, classes, precisions=tuple(precisions),
+                                        first_last_bits=policy)
+    ]  # fmt: skip
+    return ModelSizing(model, input_size, classes, rows)
 
 
 # -- deploy ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from report_schema import assert_report_unchanged
 
 from apprentice_hw.deploy.bundle import read_bundle
 from apprentice_hw.errors import UserError
@@ -172,6 +173,7 @@ def test_deploy_through_a_tracker_gets_identical_outputs(builds, board, tmp_path
                      "--repeat", "5", "--number", "3")  # fmt: skip
     assert result.code == 0, result.err
     assert "identical to the host build's" in result.out
+    assert_report_unchanged(build / "report.json", "build-x86-deployed")
     report = json.loads((build / "report.json").read_text())
     deploy = report["deploy"]
     assert deploy["identical"] and deploy["max_diff_steps"] == 0.0 and deploy["samples"] == 16

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from report_schema import assert_report_unchanged
 
 from apprentice_hw.errors import UserError
 from apprentice_hw.fpga.estimate import (
@@ -38,6 +39,7 @@ def fpga_build(tmp_path_factory) -> Path:
 
 
 def test_c_simulation_equals_onnxruntime_exactly_on_100_images(fpga_build):
+    assert_report_unchanged(fpga_build / "report.json", "build-fpga")
     report = json.loads((fpga_build / "report.json").read_text())
     check = report["checks"]["hls_csim_vs_onnxruntime"]
     assert check["samples"] == 100 and check["exact"] and check["max_diff_steps"] == 0.0

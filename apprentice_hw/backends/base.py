@@ -14,7 +14,7 @@ from pathlib import Path
 
 from apprentice_hw.build_state import Step
 from apprentice_hw.errors import UserError
-from apprentice_hw.hardware import Target, find_cross_compiler
+from apprentice_hw.hardware import Target, find_cross_compiler, host_arch
 from apprentice_hw.options import FpgaOptions
 from apprentice_hw.registry import Registry
 from apprentice_hw.report_model import DeviceCode, Report
@@ -77,9 +77,12 @@ class Backend:
 
     def runs_here_text(self, target: Target) -> str:
         """The ``targets --verbose`` answer to "can this machine run its modules"."""
+        if target.runs_on_this_machine:
+            return "yes"
+        if target.arch != host_arch():
+            return f"no (built for {target.arch}; this machine is {host_arch()})"
         missing = ", ".join(target.missing_isa)
-        lacking = f" (this CPU lacks {missing})" if missing else ""
-        return "yes" if target.runs_on_this_machine else f"no{lacking}"
+        return f"no (this CPU lacks {missing})" if missing else "no"
 
     def summary_lines(self, report: Report, out: Path) -> list[str]:
         """The build summary after the accuracy line."""

@@ -11,9 +11,6 @@ from apprentice_hw.cli.app import cli
 from apprentice_hw.errors import UserError
 
 REPORT_FORMATS = ("md", "json", "png", "html")
-# report --model exports the network at this input size: ResNet-18 at 2048x2048 already holds
-# about 0.8 GiB of activations; 100000x100000 would ask for hundreds of GB.
-MIN_INPUT, MAX_INPUT, MAX_CLASSES = 8, 2048, 100_000
 
 
 @cli.command()
@@ -162,51 +159,25 @@ def _report_model(name: str, fmt: str, out: Path | None, input_size: int, classe
     """``report --model``: export the untrained model at each precision and count bytes."""
     import json
 
-    from apprentice_hw.models import MODELS
-    from apprentice_hw.report.figure import plot_footprint
-    from apprentice_hw.report.sizing import parse_precision, size_model
+    from apprentice_hw import api
 
-    if name not in MODELS.names():
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS.names())}")
     labels = tuple(p.strip() for p in precisions.split(",") if p.strip())
-    for label in labels:
-        try:
-            bits = parse_precision(label)
-        except ValueError:
-            bits = (0, 0)
-        if bits is not None and not all(1 < b <= 8 for b in bits):
-            raise UserError(f"precision '{label}' is not fp32 or WxAy with 2 to 8 bits each")
-    if not MIN_INPUT <= input_size <= MAX_INPUT or not 2 <= classes <= MAX_CLASSES:
-        raise UserError(
-            f"--input must be from {MIN_INPUT} to {MAX_INPUT} pixels and --classes from 2 to "
-            f"{MAX_CLASSES} (sizing exports the model at that size, in memory)"
-        )
-    policies = {"8": [8], "same": [None], "both": [8, None]}[first_last]
+    policy = first_last if fmt != "png" else {"both": "8"}.get(first_last, first_last)
+    sized = api.size_model(name, input_size=input_size, classes=classes, precisions=labels,
+                           first_last=policy)  # fmt: skip
     if fmt == "png":
-        policies = [policies[0]]
-    sized = {policy: size_model(name, input_size, classes, precisions=labels,
-                                first_last_bits=policy) for policy in policies}  # fmt: skip
-    if fmt == "png":
-        policy = "8-bit" if policies[0] == 8 else "same bits"
-        title = f"{name} {input_size}x{input_size}, first/last layer {policy}"
-        target = out or Path(f"{name}-{input_size}-footprint.png")
-        click.echo(f"wrote {plot_footprint([bar for bar, _ in sized[policies[0]]], title, target)}")
+        click.echo(f"wrote {sized.plot(out)}")
         return
-    rows = [
-        {"first_last": "8-bit" if policy == 8 else "same", **bar.to_dict()}
-        for policy, results in sized.items()
-        for bar, _ in results
-    ]
     if fmt == "json":
-        click.echo(json.dumps({"model": name, "input": input_size, "rows": rows}, indent=2))
+        click.echo(json.dumps(sized.to_dict(), indent=2))
         return
     click.echo(f"{name} {input_size}x{input_size}, {classes} classes (shape-only; random weights)")
     click.echo("| precision | first/last layer | weights | activations b1 | activations b8 |")
     click.echo("|---|---|---|---|---|")
     mib = 1024 * 1024
-    for row in rows:
-        acts = row["activation_bytes"]
+    for row in sized.rows:
+        acts = row.activation_bytes
         click.echo(
-            f"| {row['label']} | {row['first_last']} | {row['weight_bytes'] / mib:.2f} MiB "
-            f"| {acts['batch_1'] / mib:.2f} MiB | {acts['batch_8'] / mib:.2f} MiB |"
+            f"| {row.label} | {row.first_last} | {row.weight_bytes / mib:.2f} MiB "
+            f"| {acts[1] / mib:.2f} MiB | {acts[8] / mib:.2f} MiB |"
         )

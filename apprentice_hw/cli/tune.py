@@ -59,7 +59,7 @@ class _TuneBar:
     "-t",
     "target_name",
     default=None,
-    help="Target to tune for (default: the build's, or x86-host).",
+    help="Target to tune for (default: the build's, or this machine's).",
 )
 @click.option(
     "--trials",
