@@ -149,6 +149,7 @@ def test_an_fpga_target_needs_its_part_description(tmp_path, run_cli):
     assert result.code == 2 and "[fpga]: missing or invalid field 'dsps'" in result.err
 
 
+@pytest.mark.slow  # a second FPGA build (25 s); the warning's text is checked without one
 def test_non_power_of_two_scales_build_with_a_warning(tmp_path, run_cli):
     result = run_cli("build", "-t", "pynq-z2", "--bits", "4", "--quant", "float", "-r", TINY,
                      "-o", tmp_path / "float")  # fmt: skip
@@ -197,3 +198,13 @@ def test_a_synthesis_report_in_the_project_joins_the_build_report(fpga_build, tm
     assert synthesis["latency_ms_worst"] == pytest.approx(3900 * 4.2e-6)
     markdown = run_cli("report", build).out
     assert "Vitis HLS C synthesis" in markdown and "worst-case latency 3,900 cycles" in markdown
+
+
+def test_non_power_of_two_quantizers_are_warned_about_before_any_build():
+    from apprentice_hw.config import load_recipe
+    from apprentice_hw.fpga.build import exactness_warning
+
+    recipe = load_recipe(str(TINY))
+    assert exactness_warning(recipe.with_overrides(quant="po2")) is None
+    warning = exactness_warning(recipe.with_overrides(quant="float"))
+    assert warning.startswith("warning: quantizer family 'float'") and "--quant po2" in warning

@@ -74,6 +74,7 @@ def test_a_build_killed_at_a_random_point_resumes_to_the_same_artifacts(seed, re
     _same_build(out, reference)
 
 
+@pytest.mark.slow  # 86 s on 2 Zen 3 cores: two full builds and a tuning run at once
 def test_two_builds_sharing_the_cache_and_tuning_database_both_succeed(
     tmp_path, reference, monkeypatch
 ):
