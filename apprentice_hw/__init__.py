@@ -7,67 +7,56 @@ The public API (``apprentice_hw.api``), re-exported here::
     result = ahw.build("arm-a72", bits=2)     # train, distil, export, compile, check, report
     compiled = ahw.compile("model.onnx", "x86-host")
     check = ahw.verify(result.out)
+
+The names load on first use, so ``import apprentice_hw`` (and the command line, whose modules
+live in this package) stays fast: torch, ONNX and TVM load when a function needs them.
 """
 
-# Modules whose names the API's functions take (``report``, ``verify``, ...) are loaded before
-# the functions are bound: Python sets ``apprentice_hw.<name>`` to a submodule when it is first
-# imported, which would otherwise replace the function the moment any code imported it.
-import apprentice_hw.deploy
-import apprentice_hw.distill
-import apprentice_hw.report
-import apprentice_hw.verify  # noqa: F401
-from apprentice_hw.api import (
-    BuildReport,
-    BuildResult,
-    TrainResult,
-    build,
-    build_from,
-    build_options,
-    compare,
-    compile,
-    deploy,
-    distill,
-    export,
-    load_recipe_with_overrides,
-    report,
-    size_model,
-    train,
-    tune,
-    verify,
-)
-from apprentice_hw.distill.loss import DistillationLoss
-from apprentice_hw.errors import UserError
-from apprentice_hw.options import BuildOptions, FpgaOptions
-from apprentice_hw.progress import Progress
-from apprentice_hw.quant import FloatLayers, QuantLayers
-from apprentice_hw.report_model import Report
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from apprentice_hw.version import __version__
 
-__all__ = [
-    "BuildOptions",
-    "BuildReport",
-    "BuildResult",
-    "DistillationLoss",
-    "FloatLayers",
-    "FpgaOptions",
-    "Progress",
-    "QuantLayers",
-    "Report",
-    "TrainResult",
-    "UserError",
-    "__version__",
-    "build",
-    "build_from",
-    "build_options",
-    "compare",
-    "compile",
-    "deploy",
-    "distill",
-    "export",
-    "load_recipe_with_overrides",
-    "report",
-    "size_model",
-    "train",
-    "tune",
-    "verify",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    **dict.fromkeys(
+        ("BuildReport", "BuildResult", "TrainResult", "build", "build_from", "build_options",
+         "compare", "compile", "deploy", "distill", "export", "load_recipe_with_overrides",
+         "report", "size_model", "train", "tune", "verify"),
+        "apprentice_hw.api",
+    ),
+    "DistillationLoss": "apprentice_hw.distill.loss",
+    "UserError": "apprentice_hw.errors",
+    "BuildOptions": "apprentice_hw.options",
+    "FpgaOptions": "apprentice_hw.options",
+    "Progress": "apprentice_hw.progress",
+    "FloatLayers": "apprentice_hw.quant",
+    "QuantLayers": "apprentice_hw.quant",
+    "Report": "apprentice_hw.report_model",
+}  # fmt: skip
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+
+class _Package(types.ModuleType):
+    """The package, whose public names always mean the API's.
+
+    ``report``, ``verify``, ``deploy`` and ``distill`` are also the names of subpackages and
+    modules, and Python sets ``apprentice_hw.<name>`` to a submodule when it is first imported;
+    looking the public names up here first keeps them the functions whatever was imported
+    (submodules are still imported by their dotted names: ``apprentice_hw.report.writer``).
+    """
+
+    def __getattribute__(self, name: str):
+        if name in _EXPORTS:
+            return getattr(importlib.import_module(_EXPORTS[name]), name)
+        return super().__getattribute__(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(_EXPORTS))
+
+
+sys.modules[__name__].__class__ = _Package

@@ -57,15 +57,19 @@ def load_recipe_with_overrides(recipe: str | Path | Recipe = DEFAULT_RECIPE,
     ``data_path``, ``seed``, ``teacher`` (a trained fp32 teacher's state dict) and
     ``student_init`` (scheme C); ``None`` keeps the recipe's value.
     """
+    import inspect
+
     from apprentice_hw.pipeline import validate_recipe
 
     if "bits" in overrides:
         overrides["weight_bits"] = overrides.pop("bits")
+    known = set(inspect.signature(Recipe.with_overrides).parameters) - {"self"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown recipe override {', '.join(unknown)}; known: "
+                        f"bits, {', '.join(sorted(known))}")  # fmt: skip
     base = recipe if isinstance(recipe, Recipe) else load_recipe(str(recipe))
-    try:
-        resolved = base.with_overrides(**overrides)
-    except TypeError as exc:
-        raise UserError(f"unknown recipe override ({exc})") from exc
+    resolved = base.with_overrides(**overrides)
     validate_recipe(resolved)
     return resolved
 
@@ -98,6 +102,20 @@ def build_options(
         out=Path(out) if out is not None else default_output_dir(resolved, resolved_target),
         kernel=kernel, force=force, resume=resume, fpga=fpga or FpgaOptions(),
     )  # fmt: skip
+
+
+def fpga_options(target: str | Target, reuse: int | None = None, fps: float | None = None,
+                 synthesize: bool = False) -> FpgaOptions:  # fmt: skip
+    """The FPGA options of a build for ``target``, refused first where the target is not an
+    FPGA (whatever else is wrong with them)."""
+    resolved = _target(target)
+    given = reuse is not None or fps is not None or synthesize
+    if given and resolved.kind.tvm_kind is not None:
+        raise UserError(
+            f"--reuse, --fps and --synthesize apply to FPGA targets; {resolved.name} is a "
+            f"{resolved.device} target"
+        )
+    return FpgaOptions(reuse=reuse, fps=fps, synthesize=synthesize)
 
 
 def default_quant_note(target: str | Target, quant: str | None) -> str | None:
@@ -236,14 +254,14 @@ def train(
     if progress is not None and not world.is_main:
         progress = Progress(quiet=True)
     trained = train_models(resolved, data, out, progress or Progress(quiet=True), resume=resume)
-    teacher_top1 = (
-        evaluate(trained.teacher, data.test_x, data.test_y) if trained.teacher_trained else None
-    )
-    return TrainResult(
-        trained.teacher, trained.student, teacher_top1,
-        evaluate(trained.student, data.test_x, data.test_y), trained.history, out, resolved,
-        world.size,
-    )  # fmt: skip
+    # Every rank holds the same weights; only the main one spends the test-set evaluations.
+    teacher_top1 = student_top1 = None
+    if world.is_main:
+        if trained.teacher_trained:
+            teacher_top1 = evaluate(trained.teacher, data.test_x, data.test_y)
+        student_top1 = evaluate(trained.student, data.test_x, data.test_y)
+    return TrainResult(trained.teacher, trained.student, teacher_top1, student_top1,
+                       trained.history, out, resolved, world.size)  # fmt: skip
 
 
 def distill(
@@ -371,7 +389,7 @@ def tune(
     *,
     target: str | None = None,
     trials: int | None = None,
-    time_budget_s: float | None = None,
+    time_budget_s: float | str | None = None,
     top: int | None = None,
     batch: int = 1,
     tracker: str | None = None,
@@ -382,7 +400,7 @@ def tune(
 ) -> TuneResult:
     """Time every knob setting of the conv kernels of a build or ONNX model for a target, here
     or on a board behind a TVM RPC tracker; the fastest go to the tuning database that later
-    builds apply."""
+    builds apply. ``time_budget_s``: seconds, or a duration such as ``"90s"``, ``"10m"``."""
     from apprentice_hw.backends import prepare_module
     from apprentice_hw.build_dir import read_manifest
     from apprentice_hw.compiler.schedules import fused_module
@@ -398,6 +416,8 @@ def tune(
     if batch > MAX_TUNE_BATCH:
         raise UserError(f"--batch must be at most {MAX_TUNE_BATCH} (the kernels' buffers grow "
                         f"with it), got {batch}")  # fmt: skip
+    if isinstance(time_budget_s, str):
+        time_budget_s = parse_duration(time_budget_s)
     if time_budget_s is not None and not (math.isfinite(time_budget_s) and time_budget_s > 0):
         raise UserError(f"the time budget must be a positive number of seconds, got "
                         f"{time_budget_s}")  # fmt: skip
@@ -409,6 +429,7 @@ def tune(
         target = target or read_manifest(path)["target"]["name"]
         path = path / QCDQ_FILE
     resolved = get_target(target or host_target_name())
+    backend_for(resolved).check_target_file(resolved)
     if not backend_for(resolved).tunable:
         raise UserError(
             f"tuning {resolved.device} targets is not supported yet ({resolved.name} builds use "
@@ -430,6 +451,23 @@ def tune(
         on_message(f"tuning the conv kernels of {path.name} for {resolved.name} {where} ...")
     return run_tune(fused, resolved, trials=trials, top=top, time_budget_s=time_budget_s,
                     remote=remote, progress=on_progress)  # fmt: skip
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number with an optional unit s, m or h (``90s``, ``10m``, ``1h``)."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0 or not math.isfinite(seconds):
+        raise UserError(
+            f"--time-budget must be a positive duration like 90s, 10m or 1h, got '{text}'"
+        )
+    return seconds
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -555,6 +593,8 @@ def size_model(
 
     if model not in MODELS.names():
         raise UserError(f"unknown model '{model}'; choose one of: {', '.join(MODELS.names())}")
+    if not precisions:
+        raise UserError("give at least one precision: fp32 or WxAy (e.g. fp32,W4A4)")
     for label in precisions:
         try:
             bits = sizing.parse_precision(label)

@@ -433,9 +433,9 @@ def validate(options: BuildOptions) -> Path:
 
     Returns the output directory with symbolic links resolved (what the build will replace).
     """
+    validate_kernel(options.kernel)
     out = validate_output(options.out, options.force or options.resume)
     validate_recipe(options.recipe)
-    validate_kernel(options.kernel)
     validate_target(options.target, options.fpga)
     validate_writable(out)
     return out

@@ -567,6 +567,9 @@ class Report:
     device_code: DeviceCode | None = None
     fpga: FpgaSection | None = None
     deploy: DeploySection | None = None
+    # Top-level sections this version does not know (a newer apprentice-hw's), kept as they
+    # are so rewriting the report (``deploy``) loses nothing.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_compiled(self) -> bool:
@@ -596,6 +599,7 @@ class Report:
         data["execution"] = self.execution
         if self.deploy is not None:
             data["deploy"] = asdict(self.deploy)
+        data.update(self.extra)
         return data
 
     @classmethod
@@ -618,7 +622,14 @@ class Report:
             device_code=optional("device_code", DeviceCode),
             fpga=optional("fpga", FpgaSection),
             deploy=optional("deploy", DeploySection),
+            extra={key: value for key, value in data.items() if key not in REPORT_KEYS},
         )
+
+
+REPORT_KEYS = frozenset({
+    "model", "target", "accuracy", "checks", "device_code", "latency_estimate", "layers",
+    "memory", "fpga", "latency", "execution", "deploy",
+})  # fmt: skip
 
 
 @dataclass

@@ -33,7 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from apprentice_hw.artifacts import INPUTS_FILE, MODULE_FILE, QCDQ_FILE
-from apprentice_hw.backends import compile_module, prepare_module
+from apprentice_hw.backends import backend_for, compile_module, prepare_module
 from apprentice_hw.errors import UserError
 from apprentice_hw.export.onnx_export import output_quant_step
 from apprentice_hw.hardware import Target
@@ -490,6 +490,7 @@ def run_verify(
             )
         build = read_build(path, samples)
         target = get_target(target_name or build.target_name)
+        backend_for(target).check_target_file(target)
         use_built = (
             target.runs_on_this_machine and target_name is None and kernel is None
             and build.module_path is not None and build.module_path.exists()
@@ -504,6 +505,7 @@ def run_verify(
         raise UserError(f"{path} does not exist; pass a build directory or an .onnx file")
     model = load_onnx(path)
     target = get_target(target_name or host_target_name())
+    backend_for(target).check_target_file(target)
     if not target.runs_on_this_machine:
         target = host_twin(target)
     try:

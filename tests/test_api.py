@@ -142,3 +142,44 @@ def test_the_example_distils_compiles_and_reports(tmp_path):
         report = json.loads((out / target / "report.json").read_text())
         assert report["checks"]["compiled_vs_onnxruntime"]["max_diff_steps"] <= 1.0
         assert all(layer["strategy"] != "float" for layer in report["layers"])
+
+
+def test_the_command_line_starts_without_torch_onnx_or_tvm():
+    """``apprentice-hw --help``, ``targets`` and every one-line error stay fast: the package and
+    its CLI load torch, ONNX and TVM only when a command needs them."""
+    code = (
+        "import sys, apprentice_hw, apprentice_hw.cli\n"
+        "print(sorted(m for m in ('torch', 'onnx', 'tvm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=REPO)  # fmt: skip
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_kernel_name_no_strategy_has_is_refused_with_the_target_file(tmp_path):
+    from apprentice_hw.backends import backend_for
+    from apprentice_hw.hardware import load_target_file
+
+    text = (REPO / "targets" / "arm-a72.toml").read_text()
+    path = tmp_path / "arm-a72.toml"
+    path.write_text(text.replace('kernels = ["bitserial", "packed", "int8"]', 'kernels = ["fast"]'))
+    target = load_target_file(path)
+    with pytest.raises(UserError, match=r"arm-a72\.toml: unknown kernel strategy 'fast'"):
+        backend_for(target).check_target_file(target)
+    with pytest.raises(UserError, match="unknown kernel strategy 'fast'"):
+        ahw.tune(tmp_path / "model.onnx", target=str(path))  # before the model is read
+
+
+def test_outputs_with_spatial_axes_agree_per_position():
+    """Top-1 agreement is over axis 1 (the classes), per position of an (N, C, H, W) output."""
+    import numpy as np
+
+    from apprentice_hw.output_steps import compare_outputs
+
+    reference = np.zeros((2, 3, 2, 2))
+    reference[:, 1] = 1.0  # class 1 everywhere
+    candidate = reference.copy()
+    candidate[0, 2, 0, 0] = 2.0  # one position of one sample picks class 2
+    check = compare_outputs(reference, candidate, step=1.0)
+    assert check.prediction_agreement == 7 / 8
+    assert check.max_diff_steps == 2.0 and check.fraction_exact == 0.5

@@ -38,6 +38,10 @@ class Backend:
         """Fail in one line, before minutes of training, on what this device lacks."""
         find_cross_compiler(target)
 
+    def check_target_file(self, target: Target) -> None:
+        """What this device's backend reads from a target file beyond ``hardware``'s checks."""
+        return None
+
     def check_compilable(self, target: Target) -> None:
         """Refuse ``compile`` (a user's ONNX model) where this backend cannot take one."""
         raise UserError(f"{target.name} is a {self.name} target; compile takes CPU and GPU "

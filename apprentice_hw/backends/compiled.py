@@ -31,6 +31,9 @@ class TvmBackend(Backend):
         "weights stored at trained precision; see 'layers' for each layer's strategy"
     )
 
+    def check_target_file(self, target: Target) -> None:
+        check_kernel_names(target)
+
     def validate(self, target: Target, fpga: FpgaOptions | None = None) -> None:
         from apprentice_hw.compiler.tuning import check_database
 

@@ -58,14 +58,14 @@ def build(
     """  # fmt: skip
     from apprentice_hw import api
     from apprentice_hw.hardware import get_target
-    from apprentice_hw.options import FpgaOptions
     from apprentice_hw.progress import Progress
 
     target = get_target(target_name)
+    fpga = api.fpga_options(target, reuse, fps, synthesize)
     note = api.default_quant_note(target, overrides.get("quant"))
     options = api.build_options(
-        target, recipe_name, out=out, kernel=kernel, force=force, resume=resume,
-        fpga=FpgaOptions(reuse=reuse, fps=fps, synthesize=synthesize), **overrides,
+        target, recipe_name, out=out, kernel=kernel, force=force, resume=resume, fpga=fpga,
+        **overrides,
     )  # fmt: skip
     if note and not quiet:
         click.echo(note, err=True)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from apprentice_hw.backends.compiled import compiled_summary_lines
 from apprentice_hw.cli.app import cli, echo_lines
 from apprentice_hw.cli.options import INPUTS_OPTION, KERNEL_HELP, TARGET_HELP
 
@@ -60,6 +59,7 @@ def compile_command(
       apprentice-hw compile resnet_int8.onnx --target x86-host --inputs images.npy
     """  # fmt: skip
     from apprentice_hw import api
+    from apprentice_hw.backends.compiled import compiled_summary_lines
     from apprentice_hw.progress import Progress
 
     result = api.compile(

@@ -17,6 +17,7 @@ def targets(verbose: bool) -> None:
     found = all_targets()
     width = max((len(t.name) for t in found), default=0)
     for target in found:
+        backend_for(target).check_target_file(target)  # a kernel name no strategy has: one line
         click.echo(
             f"{target.name:<{width}}  {target.device:<4} {target.arch:<8} {target.cores:>3} "
             f"{target.kind.core_unit:<5} {target.clock_ghz:4.2f} GHz  {target.description}"

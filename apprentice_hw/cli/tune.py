@@ -9,23 +9,6 @@ import click
 
 from apprentice_hw.cli.app import cli
 from apprentice_hw.cli.options import KERNEL_HELP
-from apprentice_hw.errors import UserError
-
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a number with an optional unit s, m or h (``90s``, ``10m``, ``1h``)."""
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
-    try:
-        seconds = float(number) * DURATION_UNITS[unit]
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise UserError(
-            f"--time-budget must be a positive duration like 90s, 10m or 1h, got '{text}'"
-        )
-    return seconds
 
 
 class _TuneBar:
@@ -117,10 +100,9 @@ def tune(
     """  # fmt: skip
     from apprentice_hw import api
 
-    budget_s = parse_duration(time_budget) if time_budget is not None else None
     bar = _TuneBar()
     try:
-        result = api.tune(path, target=target_name, trials=trials, time_budget_s=budget_s,
+        result = api.tune(path, target=target_name, trials=trials, time_budget_s=time_budget,
                           top=top, batch=batch, tracker=tracker, key=key, kernel=kernel,
                           on_progress=bar.update,
                           on_message=lambda line: click.echo(line, err=True))  # fmt: skip

@@ -60,5 +60,3 @@ class IntegerLowering(PyExprMutator, ActivationCodes, LayerLowering, Requantizat
             codes = self._requantize(call)
             return call if codes is None else codes
         return call
-
-    # -- requantization straight from the accumulators -----------------------------------

@@ -171,13 +171,3 @@ def activation_bytes(layers: list[LayerCost], batch: int) -> float:
 
 def weight_bytes(layers: list[LayerCost]) -> float:
     return sum(layer.weight_bytes for layer in layers)
-
-
-def cost_fields(cost: LayerCost | None) -> dict:
-    """The shape-derived columns of a layer's report row (empty when the graph has no match)."""
-    if cost is None:
-        return {}
-    keys = ("input_shape", "output_shape", "macs", "bit_operations", "output_bits",
-            "output_bytes_batch_1")  # fmt: skip
-    data = cost.to_dict()
-    return {key: data[key] for key in keys}
