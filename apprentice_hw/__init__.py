@@ -24,8 +24,8 @@ from apprentice_hw.version import __version__
 _EXPORTS = {
     **dict.fromkeys(
         ("BuildReport", "BuildResult", "TrainResult", "build", "build_from", "build_options",
-         "compare", "compile", "deploy", "distill", "export", "load_recipe_with_overrides",
-         "report", "size_model", "train", "tune", "verify"),
+         "compare", "compile", "deploy", "distill", "emulated_pi", "export", "fpga_options",
+         "load_recipe_with_overrides", "report", "size_model", "train", "tune", "verify"),
         "apprentice_hw.api",
     ),
     "DistillationLoss": "apprentice_hw.distill.loss",

@@ -620,6 +620,26 @@ def size_model(
 
 
 # -- deploy ---------------------------------------------------------------------------------
+def emulated_pi(
+    folder: str | Path | None = None,
+    *,
+    mirror: str | None = None,
+    port: int | None = None,
+    on_message: Callable[[str], None] | None = None,
+):
+    """An emulated Raspberry Pi 4 (Debian's arm64 Python under qemu-user with the aarch64 TVM
+    runtime), set up in ``folder`` on first use (needs root once). Returns a
+    ``deploy.emulated_pi.EmulatedPi``; ``with pi.serve(key, port) as board:`` runs a local
+    tracker with the board registered (``board.tracker``) for ``deploy`` and ``tune``."""
+    from apprentice_hw.deploy import emulated_pi as emulated
+
+    if port is not None and not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
+    folder = Path(folder) if folder is not None else emulated.default_dir()
+    return emulated.setup(folder, mirror or emulated.DEFAULT_MIRROR,
+                          progress=on_message or (lambda _message: None))  # fmt: skip
+
+
 def deploy(
     build_dir: str | Path,
     *,

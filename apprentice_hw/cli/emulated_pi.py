@@ -10,7 +10,6 @@ import click
 
 from apprentice_hw.cli.app import cli
 from apprentice_hw.deploy import emulated_pi as pi_defaults  # light: no ONNX or TVM
-from apprentice_hw.errors import UserError
 
 
 @cli.command("emulated-pi")
@@ -48,13 +47,11 @@ def emulated_pi(port: int, key: str, setup_only: bool, folder: Path | None, mirr
       apprentice-hw emulated-pi &
       apprentice-hw deploy build/digits-arm-a72-w2a8 --tracker 127.0.0.1:9190 --key emulated-pi
     """  # fmt: skip
-    from apprentice_hw.deploy import emulated_pi as emulated
+    from apprentice_hw import api
 
-    if not 0 < port < 65536:
-        raise UserError(f"--port must be between 1 and 65535, got {port}")
-    folder = folder if folder is not None else emulated.default_dir()
-    pi = emulated.setup(folder, mirror, progress=lambda m: click.echo(m, err=True))
-    click.echo(f"emulated Pi ready in {folder}; its Python: {pi.python}")
+    pi = api.emulated_pi(folder, mirror=mirror, port=port,
+                         on_message=lambda m: click.echo(m, err=True))  # fmt: skip
+    click.echo(f"emulated Pi ready in {pi.folder}; its Python: {pi.python}")
     if setup_only:
         return
     click.echo(f"starting the tracker on 127.0.0.1:{port} and the emulated board ...", err=True)
