@@ -120,7 +120,7 @@ def _prepare(model_path: Path, options: CompileOptions) -> _Prepared:
     from apprentice_hw.compiler.tvm_build import input_shape
     from apprentice_hw.export.onnx_export import output_quant_step, strip_initializer_inputs
     from apprentice_hw.lowering import canonicalize
-    from apprentice_hw.verify import load_inputs, load_onnx
+    from apprentice_hw.verify import float_output_hint, load_inputs, load_onnx
 
     if options.samples < 1:
         raise UserError(f"--samples must be at least 1, got {options.samples}")
@@ -139,14 +139,7 @@ def _prepare(model_path: Path, options: CompileOptions) -> _Prepared:
         if not isinstance(exc, ValueError):
             raise UserError(f"{model_path}: cannot bring it into the quantized form apprentice-hw "
                             f"compiles ({summarize(exc, 160)})") from exc  # fmt: skip
-        hint = (
-            "; end the model with an output quantizer (Brevitas: a QuantIdentity or "
-            "QuantLinear with an output quant; ONNX Runtime's quantize_static quantizes the "
-            "output) so outputs can be compared in steps"
-            if "DequantizeLinear" in str(exc)
-            else ""
-        )
-        raise UserError(f"{model_path}: {exc}{hint}") from exc
+        raise UserError(f"{model_path}: {exc}{float_output_hint(exc)}") from exc
     inputs = load_inputs(options.inputs, shape, options.samples, seed=0)
     reference = None
     if options.reference is not None:

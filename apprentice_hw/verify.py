@@ -383,6 +383,17 @@ def verify_model(
     return result
 
 
+def float_output_hint(error: Exception) -> str:
+    """What to do about a model whose output is float (no output quantizer), or nothing."""
+    if "DequantizeLinear" not in str(error):
+        return ""
+    return (
+        "; end the model with an output quantizer (Brevitas: a QuantIdentity or QuantLinear "
+        "with an output quant; ONNX Runtime's quantize_static quantizes the output) so outputs "
+        "can be compared in steps"
+    )
+
+
 def load_inputs(path: Path | None, shape: tuple[int, ...], samples: int, seed: int) -> np.ndarray:
     """Inputs from a ``.npy`` file, or seeded uniform [0, 1) images of the model's shape."""
     if path is None:
@@ -513,6 +524,6 @@ def run_verify(
         shape = input_shape(canonical, 1)
         output_quant_step(canonical)
     except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from exc
+        raise UserError(f"{path}: {exc}{float_output_hint(exc)}") from exc
     inputs = load_inputs(inputs_path, shape, samples, seed=0)
     return verify_model(model, inputs, target, kernel, None, tolerance)

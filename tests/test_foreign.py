@@ -181,6 +181,8 @@ def test_compile_refuses_what_it_cannot_check_in_one_line(run_cli, tmp_path):
     torch.onnx.export(torch.nn.Linear(4, 2), torch.rand(1, 4), str(fp32), dynamo=False)
     floating = run_cli("compile", fp32, "--target", "x86-host", "--out", tmp_path / "f")
     assert floating.code == 2 and "output quantizer" in floating.err, floating.err
+    checked = run_cli("verify", fp32)  # verify says what to do about a float output too
+    assert checked.code == 2 and "output quantizer" in checked.err, checked.err
     path = FOREIGN_MODELS["ort-mlp"](tmp_path / "mlp.onnx")
     np.save(tmp_path / "x.npy", images("mlp", 4))
     wrong = run_cli("compile", path, "--target", "x86-host", "--inputs", tmp_path / "x.npy",
