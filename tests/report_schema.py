@@ -25,6 +25,8 @@ SCHEMAS = Path(__file__).parent / "data" / "report-schemas"
 # Keys under these paths are names (layers, libraries, batches): the schema records one entry
 # for all of them, so another model or machine has the same schema.
 NAMED = ("memory.weights.bits_per_layer", "memory.runtime_library_bytes")
+# The target file's own TVM table: its keys are the target's (mtriple, arch, host, ...).
+OPAQUE = ("target.tvm",)
 
 
 def _kind(value: Any) -> str:
@@ -42,6 +44,8 @@ def _kind(value: Any) -> str:
 def schema(data: Any, path: str = "") -> dict[str, str]:
     """Key path -> kind of value; list items share the path ``name[]``."""
     found = {path or ".": _kind(data)}
+    if path in OPAQUE:
+        return found
     if isinstance(data, dict):
         for key, value in data.items():
             name = "*" if path in NAMED and key != "arch" else key
