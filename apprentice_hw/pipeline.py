@@ -193,6 +193,9 @@ def compile_model(
 
     backend = backend_for(target)
     prepared = backend.prepare(onnx_model, target, batch=1, kernel=kernel)
+    unused = unused_kernel_warning(kernel, prepared.layers)
+    if unused:
+        progress.message(f"    {unused}")
     executable = backend.compile(prepared.mod, target)
     backend.link(executable, target, workdir / MODULE_FILE)
     device_code = backend.device_report(workdir / MODULE_FILE)
@@ -241,6 +244,17 @@ def compile_model(
             estimate_latency(list(costs.values()), target).to_dict()
         ),
         device_code=device_code,
+    )
+
+
+def unused_kernel_warning(kernel: str | None, layers) -> str | None:
+    """A warning when a forced ``--kernel`` took none of the layers, or None."""
+    if kernel is None or any(layer.strategy == kernel for layer in layers):
+        return None
+    chosen = ", ".join(sorted({layer.strategy for layer in layers})) or "none"
+    return (
+        f"warning: --kernel {kernel} supports none of the {len(layers)} quantized layers "
+        f"(they use: {chosen}); see 'apprentice-hw kernels' for what each strategy takes"
     )
 
 

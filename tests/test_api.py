@@ -183,3 +183,16 @@ def test_outputs_with_spatial_axes_agree_per_position():
     check = compare_outputs(reference, candidate, step=1.0)
     assert check.prediction_agreement == 7 / 8
     assert check.max_diff_steps == 2.0 and check.fraction_exact == 0.5
+
+
+def test_a_forced_kernel_that_takes_no_layer_is_warned_about():
+    from apprentice_hw.lowering import LoweredLayer
+    from apprentice_hw.pipeline import unused_kernel_warning
+
+    layers = [LoweredLayer("conv", "conv2d", (8, 3, 3, 3), "int8"),
+              LoweredLayer("fc", "dense", (10, 8), "packed")]  # fmt: skip
+    assert unused_kernel_warning(None, layers) is None
+    assert unused_kernel_warning("packed", layers) is None
+    warning = unused_kernel_warning("bitserial", layers)
+    assert warning.startswith("warning: --kernel bitserial supports none of the 2")
+    assert "int8, packed" in warning
