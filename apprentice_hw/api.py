@@ -110,7 +110,7 @@ def fpga_options(target: str | Target, reuse: int | None = None, fps: float | No
     FPGA (whatever else is wrong with them)."""
     resolved = _target(target)
     given = reuse is not None or fps is not None or synthesize
-    if given and resolved.kind.tvm_kind is not None:
+    if given and not resolved.kind.takes_fpga_options:
         raise UserError(
             f"--reuse, --fps and --synthesize apply to FPGA targets; {resolved.name} is a "
             f"{resolved.device} target"
@@ -120,11 +120,10 @@ def fpga_options(target: str | Target, reuse: int | None = None, fps: float | No
 
 def default_quant_note(target: str | Target, quant: str | None) -> str | None:
     """What ``build_options`` chose for the quantizer family on ``target``, if anything."""
-    default = backend_for(_target(target)).default_quant
-    if quant is not None or default is None:
+    backend = backend_for(_target(target))
+    if quant is not None or backend.default_quant is None:
         return None
-    return (f"FPGA target: power-of-two quantizers (--quant {default}), so the design is "
-            "bit-exact; pass --quant to choose another family")  # fmt: skip
+    return backend.default_quant_note
 
 
 # -- build ----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ class DeviceKind:
     tvm_kind: str | None  # the TVM target kind it compiles with; None: not built by TVM
     runs_on_host_cpu: bool  # its modules run on a CPU like this machine's (no GPU, no board)
     arches: tuple[str, ...]  # host architectures a target of this kind may name
+    takes_fpga_options: bool = False  # a design sized by --reuse / --fps (options.FpgaOptions)
 
 
 # The kinds of device a target file may name; adding one adds a row here and a backend module.
@@ -51,7 +52,7 @@ DEVICES = {
     "cpu": DeviceKind("cpu", "cores", "llvm", True, ARCHES[:2]),
     "cuda": DeviceKind("cuda", "SMs", "cuda", False, ARCHES[:2]),
     # An FPGA is built by hls4ml; "cores" are the board's processor cores.
-    "fpga": DeviceKind("fpga", "cores", None, False, ARCHES),
+    "fpga": DeviceKind("fpga", "cores", None, False, ARCHES, takes_fpga_options=True),
 }
 
 # Placeholder values a target file may use for "whatever this machine has".

@@ -73,7 +73,7 @@ class BuildOptions:
             raise UserError(f"kernel must be a strategy name, got {self.kernel!r}")
         if not isinstance(self.fpga, FpgaOptions):
             raise UserError(f"fpga options must be FpgaOptions, got {type(self.fpga).__name__}")
-        if not self.fpga.is_default and self.target.kind.tvm_kind is not None:
+        if not self.fpga.is_default and not self.target.kind.takes_fpga_options:
             raise UserError(
                 f"--reuse, --fps and --synthesize apply to FPGA targets; {self.target.name} is "
                 f"a {self.target.device} target"

@@ -24,8 +24,10 @@ class Backend:
     """The default behaviour: a device apprentice-hw cannot compile ONNX models for."""
 
     name: str = ""
-    # The quantizer family a build uses unless the user names one (None: the recipe's).
+    # The quantizer family a build uses unless the user names one (None: the recipe's), and
+    # the note that says so.
     default_quant: str | None = None
+    default_quant_note: str = ""
     # Output steps a correct module may differ from the host's exact integer pipeline by.
     output_tolerance_steps: float = 0.0
     # Whether 'apprentice-hw tune' can time this device's kernels.

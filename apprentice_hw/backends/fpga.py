@@ -17,6 +17,10 @@ class FpgaBackend(Backend):
     name = "fpga"
     # Fixed-point hardware reproduces power-of-two scales exactly, and nothing else.
     default_quant = "po2"
+    default_quant_note = (
+        "FPGA target: power-of-two quantizers (--quant po2), so the design is bit-exact; pass "
+        "--quant to choose another family"
+    )
     execution = (
         "the FPGA part runs as hls4ml fixed-point dataflow (io_stream) with weights at "
         "trained precision; the pooling head runs on the host; see 'fpga'"
