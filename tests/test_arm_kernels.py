@@ -182,7 +182,10 @@ def _run_on_emulated_core(library: Path, inputs: np.ndarray, qemu_cpu: str, fold
     return np.load(folder / "outputs.npy")
 
 
-@pytest.mark.parametrize("weight_bits, dtype", [(8, "int32"), (4, "int16")])
+@pytest.mark.parametrize(
+    "weight_bits, dtype",
+    [pytest.param(8, "int32", marks=pytest.mark.slow), (4, "int16")],  # 22 s each under qemu
+)
 def test_8_bit_requantization_runs_as_sqdmulh_on_aarch64(weight_bits, dtype, tmp_path):
     """AArch64 targets requantize 8-bit codes as the high half of 32 x 32-bit products
     (``sqdmulh``, four lanes per vector), the zero and clip in int16 where the layer's range

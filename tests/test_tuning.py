@@ -137,6 +137,7 @@ def test_time_budget_stops_tuning(student):
     assert result.stopped_by_budget and result.measured == 0
 
 
+@pytest.mark.slow  # 30 s; the default run cross-links a board's kernels (remote builder test)
 def test_remote_tuning_through_a_local_tracker(student):
     """A tracker and an RPC server on 127.0.0.1: kernels are cross-linked (.so) and timed there."""
     target, prepared, _ = student
