@@ -233,7 +233,7 @@ def compile_model(
         prepared=prepared,
         layers=[LayerRow.lowered(layer, costs.get(layer.name)) for layer in prepared.layers],
         constants=constants,
-        plans={b: PlannedActivations(**plan.to_dict()) for b, plan in plans.items()},
+        plans=plans,
         files=files,
         # The paper's Figure 1 measure, from the graph's shapes: conv and FC outputs at the bits
         # their quantizers store (the compiled module keeps codes of up to 8 bits in bytes).

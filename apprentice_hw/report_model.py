@@ -373,6 +373,9 @@ class PlannedActivations:
     activation_bytes_unplanned: int  # every intermediate tensor, no reuse
     activation_bytes_planned: int  # storage after the static memory plan
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 @dataclass(frozen=True)
 class ModuleFiles:
@@ -526,13 +529,13 @@ class FpgaSection:
 
 @dataclass(frozen=True)
 class DeploySection:
-    """What ``apprentice-hw deploy`` measured on a board."""
+    """What ``apprentice-hw deploy`` measured on a board (``deploy.remote_run``)."""
 
     board: str
     samples: int
     identical: bool
     max_diff_steps: float
-    tolerance_steps: float
+    tolerance_steps: float  # 0 for CPUs (bit-exact), 1 for GPUs
     top1_agreement: float
     latency_median_ms: float
     latency_min_ms: float
@@ -543,7 +546,14 @@ class DeploySection:
     upload_seconds: float
     module_bytes: int
     when: str
-    kind: str
+    kind: str = "measured on the board with TVM's RPC time evaluator (batch 1)"
+
+    @property
+    def passed(self) -> bool:
+        return self.identical or self.max_diff_steps <= self.tolerance_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeploySection:

@@ -8,24 +8,14 @@ reuses buffers whose lifetimes do not overlap. The planned number is what a boar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from apprentice_hw.report_model import PlannedActivations
 
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Byte counts for one module at one batch size."""
-
-    batch: int
-    weight_bytes: int
-    weight_tensors: int
-    activation_bytes_unplanned: int  # every intermediate tensor, no reuse
-    activation_bytes_planned: int  # storage after the static memory plan
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# Byte counts for one module at one batch size: the report's planned-activations record.
+MemoryPlan = PlannedActivations
 
 
 def _dtype_bytes(dtype_str: str) -> int:

@@ -12,7 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,35 +31,8 @@ class DeployError(Exception):
     """The board ran, but not as it should (load failure, wrong outputs)."""
 
 
-@dataclass(frozen=True)
-class DeployResult:
-    """What one deploy measured on the board."""
-
-    board: str
-    samples: int
-    identical: bool
-    max_diff_steps: float
-    tolerance_steps: float  # 0 for CPUs (bit-exact), 1 for GPUs
-    top1_agreement: float
-    latency_median_ms: float
-    latency_min_ms: float
-    latency_max_ms: float
-    latency_stdev_ms: float
-    repeats: int
-    number: int
-    upload_seconds: float
-    module_bytes: int
-    when: str
-
-    @property
-    def passed(self) -> bool:
-        return self.identical or self.max_diff_steps <= self.tolerance_steps
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "kind": "measured on the board with TVM's RPC time evaluator (batch 1)",
-        }
+# What one deploy measured on the board: the report's ``deploy`` section.
+DeployResult = DeploySection
 
 
 def _load_on_board(session, remote_name: str, target_arch: str, device):
@@ -181,7 +154,7 @@ def record_in_report(build_dir: Path, report: Report, result: DeployResult) -> N
     from apprentice_hw.manifest import refresh_manifest
     from apprentice_hw.report import write_report
 
-    report = replace(report, deploy=DeploySection.from_dict(result.to_dict()))
+    report = replace(report, deploy=result)
     with uninterrupted():
         write_report(report, build_dir)
         refresh_manifest(build_dir)
