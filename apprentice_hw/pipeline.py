@@ -196,7 +196,12 @@ def compile_model(
     unused = unused_kernel_warning(kernel, prepared.layers)
     if unused:
         progress.message(f"    {unused}")
-    executable = backend.compile(prepared.mod, target)
+    from apprentice_hw.compiler.schedules import ScheduleCount
+
+    count = ScheduleCount()
+    executable = backend.compile(prepared.mod, target, count=count)
+    if count.tuned + count.shipped + count.default:  # CPU targets: where schedules came from
+        progress.message(f"    {count.describe()}")
     backend.link(executable, target, workdir / MODULE_FILE)
     device_code = backend.device_report(workdir / MODULE_FILE)
     if device_code is not None:

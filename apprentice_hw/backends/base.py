@@ -59,8 +59,9 @@ class Backend:
         """Canonicalize, import and lower ``model`` (``compiler.PreparedModule``)."""
         self.check_compilable(target)
 
-    def compile(self, mod, target: Target, use_tuning: bool = True):
-        """Compile a prepared Relax module into an executable."""
+    def compile(self, mod, target: Target, use_tuning: bool = True, count=None):
+        """Compile a prepared Relax module into an executable; ``count`` (a
+        ``compiler.schedules.ScheduleCount``), where given, says where schedules came from."""
         self.check_compilable(target)
 
     def link(self, executable, target: Target, path: Path) -> Path:

@@ -22,10 +22,10 @@ class CpuBackend(TvmBackend):
         return prepare(model, batch, preference=target.kernels, kernel=kernel,
                        channels_last=True, lowering=lowering_options(target))  # fmt: skip
 
-    def compile(self, mod, target: Target, use_tuning: bool = True):
+    def compile(self, mod, target: Target, use_tuning: bool = True, count=None):
         from apprentice_hw.compiler.cpu import compile_cpu
 
-        return compile_cpu(mod, target, use_tuning)
+        return compile_cpu(mod, target, use_tuning, count)
 
     def link(self, executable, target: Target, path: Path) -> Path:
         from apprentice_hw.compiler.tvm_build import link_library

@@ -33,7 +33,7 @@ class CudaBackend(TvmBackend):
         return prepare(model, batch, preference=target.kernels, kernel=kernel,
                        channels_last=False, lowering=lowering)  # fmt: skip
 
-    def compile(self, mod, target: Target, use_tuning: bool = True):
+    def compile(self, mod, target: Target, use_tuning: bool = True, count=None):
         import tvm
 
         from apprentice_hw.compiler.gpu_schedules import cuda_pipeline

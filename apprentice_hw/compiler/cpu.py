@@ -39,12 +39,13 @@ def lowering_options(target: Target) -> dict[str, object]:
             "proven_requantization": True}  # fmt: skip
 
 
-def compile_cpu(mod, target: Target, use_tuning: bool = True):
+def compile_cpu(mod, target: Target, use_tuning: bool = True, count=None):
     """Compile a Relax module with TVM's pipeline plus the project's CPU schedules.
 
     Functions the target's tuning database (``apprentice-hw tune``) has records for get their
     tuned schedule, conv kernels the shipped tables know get their pre-tuned knobs, and the
-    rest the default schedules; ``use_tuning=False`` uses the defaults everywhere.
+    rest the default schedules; ``use_tuning=False`` uses the defaults everywhere. ``count``
+    (a ``schedules.ScheduleCount``) is filled with how many functions got each.
     """
     import tvm
 
@@ -60,5 +61,5 @@ def compile_cpu(mod, target: Target, use_tuning: bool = True):
             def tuned(fused):
                 return tuning.apply_records(fused, target, tvm_target)
 
-    pipeline = cpu_pipeline(tvm_target, tuned, knob_table)
+    pipeline = cpu_pipeline(tvm_target, tuned, knob_table, count)
     return tvm.compile(mod, tvm_target, relax_pipeline=pipeline)

@@ -922,12 +922,41 @@ def fused_module(mod, target):
         return tvm.transform.Sequential(passes)(mod)
 
 
-def cpu_pipeline(target, tuned=None, knob_table: dict[str, ConvKnobs] | None = None):
+@dataclass
+class ScheduleCount:
+    """Where the compiled functions' schedules came from (filled by ``cpu_pipeline``)."""
+
+    tuned: int = 0  # the user's tuning database (apprentice-hw tune)
+    shipped: int = 0  # conv kernels with pre-tuned knobs from the shipped tables
+    default: int = 0  # the default rules
+
+    def describe(self) -> str:
+        return (f"schedules: {self.tuned} from your tuning records, {self.shipped} pre-tuned "
+                f"(shipped tables), {self.default} default")  # fmt: skip
+
+
+def _count_sources(mod, knob_table: dict[str, ConvKnobs] | None, count: ScheduleCount) -> None:
+    from tvm import tirx
+
+    for _, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            count.tuned += 1
+        elif kernel_key(func) in (knob_table or {}):
+            count.shipped += 1
+        else:
+            count.default += 1
+
+
+def cpu_pipeline(target, tuned=None, knob_table: dict[str, ConvKnobs] | None = None,
+                 count: ScheduleCount | None = None):  # fmt: skip
     """TVM's CPU pipeline with ``schedule_pass`` after operator fusion.
 
     ``tuned`` (module -> module), when given, runs first on the fused module: it applies tuning
     records, and the functions it schedules are left alone by the default rules.
     ``knob_table`` gives pre-tuned knobs for the conv kernels it names (shipped records).
+    ``count``, when given, is filled with where each function's schedule came from.
     """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
@@ -937,6 +966,8 @@ def cpu_pipeline(target, tuned=None, knob_table: dict[str, ConvKnobs] | None = N
         mod = fused_module(mod, target)
         if tuned is not None:
             mod = tuned(mod)
+        if count is not None:
+            _count_sources(mod, knob_table, count)
         with target:
             passes = [
                 schedule_pass(target, knob_table),
