@@ -83,11 +83,13 @@ def build_options(
     force: bool = False,
     resume: bool = False,
     fpga: FpgaOptions | None = None,
+    threads: int | None = None,
     **overrides: Any,
 ) -> BuildOptions:
     """The options of one build, validated: the target, the recipe with ``overrides`` (see
     :func:`load_recipe_with_overrides`), where it goes (default
-    ``build/<recipe>-<target>-w<bits>a<bits>``) and, for FPGA targets, ``fpga``.
+    ``build/<recipe>-<target>-w<bits>a<bits>``), for FPGA targets ``fpga``, and the TVM
+    ``threads`` to time and run with (default: the faster of 1 and every core, measured).
 
     Where the recipe names no quantizer family override, the target's backend may choose one
     (FPGA targets: power-of-two scales, which fixed-point hardware reproduces exactly).
@@ -100,7 +102,7 @@ def build_options(
     return BuildOptions(
         recipe=resolved, target=resolved_target,
         out=Path(out) if out is not None else default_output_dir(resolved, resolved_target),
-        kernel=kernel, force=force, resume=resume, fpga=fpga or FpgaOptions(),
+        kernel=kernel, force=force, resume=resume, fpga=fpga or FpgaOptions(), threads=threads,
     )  # fmt: skip
 
 
@@ -351,6 +353,7 @@ def compile(
     samples: int = 100,
     tolerance: float = 1.0,
     force: bool = False,
+    threads: int | None = None,
     progress: Progress | None = None,
 ) -> CompileResult:
     """Compile a quantized ONNX model (QCDQ, QONNX or QDQ) into a build directory
@@ -361,7 +364,7 @@ def compile(
         target=_target(target), out=Path(out) if out is not None else None, kernel=kernel,
         inputs=Path(inputs) if inputs is not None else None,
         reference=Path(reference) if reference is not None else None, samples=samples,
-        tolerance=tolerance, force=force,
+        tolerance=tolerance, force=force, threads=threads,
     )  # fmt: skip
     return compile_onnx(Path(model), options, progress)
 

@@ -28,6 +28,7 @@ from apprentice_hw.backends import backend_for, validate_target
 from apprentice_hw.errors import CheckFailedError, UserError, summarize
 from apprentice_hw.hardware import Target
 from apprentice_hw.manifest import file_sha256, write_build_manifest
+from apprentice_hw.options import check_threads
 from apprentice_hw.output_steps import compare_outputs, fraction_within
 from apprentice_hw.progress import Progress
 from apprentice_hw.report_model import (
@@ -35,7 +36,6 @@ from apprentice_hw.report_model import (
     CheckedInputs,
     Checks,
     CompiledModel,
-    Latency,
     LayerRow,
     Report,
     ReportParts,
@@ -57,6 +57,7 @@ class CompileOptions:
     samples: int = 100  # inputs checked (the first ones of --inputs)
     tolerance: float = 1.0  # output steps
     force: bool = False  # replace an existing build directory
+    threads: int | None = None  # TVM workers to time with (None: the faster of 1 and all cores)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def _prepare(model_path: Path, options: CompileOptions) -> _Prepared:
 
     if options.samples < 1:
         raise UserError(f"--samples must be at least 1, got {options.samples}")
+    check_threads(options.threads)
     if not np.isfinite(options.tolerance) or options.tolerance < 0:
         raise UserError(f"--tolerance must be a number of output steps >= 0, got "
                         f"{options.tolerance}")  # fmt: skip
@@ -278,9 +280,13 @@ def _step_compile(state: _CompileState) -> None:
 
 
 def _step_verify(state: _CompileState) -> None:
-    from apprentice_hw.compiler import measure_latency
     from apprentice_hw.hardware import host_twin
-    from apprentice_hw.pipeline import checked_description, divergence_text, not_measured
+    from apprentice_hw.pipeline import (
+        checked_description,
+        divergence_text,
+        measured_latency,
+        not_measured,
+    )
     from apprentice_hw.verify import MIN_AGREEMENT, verify_model
 
     prepared, options = state.prepared, state.options
@@ -332,9 +338,8 @@ def _step_verify(state: _CompileState) -> None:
     if not runs_here:
         state.parts.latency = not_measured(target)
         return
-    latency = measure_latency(state.workdir / MODULE_FILE, prepared.inputs[:1])
-    state.parts.latency = Latency.from_dict(latency.to_dict())
-    state.progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1)")
+    state.parts.latency = measured_latency(state.workdir / MODULE_FILE, prepared.inputs[:1],
+                                           options.threads, state.progress)  # fmt: skip
 
 
 def _model_section(prepared: _Prepared, layers: list[LayerRow]) -> CompiledModel:
@@ -366,6 +371,7 @@ def _step_bundle(state: _CompileState) -> None:
         inputs=prepared.inputs[:count], outputs=state.compiled_outputs[:count],
         produced_by=state.parts.checks.compiled_module_checked,
         tolerance_steps=backend_for(target).output_tolerance_steps,
+        threads=state.parts.latency.threads,
     )  # fmt: skip
     state.progress.message(
         f"    {BUNDLE_DIR}/: module, run.py, manifest, {count} verification inputs, README"

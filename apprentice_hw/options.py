@@ -61,6 +61,9 @@ class BuildOptions:
     force: bool = False  # replace an existing build directory
     resume: bool = False  # continue an interrupted build of ``out`` with the same options
     fpga: FpgaOptions = field(default_factory=FpgaOptions)
+    # TVM worker threads the latency is measured with and the bundle runs with; None: the
+    # faster of 1 and every core, measured at build time. Not part of the resume identity.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.recipe, Recipe):
@@ -71,6 +74,7 @@ class BuildOptions:
             object.__setattr__(self, "out", Path(self.out))
         if self.kernel is not None and not isinstance(self.kernel, str):
             raise UserError(f"kernel must be a strategy name, got {self.kernel!r}")
+        check_threads(self.threads)
         if not isinstance(self.fpga, FpgaOptions):
             raise UserError(f"fpga options must be FpgaOptions, got {type(self.fpga).__name__}")
         if not self.fpga.is_default and not self.target.kind.takes_fpga_options:
@@ -88,7 +92,8 @@ class BuildOptions:
         """A JSON-ready form (the target by its file, so a custom target file round-trips)."""
         return {"recipe": self.recipe.to_dict(), "target": str(self.target.source),
                 "out": str(self.out), "kernel": self.kernel, "force": self.force,
-                "resume": self.resume, "fpga": self.fpga.to_dict()}  # fmt: skip
+                "resume": self.resume, "fpga": self.fpga.to_dict(),
+                "threads": self.threads}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildOptions:
@@ -98,10 +103,22 @@ class BuildOptions:
                 recipe=Recipe.from_dict(data["recipe"]), target=get_target(data["target"]),
                 out=Path(data["out"]), kernel=data.get("kernel"),
                 force=bool(data.get("force", False)), resume=bool(data.get("resume", False)),
-                fpga=FpgaOptions.from_dict(data.get("fpga") or {}),
+                fpga=FpgaOptions.from_dict(data.get("fpga") or {}), threads=data.get("threads"),
             )  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise UserError(f"build options are incomplete or from another version: {exc}") from exc
+
+
+MAX_THREADS = 1024
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: a whole number of TVM workers, or None (choose by measuring)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be a whole number from 1 to {MAX_THREADS}, got "
+                        f"{threads!r}")  # fmt: skip
 
 
 def default_output_dir(recipe: Recipe, target: Target) -> Path:

@@ -443,6 +443,7 @@ class Latency:
     repeats: int | None = None
     number: int | None = None  # calls per timed run
     reason: str | None = None  # why not measured
+    threads: int | None = None  # TVM worker threads it ran with (reports before: not recorded)
 
     @property
     def measured(self) -> bool:

@@ -1,7 +1,9 @@
 """The schema of ``report.json``: every key path and the kind of value it holds.
 
 ``tests/data/report-schemas/<kind>.json`` were recorded from reports written before the report
-became typed sections (``report_model``), from the tiny recipe's builds and a compiled model;
+became typed sections (``report_model``), from the tiny recipe's builds and a compiled model
+(since then one key was added on purpose: ``latency.threads``, the TVM threads a measured
+latency ran with);
 ``assert_report_unchanged`` holds every later report to them, and to an exact round trip
 through ``Report.from_dict`` / ``to_dict``. Only the values change between runs (timings,
 sizes), never which keys exist or what kind of value they hold.
@@ -74,7 +76,8 @@ def assert_report_unchanged(report_path: Path, kind: str) -> None:
                                                "changed": changed}  # fmt: skip
 
 
-TIMINGS = ("median_ms", "min_ms", "max_ms", "stdev_ms")
+# Measured, so different every run; ``threads`` is chosen by measuring (1 or every core).
+TIMINGS = ("median_ms", "min_ms", "max_ms", "stdev_ms", "threads")
 
 
 def _without_timings(data: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,11 @@ def x86_build(tmp_path_factory):
     assert 0.0 < result.student_top1 == saved["accuracy"]["student_top1"] <= 1.0
     assert result.latency_ms == saved["latency"]["median_ms"] > 0
     assert result.weight_bytes == saved["memory"]["weights"]["quantized_weight_bytes"]
+    # Timed with the faster of 1 and every core, and the bundle runs with that count.
+    cores = len(os.sched_getaffinity(0))
+    assert result.report.latency.threads in {1, cores} and saved["latency"]["threads"] in {1, cores}
+    bundle = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert bundle["module"]["threads"] == saved["latency"]["threads"]
     assert result.activation_bytes == {
         1: saved["memory"]["activations"]["batch_1"]["activation_bytes_planned"],
         8: saved["memory"]["activations"]["batch_8"]["activation_bytes_planned"],
@@ -254,6 +260,7 @@ BAD_INPUTS = [
     (["--bits", "2"], "Missing option '--target'"),
     (["--target", "x86-host", "--frobnicate"], "No such option '--frobnicate'"),
     (["--target", "x86-host", "--kernel", "fast"], "unknown kernel strategy 'fast'"),
+    (["--target", "x86-host", "--threads", "0"], "--threads must be a whole number from 1 to"),
 ]
 
 
@@ -414,3 +421,13 @@ def test_report_compare_puts_builds_side_by_side(x86_build, run_cli, tmp_path):
     assert plot.stat().st_size > 0
     bad = run_cli("report", x86_build, "--compare", tmp_path)
     assert bad.code == 2 and "is not a build directory" in bad.err
+
+
+def test_latency_is_timed_with_the_thread_count_asked_for(x86_build):
+    from apprentice_hw.pipeline import measured_latency
+    from apprentice_hw.progress import Progress
+
+    bundle = json.loads((x86_build / "bundle" / "manifest.json").read_text())
+    sample = np.random.default_rng(0).random(bundle["input"]["shape"], dtype=np.float32)
+    latency = measured_latency(x86_build / "model.so", sample, 1, Progress(quiet=True))
+    assert latency.measured and latency.threads == 1 and latency.median_ms > 0

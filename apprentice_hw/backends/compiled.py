@@ -75,7 +75,9 @@ def compiled_summary_lines(report: Report, out: Path) -> list[str]:
     estimated = (f"; estimated {format_ms(estimate.ms)} (roofline lower bound)"
                  if estimate is not None else "")  # fmt: skip
     if latency.measured:
-        lines.append(f"  latency {latency.median_ms:.3f} ms median (batch 1){estimated}")
+        plural = "s" if (latency.threads or 0) > 1 else ""
+        threads = f", {latency.threads} thread{plural}" if latency.threads else ""
+        lines.append(f"  latency {latency.median_ms:.3f} ms median (batch 1{threads}){estimated}")
     else:
         lines.append(f"  latency not measured: {latency.reason}{estimated}")
     lines.append(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from apprentice_hw.cli.app import cli, echo_lines
-from apprentice_hw.cli.options import KERNEL_HELP, TARGET_HELP, recipe_options
+from apprentice_hw.cli.options import KERNEL_HELP, TARGET_HELP, THREADS_OPTION, recipe_options
 
 
 @cli.command()
@@ -34,6 +34,7 @@ from apprentice_hw.cli.options import KERNEL_HELP, TARGET_HELP, recipe_options
 @click.option("--synthesize", is_flag=True,
               help="FPGA targets: run Vitis HLS C synthesis (vitis_hls on PATH).")  # fmt: skip
 @click.option("--kernel", default=None, help=KERNEL_HELP)
+@THREADS_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def build(
     target_name: str,
@@ -45,6 +46,7 @@ def build(
     reuse: int | None,
     fps: float | None,
     synthesize: bool,
+    threads: int | None,
     quiet: bool,
     **overrides,
 ) -> None:
@@ -65,7 +67,7 @@ def build(
     note = api.default_quant_note(target, overrides.get("quant"))
     options = api.build_options(
         target, recipe_name, out=out, kernel=kernel, force=force, resume=resume, fpga=fpga,
-        **overrides,
+        threads=threads, **overrides,
     )  # fmt: skip
     if note and not quiet:
         click.echo(note, err=True)

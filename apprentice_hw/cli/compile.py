@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from apprentice_hw.cli.app import cli, echo_lines
-from apprentice_hw.cli.options import INPUTS_OPTION, KERNEL_HELP, TARGET_HELP
+from apprentice_hw.cli.options import INPUTS_OPTION, KERNEL_HELP, TARGET_HELP, THREADS_OPTION
 
 
 @cli.command(name="compile")
@@ -32,6 +32,7 @@ from apprentice_hw.cli.options import INPUTS_OPTION, KERNEL_HELP, TARGET_HELP
 )
 @click.option("--samples", "-n", default=100, show_default=True, help="Inputs to check.")
 @click.option("--tolerance", default=1.0, show_default=True, help="Allowed output steps.")
+@THREADS_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def compile_command(
     model_path: Path,
@@ -43,6 +44,7 @@ def compile_command(
     reference_path: Path | None,
     samples: int,
     tolerance: float,
+    threads: int | None,
     quiet: bool,
 ) -> None:
     """Compile a quantized ONNX model from any tool into a build directory.
@@ -65,7 +67,7 @@ def compile_command(
     result = api.compile(
         model_path, target_name, out=out, kernel=kernel, inputs=inputs_path,
         reference=reference_path, samples=samples, tolerance=tolerance, force=force,
-        progress=Progress(quiet),
+        threads=threads, progress=Progress(quiet),
     )  # fmt: skip
     report = result.report
     click.echo(f"build written to {result.out}")

@@ -16,6 +16,11 @@ KERNEL_HELP = (
     "kernels'); other layers keep the target's choice."
 )
 TARGET_HELP = "Target name (see 'apprentice-hw targets') or path to a target .toml."
+THREADS_OPTION = click.option(
+    "--threads", type=int, default=None,
+    help="TVM worker threads to time the module with and for the bundle to run with. Default: "
+         "the faster of 1 and all cores, measured here.",
+)  # fmt: skip
 
 
 def recipe_options(command: Callable) -> Callable:

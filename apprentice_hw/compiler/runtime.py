@@ -38,12 +38,17 @@ class LatencyStats:
     repeats: int
     number: int
     kind: str = "measured"
+    threads: int | None = None  # TVM worker threads it ran with (None: not recorded)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.threads is None:
+            del data["threads"]
+        return data
 
     @classmethod
-    def from_times(cls, times_ms: list[float], number: int) -> LatencyStats:
+    def from_times(cls, times_ms: list[float], number: int,
+                   threads: int | None = None) -> LatencyStats:  # fmt: skip
         """Summary of per-call milliseconds, one value per timed run of ``number`` calls."""
         return cls(
             median_ms=statistics.median(times_ms),
@@ -52,7 +57,12 @@ class LatencyStats:
             stdev_ms=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
             repeats=len(times_ms),
             number=number,
+            threads=threads,
         )
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def _virtual_machine(path: Path):
@@ -75,21 +85,41 @@ def run_module(path: Path, inputs: np.ndarray, batch: int = 1) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def measure_latency(path: Path, sample: np.ndarray, repeats: int = 30, number: int = 10):
-    """Time the module on ``sample`` with TVM's time evaluator, in a fresh Python process.
+def measure_latency(path: Path, sample: np.ndarray, repeats: int = 30, number: int = 10,
+                    threads: int | None = None) -> LatencyStats:  # fmt: skip
+    """Time the module on ``sample`` with TVM's time evaluator, in a fresh Python process, with
+    ``threads`` TVM workers (default: every usable core).
 
     A fresh process because timing right after a compile in the same one is distorted: the
-    same ResNet-20 ``.so`` measured 0.61 ms there and 0.46 ms loaded fresh (2026-11-25).
+    same ResNet-20 ``.so`` measured 0.61 ms there and 0.46 ms loaded fresh (2026-11-25); and
+    the thread pool's size is fixed when it starts.
     """
+    threads = threads or usable_cores()
+    env = {**os.environ, "TVM_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "sample.npy", np.ascontiguousarray(sample))
         command = [sys.executable, "-m", "apprentice_hw.compiler.runtime", str(path),
                    str(Path(tmp) / "sample.npy"), str(repeats), str(number)]  # fmt: skip
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        completed = subprocess.run(command, capture_output=True, text=True, check=False,
+                                   env=env)  # fmt: skip
     if completed.returncode != 0:
         raise RuntimeError(f"timing {path} failed: {completed.stderr.strip()[-500:]}")
     times_ms = json.loads(completed.stdout.strip().splitlines()[-1])
-    return LatencyStats.from_times(times_ms, number)
+    return LatencyStats.from_times(times_ms, number, threads)
+
+
+def fastest_threads(path: Path, sample: np.ndarray) -> int:
+    """1 or every usable core, whichever runs the module faster here (a short timing each).
+
+    Small models lose to the thread pool's wake-ups: the digits student ran 0.02-0.03 ms on
+    one thread against about 0.1 ms on two (2026-12-02); large ones gain from every core.
+    """
+    cores = usable_cores()
+    if cores == 1:
+        return 1
+    medians = {n: measure_latency(path, sample, repeats=7, number=5, threads=n).median_ms
+               for n in (1, cores)}  # fmt: skip
+    return min(medians, key=medians.get)
 
 
 def _time_here(path: Path, sample: np.ndarray, repeats: int, number: int) -> list[float]:

@@ -86,8 +86,10 @@ def write_bundle(
     outputs: np.ndarray,
     produced_by: str,
     tolerance_steps: float = 0.0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``folder`` (the bundle) and return its manifest.
+    """Write ``folder`` (the bundle) and return its manifest; ``threads``, where the build
+    measured which count runs the module fastest, is what ``run.py`` uses by default.
 
     ``outputs`` are the host build's outputs for ``inputs``; the board must reproduce them
     exactly (integer kernels, float64 requantization on both).
@@ -111,6 +113,7 @@ def write_bundle(
             "runtime": "TVM Relax virtual machine (tvm.runtime.vm.VirtualMachine)",
             "tvm_version": metadata.version("apache-tvm"),
             "weights": "constants inside the module, stored at their trained precision",
+            **({"threads": threads} if threads else {}),
         },
         "input": {
             "name": model.graph.input[0].name,

@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", type=int, metavar="N", help="time N runs on a bundled image")
     parser.add_argument("--top", type=int, default=1, help="classes to print per image")
     parser.add_argument("--out", type=Path, help="write all logits to this .npy file")
-    parser.add_argument("--threads", type=int, help="TVM worker threads (default: all cores)")
+    parser.add_argument("--threads", type=int,
+                        help="TVM worker threads (default: what the build measured fastest, "
+                             "else all cores)")  # fmt: skip
     args = parser.parse_args(argv)
     if not (args.inputs or args.verify or args.benchmark):
         parser.error("give .npy inputs, --verify or --benchmark N")
@@ -268,12 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out {args.out}: the folder {args.out.parent} does not exist",
               file=sys.stderr)  # fmt: skip
         return 2
-    if args.threads is not None:
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)
-    else:
-        os.environ.setdefault("TVM_NUM_THREADS", str(cores))
     try:
         manifest = read_manifest()
+        built = manifest["module"].get("threads")
+        if args.threads is not None:
+            os.environ["TVM_NUM_THREADS"] = str(args.threads)
+        elif built and "TVM_NUM_THREADS" not in os.environ:  # the build's choice, if it fits
+            os.environ["TVM_NUM_THREADS"] = str(min(int(built), cores))
+        else:
+            os.environ.setdefault("TVM_NUM_THREADS", str(cores))
         check_machine(manifest)
         if args.top < 1 or (args.benchmark is not None and args.benchmark < 1):
             raise BundleError("--top and --benchmark must be at least 1")

@@ -213,10 +213,11 @@ def _memory_and_rest(report: Report) -> list[str]:
     lines += ["", "## Latency (batch 1)", ""]
     latency = report.latency
     if latency.measured:
+        threads = f", {latency.threads} TVM threads" if latency.threads else ""
         lines.append(
             f"Measured on this machine: median **{latency.median_ms:.3f} ms** "
             f"(min {latency.min_ms:.3f}, max {latency.max_ms:.3f}, "
-            f"{latency.repeats} runs of {latency.number} calls)."
+            f"{latency.repeats} runs of {latency.number} calls{threads})."
         )
     else:
         lines.append(f"Not measured: {latency.reason or 'unknown'}.")
