@@ -548,13 +548,14 @@ class DeploySection:
     module_bytes: int
     when: str
     kind: str = "measured on the board with TVM's RPC time evaluator (batch 1)"
+    threads: int | None = None  # the board's TVM worker threads (its RPC server's pool)
 
     @property
     def passed(self) -> bool:
         return self.identical or self.max_diff_steps <= self.tolerance_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _drop_none(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeploySection:
@@ -609,7 +610,7 @@ class Report:
         data["latency"] = self.latency.to_dict()
         data["execution"] = self.execution
         if self.deploy is not None:
-            data["deploy"] = asdict(self.deploy)
+            data["deploy"] = self.deploy.to_dict()
         data.update(self.extra)
         return data
 

@@ -2,8 +2,8 @@
 
 ``tests/data/report-schemas/<kind>.json`` were recorded from reports written before the report
 became typed sections (``report_model``), from the tiny recipe's builds and a compiled model
-(since then one key was added on purpose: ``latency.threads``, the TVM threads a measured
-latency ran with);
+(since then two keys were added on purpose: ``latency.threads`` and ``deploy.threads``, the
+TVM threads a measured latency ran with);
 ``assert_report_unchanged`` holds every later report to them, and to an exact round trip
 through ``Report.from_dict`` / ``to_dict``. Only the values change between runs (timings,
 sizes), never which keys exist or what kind of value they hold.

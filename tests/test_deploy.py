@@ -177,6 +177,7 @@ def test_deploy_through_a_tracker_gets_identical_outputs(builds, board, tmp_path
     report = json.loads((build / "report.json").read_text())
     deploy = report["deploy"]
     assert deploy["identical"] and deploy["max_diff_steps"] == 0.0 and deploy["samples"] == 16
+    assert deploy["threads"] >= 1  # the board's TVM worker threads, as its runtime reports them
     assert deploy["repeats"] == 5 and deploy["number"] == 3
     assert 0 < deploy["latency_min_ms"] <= deploy["latency_median_ms"] <= deploy["latency_max_ms"]
     assert deploy["board"] == f"'x86-board' via {board.tracker}"

@@ -57,7 +57,8 @@ def deploy(
     click.echo(
         f"  latency on the board {result.latency_median_ms:.3f} ms median (min "
         f"{result.latency_min_ms:.3f}, max {result.latency_max_ms:.3f}, stdev "
-        f"{result.latency_stdev_ms:.3f}; {result.repeats} runs of {result.number} calls)"
+        f"{result.latency_stdev_ms:.3f}; {result.repeats} runs of {result.number} calls"
+        f"{f', {result.threads} threads' if result.threads else ''})"
     )
     click.echo(f"  written to {build_dir / 'report.json'} (section 'deploy')")
     if not result.passed:

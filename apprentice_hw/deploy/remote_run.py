@@ -113,6 +113,7 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
         doing = "timing the module"
         timer = vm.time_evaluator("main", device, number=number, repeat=repeats)
         times_ms = [s * 1e3 for s in timer(tvm.runtime.tensor(inputs[:batch], device)).results]
+        threads = _board_threads(session)
     except DeployError:
         raise
     except Exception as exc:  # the board went away, the session timed out, a kernel failed
@@ -141,7 +142,17 @@ def _run_on_board(bundle: Bundle, session, board: str, repeats: int, number: int
         upload_seconds=round(upload_seconds, 3),
         module_bytes=len(data),
         when=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        threads=threads,
     )
+
+
+def _board_threads(session) -> int | None:
+    """How many worker threads the board's TVM runtime timed with (its RPC server's pool:
+    ``TVM_NUM_THREADS`` where the server was started), or None where it does not say."""
+    try:
+        return int(session.get_function("runtime.NumThreads")())
+    except Exception:  # an older runtime without the function: the report says nothing
+        return None
 
 
 def record_in_report(build_dir: Path, report: Report, result: DeployResult) -> None:

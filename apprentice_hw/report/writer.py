@@ -270,7 +270,8 @@ def _deploy_section(deploy: DeploySection) -> list[str]:
         f"{deploy.kind.capitalize()}: median **{deploy.latency_median_ms:.3f} "
         f"ms** (min {deploy.latency_min_ms:.3f}, max {deploy.latency_max_ms:.3f}, "
         f"stdev {deploy.latency_stdev_ms:.3f}; {deploy.repeats} runs of "
-        f"{deploy.number} calls). Outputs on {deploy.samples} verification images "
+        f"{deploy.number} calls{f', {deploy.threads} TVM threads' if deploy.threads else ''}). "
+        f"Outputs on {deploy.samples} verification images "
         f"{verdict} the host build's; top-1 agreement {deploy.top1_agreement:.0%}. "
         f"Deployed {deploy.when}.",
     ]  # fmt: skip
