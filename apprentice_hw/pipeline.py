@@ -187,6 +187,7 @@ def compile_model(
         memory_plan,
         runtime_library_bytes,
     )
+    from apprentice_hw.compiler.schedules import ScheduleCount
     from apprentice_hw.hardware import host_arch
     from apprentice_hw.report.estimate import estimate_latency
     from apprentice_hw.report.layers import activation_bytes, layer_costs
@@ -196,8 +197,6 @@ def compile_model(
     unused = unused_kernel_warning(kernel, prepared.layers)
     if unused:
         progress.message(f"    {unused}")
-    from apprentice_hw.compiler.schedules import ScheduleCount
-
     count = ScheduleCount()
     executable = backend.compile(prepared.mod, target, count=count)
     if count.tuned + count.shipped + count.default:  # CPU targets: where schedules came from

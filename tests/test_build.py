@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -431,3 +432,33 @@ def test_latency_is_timed_with_the_thread_count_asked_for(x86_build):
     sample = np.random.default_rng(0).random(bundle["input"]["shape"], dtype=np.float32)
     latency = measured_latency(x86_build / "model.so", sample, 1, Progress(quiet=True))
     assert latency.measured and latency.threads == 1 and latency.median_ms > 0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH; 'make test' installs Debian's "
+                    "chromium where it can (root or sudo)")  # fmt: skip
+def test_the_html_report_renders_in_chromium_on_a_phone_and_a_desktop(x86_build, tmp_path):
+    import html
+    import re
+
+    from PIL import Image
+
+    page = (x86_build / "report.html").as_uri()
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True,
+                         timeout=180, check=True).stdout  # fmt: skip
+    shown = [html.unescape(title) for title in re.findall(r"<h2>(.*?)</h2>", dom)]
+    markdown = (x86_build / "report.md").read_text().splitlines()
+    assert shown == [line[3:] for line in markdown if line.startswith("## ")]
+    assert shown[0] == "Summary" and {"Memory", "Layers", "Latency (batch 1)"} <= set(shown)
+    for width, height in ((1280, 900), (390, 844)):  # a desktop window, a phone
+        shot = tmp_path / f"page-{width}.png"
+        subprocess.run([*browser, f"--window-size={width},{height}", f"--screenshot={shot}", page],
+                       capture_output=True, timeout=180, check=True)  # fmt: skip
+        with Image.open(shot) as image:
+            assert image.size == (width, height)
+            grey = np.asarray(image.convert("L"))
+        assert grey.std() > 20 and (grey < 128).mean() > 0.01  # text on a page, not blank
