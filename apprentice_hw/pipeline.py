@@ -311,10 +311,13 @@ def measured_latency(module: Path, sample: np.ndarray, threads: int | None,
                      progress: Progress) -> Latency:  # fmt: skip
     """The module's batch-1 latency here, with ``threads`` TVM workers or, when None, with the
     faster of 1 and every core (small models lose to the thread pool's wake-ups)."""
-    from apprentice_hw.compiler.runtime import fastest_threads, measure_latency
+    from apprentice_hw.compiler.runtime import fastest_latency, measure_latency
 
-    chosen = threads or fastest_threads(module, sample)
-    latency = measure_latency(module, sample, threads=chosen)
+    if threads:
+        latency = measure_latency(module, sample, threads=threads)
+    else:
+        latency = fastest_latency(module, sample)
+    chosen = latency.threads
     how = "chosen" if threads else "the faster of 1 and all cores"
     progress.message(f"    latency median {latency.median_ms:.3f} ms (batch 1, {chosen} "
                      f"thread{'s' if chosen > 1 else ''}: {how})")  # fmt: skip

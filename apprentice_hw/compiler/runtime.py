@@ -108,18 +108,16 @@ def measure_latency(path: Path, sample: np.ndarray, repeats: int = 30, number: i
     return LatencyStats.from_times(times_ms, number, threads)
 
 
-def fastest_threads(path: Path, sample: np.ndarray) -> int:
-    """1 or every usable core, whichever runs the module faster here (a short timing each).
+def fastest_latency(path: Path, sample: np.ndarray) -> LatencyStats:
+    """The module timed with 1 thread and with every usable core; the faster of the two.
 
-    Small models lose to the thread pool's wake-ups: the digits student ran 0.02-0.03 ms on
-    one thread against about 0.1 ms on two (2026-12-02); large ones gain from every core.
+    Small models lose to the thread pool's wake-ups: the digits student ran 0.011 ms on one
+    thread against 0.054 ms on two (2026-12-08); large ones gain from every core. Each count
+    is one full measurement in its own process (the pool's size is fixed when it starts).
     """
-    cores = usable_cores()
-    if cores == 1:
-        return 1
-    medians = {n: measure_latency(path, sample, repeats=7, number=5, threads=n).median_ms
-               for n in (1, cores)}  # fmt: skip
-    return min(medians, key=medians.get)
+    counts = sorted({1, usable_cores()})
+    timed = [measure_latency(path, sample, threads=n) for n in counts]
+    return min(timed, key=lambda stats: stats.median_ms)
 
 
 def _time_here(path: Path, sample: np.ndarray, repeats: int, number: int) -> list[float]:
