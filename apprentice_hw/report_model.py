@@ -34,9 +34,21 @@ def _known(cls, data: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in data.items() if key in names}
 
 
+class _Record:
+    """A section whose JSON is its fields (``asdict``) and that reads back from a dict,
+    ignoring keys it does not know. Sections with a JSON layout of their own override these."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return cls(**_known(cls, data))
+
+
 # -- what was built -------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TargetSection:
+class TargetSection(_Record):
     """The target as the report and the bundle manifest describe it."""
 
     name: str
@@ -49,16 +61,9 @@ class TargetSection:
     def from_target(cls, target) -> TargetSection:
         return cls(target.name, target.description, target.device, target.arch, target.tvm)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TargetSection:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class TrainedModel:
+class TrainedModel(_Record):
     """A build's student: the recipe, data, networks, scheme and precision."""
 
     recipe: str
@@ -74,16 +79,9 @@ class TrainedModel:
 
     compiled: ClassVar[bool] = False
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainedModel:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class CompiledModel:
+class CompiledModel(_Record):
     """A user's quantized ONNX model that ``compile`` took."""
 
     source: str  # the file's name
@@ -96,13 +94,6 @@ class CompiledModel:
     outputs: int  # values per input
 
     compiled: ClassVar[bool] = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CompiledModel:
-        return cls(**_known(cls, data))
 
 
 ModelSection = TrainedModel | CompiledModel
@@ -145,7 +136,7 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
-class CsimCheck:
+class CsimCheck(_Record):
     """hls4ml's C simulation of an FPGA design against ONNX Runtime."""
 
     samples: int
@@ -154,13 +145,6 @@ class CsimCheck:
     within_1_step: int
     prediction_agreement: float
     exact: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CsimCheck:
-        return cls(**_known(cls, data))
 
 
 @dataclass(frozen=True)
@@ -364,7 +348,7 @@ class WeightMemory:
 
 
 @dataclass(frozen=True)
-class PlannedActivations:
+class PlannedActivations(_Record):
     """TVM's memory plan of the module at one batch size (``compiler.MemoryPlan``)."""
 
     batch: int
@@ -372,9 +356,6 @@ class PlannedActivations:
     weight_tensors: int
     activation_bytes_unplanned: int  # every intermediate tensor, no reuse
     activation_bytes_planned: int  # storage after the static memory plan
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -432,7 +413,7 @@ class MemorySection:
 
 # -- latency ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Latency:
+class Latency(_Record):
     """Batch-1 latency measured here (``kind`` "measured"), or why it was not."""
 
     kind: str  # "measured" or "not measured"
@@ -458,13 +439,9 @@ class Latency:
         kind = data.pop("kind")  # where the JSON has always had it: last, or first
         return {**data, "kind": kind} if self.measured else {"kind": kind, **data}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Latency:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class LatencyEstimate:
+class LatencyEstimate(_Record):
     """A latency the report estimates (never measured): a roofline or an FPGA schedule."""
 
     ms: float
@@ -481,14 +458,10 @@ class LatencyEstimate:
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(asdict(self))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LatencyEstimate:
-        return cls(**_known(cls, data))
-
 
 # -- device sections --------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DeviceCode:
+class DeviceCode(_Record):
     """The GPU code inside a CUDA build's module."""
 
     format: str
@@ -498,13 +471,9 @@ class DeviceCode:
     compiler: str
     description: str
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeviceCode:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class FpgaSection:
+class FpgaSection(_Record):
     """An FPGA build's design: the part, the HLS project and the estimates."""
 
     part: str
@@ -523,13 +492,9 @@ class FpgaSection:
             del data["synthesis"]
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FpgaSection:
-        return cls(**_known(cls, data))
-
 
 @dataclass(frozen=True)
-class DeploySection:
+class DeploySection(_Record):
     """What ``apprentice-hw deploy`` measured on a board (``deploy.remote_run``)."""
 
     board: str
@@ -556,10 +521,6 @@ class DeploySection:
 
     def to_dict(self) -> dict[str, Any]:
         return _drop_none(asdict(self))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DeploySection:
-        return cls(**_known(cls, data))
 
 
 # -- the report -------------------------------------------------------------------------------

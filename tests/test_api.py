@@ -19,6 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "tiny.toml"
 
 
+def _fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (nothing imported yet)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, cwd=REPO)  # fmt: skip
+    return done.stdout.strip()
+
+
 def test_api_names_stay_functions_after_their_namesake_modules_are_imported():
     """``apprentice_hw.report`` (and verify, distill, deploy) are functions even after some
     code imports ``apprentice_hw.report.writer`` and the like for the first time."""
@@ -28,9 +35,7 @@ def test_api_names_stay_functions_after_their_namesake_modules_are_imported():
         "import apprentice_hw.deploy.remote_run, apprentice_hw.verify\n"
         "print(all(callable(getattr(a, n)) for n in a.__all__ if n[0] != '_'))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=REPO)  # fmt: skip
-    assert done.stdout.strip() == "True"
+    assert _fresh_python(code) == "True"
 
 
 def test_build_options_are_validated_serialisable_and_the_resume_identity(tmp_path):
@@ -151,9 +156,7 @@ def test_the_command_line_starts_without_torch_onnx_or_tvm():
         "import sys, apprentice_hw, apprentice_hw.cli\n"
         "print(sorted(m for m in ('torch', 'onnx', 'tvm') if m in sys.modules))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, cwd=REPO)  # fmt: skip
-    assert done.stdout.strip() == "[]"
+    assert _fresh_python(code) == "[]"
 
 
 def test_a_kernel_name_no_strategy_has_is_refused_with_the_target_file(tmp_path):
