@@ -55,7 +55,7 @@ def load_recipe_with_overrides(recipe: str | Path | Recipe = DEFAULT_RECIPE,
 
     Overrides: ``bits`` (or ``weight_bits``), ``act_bits``, ``quant``, ``scheme``, ``epochs``,
     ``data_path``, ``seed``, ``teacher`` (a trained fp32 teacher's state dict) and
-    ``student_init`` (scheme C); ``None`` keeps the recipe's value.
+    ``student_init`` (schemes C, finetune); ``None`` keeps the recipe's value.
     """
     import inspect
 
@@ -291,9 +291,10 @@ def distill(
     (N, C, H, W) float images and integer labels. ``scheme``: ``A`` (teacher and student
     trained jointly), ``B`` (a trained, frozen teacher; the student from scratch), ``C`` (the
     student starts from ``student_init``, fp32 weights under its own parameter names: a
-    state dict, a path to one, or a trained fp32 twin), or ``none`` (no teacher: the
-    baseline). ``teacher_trained`` skips the teacher's own training (``teacher_epochs``,
-    default ``epochs``) in B and C. The networks are trained in place and returned.
+    state dict, a path to one, or a trained fp32 twin), ``none`` (no teacher: the
+    baseline of A and B) or ``finetune`` (C without the teacher: C's baseline).
+    ``teacher_trained`` skips the teacher's own training (``teacher_epochs``, default
+    ``epochs``) in B and C. The networks are trained in place and returned.
     """
     import torch
     from torch import nn
@@ -490,11 +491,9 @@ class BuildReport:
         return self.report.to_dict()
 
     def html(self) -> str:
-        from apprentice_hw.report.fields import FIGURE_FILE
         from apprentice_hw.report.html import render_html
 
-        figure = self.build_dir / FIGURE_FILE
-        return render_html(self.report, figure if figure.is_file() else None)
+        return render_html(self.report, self.build_dir)
 
     def plot(self, path: str | Path | None = None) -> Path:
         """Write the Figure-1 plot (default: the build's ``footprint.png``)."""

@@ -27,7 +27,7 @@ CHECKPOINTS = "checkpoints"
 RECIPE_RECORD = "recipe.json"
 # What a training run writes into its --out (training.py); a build keeps them too.
 TRAIN_ENTRIES = frozenset({CHECKPOINTS, RECIPE_RECORD, "teacher.pt", "student.pt",
-                           "train_log.jsonl"})  # fmt: skip
+                           "train_log.jsonl", "train_curve.png"})  # fmt: skip
 # Folders of a build (their files are the build's own; the manifest lists top-level files).
 BUILD_FOLDERS = frozenset({"bundle", "checkpoints", "hls"})
 BUILD_MANIFEST = "manifest.json"

@@ -67,7 +67,7 @@ def step_data(state: BuildState) -> None:
 
 def step_train(state: BuildState) -> None:
     from apprentice_hw.distill import evaluate
-    from apprentice_hw.training import train_models
+    from apprentice_hw.training import train_models, training_epochs
 
     data = state.data
     trained = train_models(state.recipe, data, state.workdir, state.progress, resume=state.resume)
@@ -78,6 +78,7 @@ def step_train(state: BuildState) -> None:
         ),
         student_top1=evaluate(trained.student, data.test_x, data.test_y),
     )
+    state.parts.training = training_epochs(trained.history)
 
 
 def restore_train(state: BuildState, saved: ReportParts) -> None:
@@ -89,6 +90,7 @@ def restore_train(state: BuildState, saved: ReportParts) -> None:
     fix = "rerun the build without --resume"
     state.student = load_weights(student, state.workdir / STUDENT_FILE, fix).eval()
     state.parts.accuracy = saved.accuracy
+    state.parts.training = saved.training
 
 
 # Steps whose results an interrupted build can reload instead of recomputing.

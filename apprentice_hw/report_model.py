@@ -524,6 +524,20 @@ class DeploySection(_Record):
 
 
 # -- the report -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingEpoch(_Record):
+    """One epoch of one training phase, as ``train_log.jsonl`` holds it: the loss terms and
+    each network's test top-1 (``student``, ``teacher``, ``fp32-student``)."""
+
+    phase: str
+    epoch: int
+    lr: float
+    train_loss: float
+    test_top1: dict[str, float]
+    test_top5: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class Report:
     """Everything ``report.json`` holds, section by section."""
@@ -540,6 +554,7 @@ class Report:
     device_code: DeviceCode | None = None
     fpga: FpgaSection | None = None
     deploy: DeploySection | None = None
+    training: list[TrainingEpoch] = field(default_factory=list)  # empty: no training (compile)
     # Top-level sections this version does not know (a newer apprentice-hw's), kept as they
     # are so rewriting the report (``deploy``) loses nothing.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -572,6 +587,8 @@ class Report:
         data["execution"] = self.execution
         if self.deploy is not None:
             data["deploy"] = self.deploy.to_dict()
+        if self.training:
+            data["training"] = [epoch.to_dict() for epoch in self.training]
         data.update(self.extra)
         return data
 
@@ -595,13 +612,14 @@ class Report:
             device_code=optional("device_code", DeviceCode),
             fpga=optional("fpga", FpgaSection),
             deploy=optional("deploy", DeploySection),
+            training=[TrainingEpoch.from_dict(epoch) for epoch in data.get("training", [])],
             extra={key: value for key, value in data.items() if key not in REPORT_KEYS},
         )
 
 
 REPORT_KEYS = frozenset({
     "model", "target", "accuracy", "checks", "device_code", "latency_estimate", "layers",
-    "memory", "fpga", "latency", "execution", "deploy",
+    "memory", "fpga", "latency", "execution", "deploy", "training",
 })  # fmt: skip
 
 
@@ -618,6 +636,7 @@ class ReportParts:
     latency_estimate: LatencyEstimate | None = None
     device_code: DeviceCode | None = None
     fpga: FpgaSection | None = None
+    training: list[TrainingEpoch] = field(default_factory=list)
 
     def report(self, model: ModelSection, target: TargetSection, execution: str) -> Report:
         """The finished report; every step that fills a required section has run."""
@@ -628,12 +647,15 @@ class ReportParts:
             model=model, target=target, accuracy=self.accuracy, checks=self.checks,
             memory=self.memory, latency=self.latency, execution=execution, layers=self.layers,
             latency_estimate=self.latency_estimate, device_code=self.device_code,
-            fpga=self.fpga,
+            fpga=self.fpga, training=self.training,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"accuracy": self.accuracy.to_dict(),
-                                "layers": [layer.to_dict() for layer in self.layers]}  # fmt: skip
+        data: dict[str, Any] = {
+            "accuracy": self.accuracy.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "training": [epoch.to_dict() for epoch in self.training],
+        }
         for name in ("checks", "memory", "latency", "latency_estimate", "fpga"):
             part = getattr(self, name)
             if part is not None:
@@ -656,4 +678,5 @@ class ReportParts:
             latency_estimate=optional("latency_estimate", LatencyEstimate),
             device_code=optional("device_code", DeviceCode),
             fpga=optional("fpga", FpgaSection),
+            training=[TrainingEpoch.from_dict(epoch) for epoch in data.get("training", [])],
         )

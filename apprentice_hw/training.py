@@ -2,8 +2,9 @@
 
 It builds the fp32 teacher and the Brevitas student from a recipe, runs the recipe's
 distillation scheme with per-epoch checkpoints in ``<out>/checkpoints``, and writes
-``teacher.pt``, ``student.pt`` and ``train_log.jsonl``. ``resume`` continues from those
-checkpoints; the recipe is stored beside them and a resume with a different recipe is refused.
+``teacher.pt``, ``student.pt``, ``train_log.jsonl`` and its plot ``train_curve.png``. ``resume``
+continues from those checkpoints; the recipe is stored beside them and a resume with a
+different recipe is refused.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ from apprentice_hw.atomic import atomic_path, write_json, write_text
 from apprentice_hw.config import DistillSpec, Recipe, TrainSpec
 from apprentice_hw.data import DatasetSplits
 from apprentice_hw.distill import EpochMetrics, SchemeInputs, TrainContext, distributed, run_scheme
-from apprentice_hw.distill.schemes import SCHEMES, load_fp32_into_student, load_teacher
+from apprentice_hw.distill.schemes import (
+    FP32_START_SCHEMES,
+    SCHEMES,
+    load_fp32_into_student,
+    load_teacher,
+)
 from apprentice_hw.distill.trainer import Batches
 from apprentice_hw.errors import UserError
 from apprentice_hw.models import build_model
 from apprentice_hw.outputs import CHECKPOINTS, RECIPE_RECORD
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import FloatLayers, QuantLayers
+from apprentice_hw.report_model import TrainingEpoch
 
 
 @dataclass
@@ -140,19 +147,22 @@ def distill_networks(
     """Run ``distill.scheme`` on your own networks and data (tensors or DataLoaders).
 
     The student is any ``nn.Module`` built from Brevitas layers (``QuantLayers`` makes them);
-    ``teacher_trained`` skips the teacher's own training (schemes B and C); scheme C starts the
-    student from ``student_init``, fp32 weights under the student's parameter names (a
-    trained fp32 twin's ``state_dict()``), or from the teacher's when both share names.
+    ``teacher_trained`` skips the teacher's own training (schemes B and C); schemes C and
+    finetune start the student from ``student_init``, fp32 weights under the student's
+    parameter names (a trained fp32 twin's ``state_dict()``), or from the teacher's when both
+    share names.
     Nothing is written to disk: the networks are trained in place and returned in eval mode.
     """
     progress = progress or Progress(quiet=True)
     SCHEMES.get(distill.scheme)
-    if distill.scheme == "C" and student_init is not None:
+    fp32_start = distill.scheme in FP32_START_SCHEMES
+    if fp32_start and student_init is not None:
         load_fp32_into_student(student, student_init)
     same_names = set(teacher.state_dict()) == set(student.state_dict())
-    if distill.scheme == "C" and student_init is None and not same_names:
+    if fp32_start and student_init is None and not same_names:
         raise UserError(
-            "scheme C starts the student from fp32 weights of its own architecture: pass "
+            f"scheme {distill.scheme} starts the student from fp32 weights of its own "
+            "architecture: pass "
             "student_init (a trained fp32 twin's state_dict()), or a teacher with the same "
             "parameter names"
         )
@@ -177,3 +187,18 @@ def _write_results(out: Path, teacher: nn.Module, student: nn.Module, result) ->
     write_text(
         out / "train_log.jsonl", "".join(json.dumps(m.to_dict()) + "\n" for m in result.history)
     )
+    write_training_curve(out, result.history)
+
+
+def training_epochs(history: list[EpochMetrics]) -> list[TrainingEpoch]:
+    """The trainer's per-epoch metrics as the report's rows (``train_log.jsonl``'s lines)."""
+    return [TrainingEpoch.from_dict(metrics.to_dict()) for metrics in history]
+
+
+def write_training_curve(out: Path, history: list[EpochMetrics]) -> None:
+    """``train_curve.png`` beside ``train_log.jsonl`` (nothing when no epoch ran: a
+    pretrained teacher with a resumed, finished student)."""
+    from apprentice_hw.report.train_curve import CURVE_FILE, plot_training_curve
+
+    if history:
+        plot_training_curve(training_epochs(history), f"training: {out.name}", out / CURVE_FILE)

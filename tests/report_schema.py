@@ -2,8 +2,8 @@
 
 ``tests/data/report-schemas/<kind>.json`` were recorded from reports written before the report
 became typed sections (``report_model``), from the tiny recipe's builds and a compiled model
-(since then two keys were added on purpose: ``latency.threads`` and ``deploy.threads``, the
-TVM threads a measured latency ran with);
+(since then keys were added on purpose: ``latency.threads`` and ``deploy.threads``, the
+TVM threads a measured latency ran with, and a build's per-epoch ``training`` rows);
 ``assert_report_unchanged`` holds every later report to them, and to an exact round trip
 through ``Report.from_dict`` / ``to_dict``. Only the values change between runs (timings,
 sizes), never which keys exist or what kind of value they hold.
@@ -26,7 +26,8 @@ from typing import Any
 SCHEMAS = Path(__file__).parent / "data" / "report-schemas"
 # Keys under these paths are names (layers, libraries, batches): the schema records one entry
 # for all of them, so another model or machine has the same schema.
-NAMED = ("memory.weights.bits_per_layer", "memory.runtime_library_bytes")
+NAMED = ("memory.weights.bits_per_layer", "memory.runtime_library_bytes",
+         "training[].test_top1", "training[].test_top5", "training[].terms")  # fmt: skip
 # The target file's own TVM table: its keys are the target's (mtriple, arch, host, ...).
 OPAQUE = ("target.tvm",)
 

@@ -28,7 +28,7 @@ EM_X86_64 = 62
 EXPECTED_FILES = {
     "manifest.json", "report.json", "report.md", "model.qcdq.onnx", "model.qonnx.onnx",
     "model.so", "teacher.pt", "student.pt", "train_log.jsonl", "recipe.json", "checkpoints",
-    "footprint.png", "report.html", "bundle",
+    "footprint.png", "train_curve.png", "report.html", "bundle",
 }  # fmt: skip
 BUNDLE_FILES = {
     "model.so", "run.py", "manifest.json", "README.md", "verify_inputs.npy", "verify_outputs.npy",
@@ -167,7 +167,7 @@ def test_report_command_shows_the_build(x86_build, run_cli):
     assert missing.code == 2 and "is not a build directory" in missing.err
 
 
-def test_html_report_shows_the_json_numbers_and_the_plot(x86_build):
+def test_html_report_shows_the_json_numbers_and_the_plots(x86_build):
     import base64
     from html.parser import HTMLParser
 
@@ -194,8 +194,12 @@ def test_html_report_shows_the_json_numbers_and_the_plot(x86_build):
         for part in key.split("."):
             value = value[int(part)] if isinstance(value, list) else value[part]
         assert shown == repr(value), key
-    (image,) = cells.images
-    assert base64.b64decode(image.split(",", 1)[1]) == (x86_build / "footprint.png").read_bytes()
+    footprint, curve = cells.images  # the summary's Figure 1, the training section's curve
+    assert (
+        base64.b64decode(footprint.split(",", 1)[1]) == (x86_build / "footprint.png").read_bytes()
+    )
+    assert base64.b64decode(curve.split(",", 1)[1]) == (x86_build / "train_curve.png").read_bytes()
+    assert "training.0.train_loss" in cells.values
 
 
 def test_loaded_module_reproduces_onnxruntime(x86_build):

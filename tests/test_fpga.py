@@ -94,18 +94,21 @@ def test_estimates_match_a_hand_computation():
     # 288 weights / R 4 = 72 multipliers; 4+4 bits <= 10: LUT products, 4*4 LUTs each;
     # accumulators 4+4+ceil(log2(36)) = 14 bits; weights in ceil(72*4/36) = 8 BRAM banks;
     # line buffer 2 rows x 8 x 4 channels x 4 bits = 256 bits: 1 BRAM; 64 pixels x 4 cycles.
+    # Registers: 8 accumulators of 14 bits, 72 product registers of 8 bits, a 3x3x4 window of
+    # 4-bit activations.
     assert (conv.multipliers, conv.dsps, conv.luts, conv.ffs, conv.bram_18k, conv.cycles) == (
-        72, 0, 72 * 16 + 72 * 14, 72 * 14, 8 + 1, 256)  # fmt: skip
+        72, 0, 72 * 16 + 72 * 14, 8 * 14 + 72 * 8 + 9 * 4 * 4, 8 + 1, 256)  # fmt: skip
     dense = estimate_layer(DENSE, reuse=4)
-    # 80 multipliers of 8x8 bits: DSPs; accumulators 8+8+5 = 21 bits; ceil(80*8/36) = 18 banks.
+    # 80 multipliers of 8x8 bits: DSPs (their products stay in the DSP); accumulators 8+8+5 =
+    # 21 bits, 10 of them; ceil(80*8/36) = 18 banks.
     assert (dense.multipliers, dense.dsps, dense.luts, dense.ffs, dense.bram_18k, dense.cycles) == (
-        80, 80, 80 * 21, 80 * 21, 18, 4)  # fmt: skip
+        80, 80, 80 * 21, 10 * 21, 18, 4)  # fmt: skip
     ternary = estimate_layer(_conv(2, 8), reuse=1)
     # No multipliers for ternary weights: an 8-bit add/subtract each; weights in logic (R = 1).
     assert (ternary.dsps, ternary.luts, ternary.bram_18k, ternary.cycles) == (
         0, 288 * 8 + 288 * 16, 1, 64)  # fmt: skip
     design = estimate_design([_conv(4, 4), DENSE], SPEC, reuse=4).to_dict()
-    assert design["totals"] == {"dsps": 80, "luts": 2160 + 1680, "ffs": 1008 + 1680,
+    assert design["totals"] == {"dsps": 80, "luts": 2160 + 1680, "ffs": 832 + 210,
                                 "bram_18k": 27}  # fmt: skip
     assert design["latency_cycles"] == 260 and design["interval_cycles"] == 256
     assert design["latency_ms"] == pytest.approx(260 / 200_000)

@@ -44,7 +44,7 @@ def _state(model) -> dict[str, torch.Tensor]:
 
 
 def test_registered_schemes():
-    assert set(SCHEMES.names()) == {"A", "B", "C", "none"}
+    assert set(SCHEMES.names()) == {"A", "B", "C", "none", "finetune"}
 
 
 def test_scheme_b_never_updates_the_teacher(tiny_recipe, digits, tmp_path):
@@ -114,3 +114,63 @@ def test_no_distillation_baseline_leaves_the_teacher_alone(tiny_recipe, digits, 
     result = run_scheme("none", inputs)
     assert not result.teacher_trained
     assert all(torch.equal(v, inputs.teacher.state_dict()[k]) for k, v in teacher_init.items())
+
+
+def test_finetune_starts_from_fp32_weights_and_never_uses_the_teacher(tiny_recipe, digits,
+                                                                       tmp_path):  # fmt: skip
+    """Scheme C's fair baseline: C's fp32 start, then cross-entropy alone."""
+    recipe = load_recipe(str(tiny_recipe))
+    recipe = dataclasses.replace(
+        recipe, teacher=dataclasses.replace(recipe.teacher, options={"width": 6, "blocks": [1, 1]})
+    )
+    inputs = _inputs(recipe, digits, tmp_path, student_spec=FROZEN_STUDENT)
+    teacher_init = _state(inputs.teacher)
+    result = run_scheme("finetune", inputs)
+    assert not result.teacher_trained
+    phases = [m.phase for m in result.history]
+    assert list(dict.fromkeys(phases)) == ["fp32-student", "student"]  # the twin's epochs first
+    assert phases.count("fp32-student") == recipe.teacher_train.epochs
+    assert not (tmp_path / "teacher.ckpt").exists()
+    assert all(torch.equal(v, inputs.teacher.state_dict()[k]) for k, v in teacher_init.items())
+    twin = torch.load(tmp_path / "fp32-student.ckpt", weights_only=False)["networks"]
+    twin_weights = twin["fp32-student"]["conv1.weight"]
+    assert torch.allclose(inputs.student.state_dict()["conv1.weight"], twin_weights, atol=1e-9)
+
+
+def test_frozen_teacher_logits_folded_and_cached(tiny_recipe, digits):
+    """B and C read the teacher's logits from a BatchNorm-folded copy (same logits up to float
+    rounding), and once per phase when the training images never change."""
+    from apprentice_hw.distill.frozen import TeacherTargets
+    from apprentice_hw.distill.trainer import predict, train_steps
+
+    recipe = load_recipe(str(tiny_recipe))
+    teacher = build_teacher(recipe, digits)
+    train_steps(teacher, digits.train_x, digits.train_y, steps=5)  # BatchNorm statistics
+    exact = predict(teacher, digits.train_x)
+    train = (digits.train_x, digits.train_y)
+    augmented = TeacherTargets(teacher, train, "shift1")
+    assert augmented.cached is None and augmented.forward is not teacher
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in augmented.forward.modules())
+    index = torch.tensor([5, 0, 17])
+    folded = augmented(digits.train_x[index], index)
+    assert torch.allclose(folded, exact[index], atol=1e-4)
+    fixed = TeacherTargets(teacher, train, "none")
+    assert fixed.cached is not None
+    assert torch.allclose(fixed(torch.zeros_like(digits.train_x[index]), index), exact[index],
+                          atol=1e-4)  # fmt: skip
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_a_teacher_fx_cannot_trace_runs_as_written():
+    from apprentice_hw.distill.frozen import inference_copy
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.linear(x) if x.sum() > 0 else -self.linear(x)
+
+    model = Branchy()
+    assert inference_copy(model) is model

@@ -52,10 +52,10 @@ def test_a_teacher_that_does_not_fit_is_refused_before_training(tiny_recipe, run
     torch.save(tiny.state_dict(), tmp_path / "tiny.pt")
     joint = run_cli("train", "-r", tiny_recipe, "--scheme", "A", "--teacher",
                     tmp_path / "tiny.pt", "--out", tmp_path / "b")  # fmt: skip
-    assert joint.code == 2 and "schemes B and C" in joint.err
+    assert joint.code == 2 and "schemes B, C and finetune" in joint.err
     init = run_cli("train", "-r", tiny_recipe, "--scheme", "B", "--student-init",
                    tmp_path / "tiny.pt", "--out", tmp_path / "e")  # fmt: skip
-    assert init.code == 2 and "for scheme C" in init.err
+    assert init.code == 2 and "is for schemes C and finetune" in init.err
     (tmp_path / "notes.pt").write_text("not weights")
     garbage = run_cli("train", "-r", tiny_recipe, "--teacher", tmp_path / "notes.pt",
                       "--out", tmp_path / "c")  # fmt: skip

@@ -77,14 +77,19 @@ def test_resume_with_another_recipe_is_refused(tiny_recipe, tmp_path, run_cli):
     assert result.code == 2 and "different recipe (differs in: weight_bits)" in result.err
 
 
-@pytest.mark.parametrize("scheme", ["A", "C", "none"])
+@pytest.mark.parametrize("scheme", ["A", "C", "none", "finetune"])
 def test_train_command_runs_every_scheme(tiny_recipe, tmp_path, run_cli, scheme):
+    from PIL import Image
+
     out = tmp_path / scheme
     result = run_cli("train", "-r", tiny_recipe, "--scheme", scheme, "-o", out, "-q")
     assert result.code == 0, result.err
     assert f"scheme {scheme}" in result.out
     assert (out / "student.pt").exists()
+    # finetune starts from the teacher's weights here: the tiny recipe's networks are one model
     assert (out / "teacher.pt").exists() == (scheme != "none")
+    with Image.open(out / "train_curve.png") as curve:  # the loss and top-1 plot of the log
+        assert curve.size == (1000, 400) and len(curve.getcolors(1 << 16) or range(99)) > 10
 
 
 def test_unknown_scheme_and_family_are_user_errors(tiny_recipe, tmp_path, run_cli):
@@ -93,3 +98,27 @@ def test_unknown_scheme_and_family_are_user_errors(tiny_recipe, tmp_path, run_cl
     bad_family = run_cli("train", "-r", tiny_recipe, "--quant", "fp4", "-o", tmp_path / "y")
     assert bad_family.code == 2 and "unknown quantizer family 'fp4'" in bad_family.err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_batchnorm_statistics_are_those_of_the_final_weights():
+    """Each epoch ends with every BatchNorm's running statistics recomputed for the weights it
+    ends with: the cumulative average over the first batches, weights and mode untouched."""
+    from apprentice_hw.quant.calibration import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 3)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(3), torch.nn.ReLU()).train()
+    images = torch.randn(40, 1, 6, 6)
+    model(images[:5] * 7)  # stale statistics, as after the weights moved
+    weights = {k: v.clone() for k, v in model.state_dict().items()
+               if "running" not in k and "tracked" not in k}  # fmt: skip
+    reestimate_batchnorm(model, images, batch_size=10, batches=3)
+    with torch.no_grad():
+        outputs = [conv(images[i : i + 10]) for i in (0, 10, 20)]
+    expected_mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(dim=0)
+    expected_var = torch.stack([o.var(dim=(0, 2, 3)) for o in outputs]).mean(dim=0)
+    norm = model[1]
+    assert torch.allclose(norm.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(norm.running_var, expected_var, atol=1e-5)
+    assert norm.momentum == 0.1 and model.training and norm.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())

@@ -35,7 +35,8 @@ def recipe_options(command: Callable) -> Callable:
         click.option("--quant", default=None,
                      help="Quantizer family: float, per-channel, po2, wrpn (default: recipe)."),
         click.option("--scheme", default=None,
-                     help="Distillation scheme: A, B, C or none. Default: the recipe's."),
+                     help="Distillation scheme: A, B, C, none or finetune (C without the teacher). "
+                          "Default: the recipe's."),
         click.option("--epochs", type=int, default=None,
                      help="Override the teacher's and the student's epochs."),
         click.option("--data", "data_path", type=click.Path(path_type=Path), default=None,

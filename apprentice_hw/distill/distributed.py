@@ -57,6 +57,13 @@ def shard(x: torch.Tensor, y: torch.Tensor, world: World) -> tuple[torch.Tensor,
     return x.tensor_split(world.size)[world.rank], y.tensor_split(world.size)[world.rank]
 
 
+def shard_index(index: torch.Tensor | None, world: World) -> torch.Tensor | None:
+    """This rank's share of a batch's dataset positions, split like ``shard``'s images."""
+    if index is None or world.size == 1:
+        return index
+    return index.tensor_split(world.size)[world.rank]
+
+
 def sum_gradients(parameters: list[nn.Parameter], world: World) -> None:
     """Sum every gradient over the ranks (missing gradients count as zero)."""
     if world.size == 1:

@@ -9,7 +9,11 @@ A scheme decides where the student starts and which networks learn:
 - ``C``: like B, but the student starts from trained full-precision weights of its own
   architecture: the teacher's when both are the same model, a checkpoint given as
   ``student_init``, or else an fp32 twin of the student trained first.
-- ``none``: the student trained alone with cross-entropy: the baseline every scheme must beat.
+- ``none``: the student trained alone with cross-entropy from random weights: the baseline of
+  schemes A and B.
+- ``finetune``: the student starts from trained fp32 weights as in C and is fine-tuned with
+  cross-entropy alone: scheme C's baseline (the usual quantization-aware fine-tuning), so C's
+  gain over it is what distillation adds, not what the fp32 start adds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from apprentice_hw.config import DistillSpec, TrainSpec
+from apprentice_hw.distill.frozen import TeacherTargets
 from apprentice_hw.distill.loss import apprentice_loss
 from apprentice_hw.distill.trainer import (
     EpochMetrics,
@@ -62,13 +67,6 @@ Scheme = Callable[[SchemeInputs], SchemeResult]
 SCHEMES: Registry[Scheme] = Registry("distillation scheme")
 
 
-def freeze(model: nn.Module) -> None:
-    """Put ``model`` in eval mode and stop its gradients (BatchNorm statistics stay fixed too)."""
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-
-
 def _loss_terms(loss) -> dict[str, float]:
     return {
         "H(y,p_T)": loss.teacher_hard.detach().item(),
@@ -79,12 +77,11 @@ def _loss_terms(loss) -> dict[str, float]:
 
 def distill_phase(teacher: nn.Module, student: nn.Module, inputs: SchemeInputs) -> Phase:
     """The student learns from labels and the frozen teacher's soft targets."""
-    freeze(teacher)
-    d = inputs.distill
+    context, d = inputs.context, inputs.distill
+    targets = TeacherTargets(teacher, context.train, context.augmentation)
 
-    def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
-        with torch.no_grad():
-            teacher_logits = teacher(xb)
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor | None):
+        teacher_logits = targets(xb, index)
         loss = apprentice_loss(student(xb), teacher_logits, yb, d.alpha, d.beta, d.gamma, d.tau)
         # The alpha term is constant here (frozen teacher): logged, not optimized.
         return loss.total, _loss_terms(loss)
@@ -156,7 +153,9 @@ TEACHER_FIX = (
     "with torch.save(model.state_dict()) (torchvision's for ResNet-18/34/50, or a build's "
     "teacher.pt)"
 )
-TEACHER_SCHEMES = ("B", "C")  # the schemes that start from a trained teacher
+# The schemes that start from a trained teacher (``finetune`` may take its fp32 weights).
+TEACHER_SCHEMES = ("B", "C", "finetune")
+FP32_START_SCHEMES = ("C", "finetune")  # the schemes whose student starts from fp32 weights
 
 
 def read_teacher(path: Path) -> dict[str, torch.Tensor]:
@@ -174,7 +173,8 @@ def check_teacher_checkpoint(recipe) -> None:
     scheme = recipe.distill.scheme
     if scheme not in TEACHER_SCHEMES:
         raise UserError(
-            f"a trained teacher (--teacher, [teacher] checkpoint) is for schemes B and C; scheme "
+            f"a trained teacher (--teacher, [teacher] checkpoint) is for schemes B, C and "
+            f"finetune; scheme "
             f"{scheme} {'trains the teacher with the student' if scheme == 'A' else 'has none'}"
         )
     state = read_teacher(Path(recipe.teacher_checkpoint))
@@ -210,10 +210,10 @@ def check_student_init(recipe) -> None:
     from apprentice_hw.models import build_model
     from apprentice_hw.quant import QuantLayers
 
-    if recipe.distill.scheme != "C":
+    if recipe.distill.scheme not in FP32_START_SCHEMES:
         raise UserError(
-            f"student_init (--student-init) is for scheme C; scheme {recipe.distill.scheme} "
-            "starts the student from random weights"
+            f"student_init (--student-init) is for schemes C and finetune; scheme "
+            f"{recipe.distill.scheme} starts the student from random weights"
         )
     state = read_student_init(Path(recipe.distill.student_init))
     student = build_model(
@@ -225,12 +225,17 @@ def check_student_init(recipe) -> None:
                         f"{recipe.student.name}: {why}")  # fmt: skip
 
 
-def _fp32_student_weights(inputs: SchemeInputs) -> dict[str, torch.Tensor]:
+def _fp32_student_weights(
+    inputs: SchemeInputs,
+) -> tuple[dict[str, torch.Tensor], list[EpochMetrics]]:
+    """The teacher's weights when it is the student's architecture, else a trained fp32 twin's
+    (with the twin's epochs, which the training log keeps too)."""
     if inputs.same_architecture:
-        return inputs.teacher.state_dict()
+        return inputs.teacher.state_dict(), []
     twin = inputs.build_fp32_student()
-    run_phase(cross_entropy_phase("fp32-student", twin, inputs.teacher_spec), inputs.context)
-    return twin.state_dict()
+    phase = cross_entropy_phase("fp32-student", twin, inputs.teacher_spec)
+    history = run_phase(phase, inputs.context)
+    return twin.state_dict(), history
 
 
 @SCHEMES.register("none")
@@ -240,20 +245,24 @@ def scheme_none(inputs: SchemeInputs) -> SchemeResult:
     return SchemeResult(run_phase(phase, inputs.context), teacher_trained=False)
 
 
-@SCHEMES.register("A")
-def scheme_a(inputs: SchemeInputs) -> SchemeResult:
-    """Scheme A: teacher and student trained jointly from scratch."""
+def joint_phase(inputs: SchemeInputs) -> Phase:
+    """Scheme A's phase: both networks learn, the teacher from the labels only."""
     teacher, student, d = inputs.teacher, inputs.student, inputs.distill
 
-    def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor | None):
         loss = apprentice_loss(student(xb), teacher(xb), yb, d.alpha, d.beta, d.gamma, d.tau)
         return loss.total, _loss_terms(loss)
 
-    phase = Phase(
+    return Phase(
         "joint", {"teacher": teacher, "student": student}, ("teacher", "student"), loss_fn,
         inputs.student_spec,
     )  # fmt: skip
-    history = run_phase(phase, inputs.context)
+
+
+@SCHEMES.register("A")
+def scheme_a(inputs: SchemeInputs) -> SchemeResult:
+    """Scheme A: teacher and student trained jointly from scratch."""
+    history = run_phase(joint_phase(inputs), inputs.context)
     return SchemeResult(history, teacher_trained=True)
 
 
@@ -265,19 +274,39 @@ def scheme_b(inputs: SchemeInputs) -> SchemeResult:
     return SchemeResult(history, teacher_trained=True)
 
 
+def _start_from_fp32(inputs: SchemeInputs, needs_teacher: bool) -> tuple[list[EpochMetrics], bool]:
+    """Load the student's trained fp32 starting weights; train the teacher first when the
+    scheme distils from it (``needs_teacher``) or the weights are the teacher's own.
+
+    Returns the epochs run and whether the teacher was trained (or came trained).
+    """
+    initialized = inputs.student_initialized
+    if not initialized and inputs.distill.student_init:  # first: a misfit fails before training
+        load_fp32_into_student(inputs.student, read_student_init(Path(inputs.distill.student_init)))
+        initialized = True
+    teacher_used = needs_teacher or (not initialized and inputs.same_architecture)
+    history = train_teacher(inputs) if teacher_used else []
+    if not initialized:
+        weights, twin_history = _fp32_student_weights(inputs)
+        load_fp32_into_student(inputs.student, weights)
+        history += twin_history
+    return history, teacher_used
+
+
 @SCHEMES.register("C")
 def scheme_c(inputs: SchemeInputs) -> SchemeResult:
     """Scheme C: student initialized from trained fp32 weights, fine-tuned with distillation."""
-    if inputs.student_initialized:
-        history = train_teacher(inputs)
-    elif inputs.distill.student_init:  # loaded first: a checkpoint that does not fit fails now
-        load_fp32_into_student(inputs.student, read_student_init(Path(inputs.distill.student_init)))
-        history = train_teacher(inputs)
-    else:
-        history = train_teacher(inputs)
-        load_fp32_into_student(inputs.student, _fp32_student_weights(inputs))
+    history, _ = _start_from_fp32(inputs, needs_teacher=True)
     history += run_phase(distill_phase(inputs.teacher, inputs.student, inputs), inputs.context)
     return SchemeResult(history, teacher_trained=True)
+
+
+@SCHEMES.register("finetune")
+def scheme_finetune(inputs: SchemeInputs) -> SchemeResult:
+    """Scheme C without the teacher: fp32 start, fine-tuned with cross-entropy alone."""
+    history, teacher_trained = _start_from_fp32(inputs, needs_teacher=False)
+    phase = cross_entropy_phase("student", inputs.student, inputs.student_spec)
+    return SchemeResult(history + run_phase(phase, inputs.context), teacher_trained)
 
 
 def run_scheme(name: str, inputs: SchemeInputs) -> SchemeResult:

@@ -27,13 +27,18 @@ from apprentice_hw.quant.calibration import (
     CALIBRATION_BATCHES,
     calibrate_activations,
     has_runtime_stats,
+    reestimate_batchnorm,
 )
 from apprentice_hw.registry import Registry
 from apprentice_hw.torch_backend import configure_torch
 
 configure_torch()  # every training and evaluation path imports this module
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+# (images, labels, their positions in the training tensors or None for a loader's batches)
+# -> (loss, the loss terms to log)
+LossFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]
+]
 Schedule = Callable[[float, int, int], float]
 SCHEDULES: Registry[Schedule] = Registry("learning-rate schedule")
 EVAL_BATCH = 512
@@ -142,13 +147,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return topk_accuracy(predict(model, x), y, 1)
 
 
-def _is_tensors(data: Batches) -> bool:
+def is_tensors(data: Batches) -> bool:
     return isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)
 
 
 def calibration_images(data: Batches, batch_size: int) -> torch.Tensor:
     """The images activation scales are calibrated on: the first batches, in data order."""
-    if _is_tensors(data):
+    if is_tensors(data):
         return data[0]
     images, count = [], 0
     for xb, _ in data:
@@ -160,27 +165,32 @@ def calibration_images(data: Batches, batch_size: int) -> torch.Tensor:
 
 
 def _steps_per_epoch(data: Batches, batch_size: int) -> int | None:
-    if _is_tensors(data):
+    if is_tensors(data):
         return math.ceil(len(data[0]) / batch_size)
     return len(data) if hasattr(data, "__len__") else None
 
 
-def _epoch_batches(
+def epoch_batches(
     context: TrainContext, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of (augmented) training batches."""
-    if not _is_tensors(context.train):
-        yield from context.train
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """One epoch of (augmented) training batches with each image's position in the training
+    tensors (None from a loader), so a loss can look up what it cached per image."""
+    if not is_tensors(context.train):
+        for xb, yb in context.train:
+            yield xb, yb, None
         return
+    x, y = context.train
     augment = AUGMENTATIONS.get(context.augmentation)
-    for xb, yb in batches(*context.train, batch_size, generator):
-        yield augment(xb, generator), yb
+    order = torch.randperm(len(x), generator=generator)  # the draws ``batches`` makes
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        yield augment(x[index], generator), y[index], index
 
 
 @torch.no_grad()
 def test_logits(networks: dict[str, nn.Module], data: Batches) -> tuple[dict, torch.Tensor]:
     """Each network's logits (eval mode) on the test data, and the labels."""
-    if _is_tensors(data):
+    if is_tensors(data):
         return {name: predict(net, data[0]) for name, net in networks.items()}, data[1]
     modes = {name: net.training for name, net in networks.items()}
     for net in networks.values():
@@ -285,11 +295,11 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
     if context.resume and checkpoint is not None and checkpoint.exists():
         start_epoch, history = _load_checkpoint(checkpoint, phase, optimizer, generator)
         context.progress.message(f"    {phase.name}: resumed after epoch {start_epoch}")
+    with distributed.replicated_batch():  # every rank calibrates on the same batches
+        fixed_images = calibration_images(context.train, spec.batch_size)
     for name in phase.trainable:
         if has_runtime_stats(phase.networks[name]):
-            with distributed.replicated_batch():  # every rank calibrates on the same batches
-                images = calibration_images(context.train, spec.batch_size)
-                calibrate_activations(phase.networks[name], images, spec.batch_size)
+            calibrate_activations(phase.networks[name], fixed_images, spec.batch_size)
     steps_per_epoch = _steps_per_epoch(context.train, spec.batch_size)
     for epoch in range(start_epoch, spec.epochs):
         lr = schedule(spec.lr, epoch, spec.epochs)
@@ -299,19 +309,20 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             phase.networks[name].train()
         total, count, term_sums = 0.0, 0, {}
         bar = context.progress.bar(
-            _epoch_batches(context, spec.batch_size, generator),
+            epoch_batches(context, spec.batch_size, generator),
             desc=f"{phase.name} epoch {epoch + 1}/{spec.epochs}",
             total=steps_per_epoch,
         )
-        for batch, (xb, yb) in enumerate(bar, 1):
+        for batch, (xb, yb, index) in enumerate(bar, 1):
             # The whole global batch was augmented; each rank takes its share of it: every
             # rank (and a single process) draws the same random numbers in the same order.
             global_count = len(xb)
             xb, yb = distributed.shard(xb, yb, world)
+            index = distributed.shard_index(index, world)
             optimizer.zero_grad(set_to_none=True)
             loss_value = 0.0
             if len(xb):
-                loss, terms = phase.loss_fn(xb, yb)
+                loss, terms = phase.loss_fn(xb, yb, index)
                 (loss * (len(xb) / global_count)).backward()
                 loss_value = loss.detach().item()
                 total += loss_value * len(xb)
@@ -326,6 +337,8 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             [total, count, *(term_sums[k] for k in keys)], world
         )
         term_sums = dict(zip(keys, sums, strict=True))
+        for name in phase.trainable:  # statistics of this epoch's final weights
+            reestimate_batchnorm(phase.networks[name], fixed_images, spec.batch_size)
         logits, test_labels = test_logits(phase.networks, context.test)
         _check_outputs(logits, phase, epoch + 1)
         metrics = EpochMetrics(
@@ -353,7 +366,7 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
 def cross_entropy_phase(name: str, model: nn.Module, spec: TrainSpec) -> Phase:
     """A phase that trains ``model`` alone with cross-entropy (teacher, or no distillation)."""
 
-    def loss_fn(xb: torch.Tensor, yb: torch.Tensor):
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor, index: torch.Tensor | None):
         return nn.functional.cross_entropy(model(xb), yb), {}
 
     return Phase(name, {name: model}, (name,), loss_fn, spec)

@@ -9,8 +9,13 @@ labelled ``estimated``. The model, per conv / dense layer with P weights:
 - a product of ``w + a`` <= 10 bits (weight and input activation bits) is built from LUTs,
   ``w * a`` of them; a wider one takes a DSP slice; ternary weights (w = 2) need no
   multiplier at all, only an adder of ``a`` LUTs;
-- accumulation: one adder of ``w + a + ceil(log2(P / F))`` bits per multiplier, one LUT per
-  bit, and as many flip-flops (pipeline registers);
+- accumulation: one adder of ``B = w + a + ceil(log2(P / F))`` bits per multiplier, one LUT
+  per bit, adding into one ``B``-bit accumulator register per output (F filters);
+- flip-flops, the registers the design holds: the F accumulators (``F * B``); a pipeline
+  register after each fabric product (``w + a`` bits, ternary ``a + 1``; a DSP keeps its
+  product in its own M register); and for a conv the io_stream sliding window,
+  ``k * k * C * a`` bits. So flip-flops follow the outputs and the window, LUTs the
+  multipliers: the two differ by design rather than being one number twice;
 - weights: in logic when R = 1, else in BRAM_18K banks 36 bits wide: ``ceil(M * w / 36)``
   banks of depth R (``ceil(R / 512)`` blocks each);
 - conv line buffers: ``(k - 1)`` input rows x width x channels x ``a`` bits, in BRAM_18K;
@@ -96,15 +101,15 @@ def estimate_layer(cost: LayerCost, reuse: int) -> LayerEstimate:
     filters = cost.output_shape[0]
     fan_in = max(1, cost.parameters // filters)
     multipliers = math.ceil(cost.parameters / reuse)
-    if w <= 2:
-        dsps, product_luts = 0, multipliers * a  # ternary: add or subtract the activation
+    if w <= 2:  # ternary: add or subtract the activation
+        dsps, product_luts, product_ffs = 0, multipliers * a, multipliers * (a + 1)
     elif w + a <= LUT_PRODUCT_BITS:
-        dsps, product_luts = 0, multipliers * w * a
+        dsps, product_luts, product_ffs = 0, multipliers * w * a, multipliers * (w + a)
     else:
-        dsps, product_luts = multipliers, 0
+        dsps, product_luts, product_ffs = multipliers, 0, 0
     accumulator_bits = w + a + math.ceil(math.log2(fan_in)) if fan_in > 1 else w + a
     luts = product_luts + multipliers * accumulator_bits
-    ffs = multipliers * accumulator_bits
+    ffs = filters * accumulator_bits + product_ffs
     bram = 0
     if reuse > 1:
         bram += math.ceil(multipliers * w / BRAM_WIDTH) * math.ceil(reuse / BRAM_DEPTH)
@@ -112,6 +117,7 @@ def estimate_layer(cost: LayerCost, reuse: int) -> LayerEstimate:
         channels, _, width = cost.input_shape
         kernel = round(math.sqrt(fan_in / channels))
         bram += math.ceil((kernel - 1) * width * channels * a / BRAM_BITS) if kernel > 1 else 0
+        ffs += kernel * kernel * channels * a  # the sliding window
         pixels = cost.output_shape[1] * cost.output_shape[2]
         cycles = pixels * reuse
     else:

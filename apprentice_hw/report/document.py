@@ -3,8 +3,8 @@
 ``report.md`` and ``report.html`` both render this document (``writer.py``, ``html.py``), so
 every section and number exists in both, in the same order: a summary first (target,
 precision, accuracy, agreement, size, latency), then accuracy, agreement, memory, layers,
-latency and the device sections (FPGA, the board). A number cell knows the ``report.json`` path
-of the value it shows, which the HTML page carries for tests and tools.
+latency, the device sections (FPGA, the board) and the training curve. A number cell knows the
+``report.json`` path of the value it shows, which the HTML page carries for tests and tools.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apprentice_hw.output_steps import OutputComparison
-from apprentice_hw.report.fields import bits_label, format_ms
+from apprentice_hw.report.fields import FIGURE_FILE, bits_label, format_ms
 from apprentice_hw.report_model import LayerRow, Report
 
 
@@ -33,9 +33,18 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A PNG the report's directory holds beside ``report.md`` (``file``), and what it shows."""
+
+    file: str
+    alt: str
+
+
+@dataclass(frozen=True)
 class Section:
     title: str
     blocks: list[str | Table] = field(default_factory=list)  # paragraphs and tables, in order
+    figure: Figure | None = None  # shown after the blocks
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,8 @@ def report_document(report: Report) -> Document:
         sections.append(_fpga(report))
     if report.deploy is not None:
         sections.append(_board(report))
+    if report.training:
+        sections.append(_training(report))
     return Document(title, sections)
 
 
@@ -140,7 +151,7 @@ def _summary(report: Report) -> Section:
         blocks.append(f"Device code: {report.device_code.description}; weights and activations "
                       "below live in GPU memory.")  # fmt: skip
     blocks += [Table(("", ""), rows), f"Execution: {report.execution}"]
-    return Section("Summary", blocks)
+    return Section("Summary", blocks, Figure(FIGURE_FILE, "weights and activations, batch 1 and 8"))
 
 
 def _latency_line(report: Report) -> str:
@@ -403,3 +414,31 @@ def _board(report: Report) -> Section:
         f"{deploy.max_diff_steps:g} output steps); top-1 agreement "
         f"{deploy.top1_agreement:.0%}. Deployed {deploy.when}.",
     ])  # fmt: skip
+
+
+# -- training ---------------------------------------------------------------------------------
+def _training(report: Report) -> Section:
+    """Each phase's last epoch, and the whole curve as ``train_curve.png``."""
+    from apprentice_hw.report.train_curve import CURVE_FILE
+
+    phases: dict[str, int] = {}
+    for index, row in enumerate(report.training):
+        phases[row.phase] = index  # the phase's last epoch
+    rows = []
+    for phase, index in phases.items():
+        row = report.training[index]
+        top1 = ", ".join(f"{network} {value:.2%}" for network, value in row.test_top1.items())
+        key = f"training.{index}"
+        rows.append((Cell(phase), _number(row.epoch, f"{key}.epoch"),
+                     _number(row.train_loss, f"{key}.train_loss", f"{row.train_loss:.4f}"),
+                     Cell(top1)))  # fmt: skip
+    epochs = len(report.training)
+    return Section(
+        "Training",
+        [
+            f"{epochs} epochs in {len(phases)} phase{'s' if len(phases) > 1 else ''}, in the "
+            "order they ran; `train_log.jsonl` holds every epoch's loss terms and test top-1.",
+            Table(("phase", "epochs", "last training loss", "last test top-1"), rows),
+        ],
+        Figure(CURVE_FILE, "training loss and test top-1 per epoch"),
+    )

@@ -1,10 +1,10 @@
-"""``report.html``: the build report as one self-contained page with the Figure-1 plot inside.
+"""``report.html``: the build report as one self-contained page with its plots inside.
 
 The same document as ``report.md`` (``document.py``: every section, in the same order), with
-the PNG embedded as a data URI so the file can be mailed or opened anywhere, readable on a
-phone (wide tables scroll) and a desktop. Every number cell from ``report.json`` carries the
-path of its value (``data-key``) and the exact value, so a test can check the page against the
-data.
+each section's PNG (the Figure-1 plot, the training curve) embedded as a data URI so the
+file can be mailed or opened anywhere, readable on a phone (wide tables scroll) and a desktop.
+Every number cell from ``report.json`` carries the path of its value (``data-key``) and the
+exact value, so a test can check the page against the data.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import html
 import re
 from pathlib import Path
 
-from apprentice_hw.report.document import Cell, Table, report_document
+from apprentice_hw.report.document import Cell, Figure, Table, report_document
 from apprentice_hw.report_model import Report
 
 STYLE = """
@@ -50,8 +50,17 @@ def _table(table: Table) -> str:
     return f"<div class='scroll'><table>{head}{rows}</table></div>"
 
 
-def render_html(report: Report, figure: Path | None) -> str:
-    """The page for ``report``; ``figure`` is the PNG to embed (after the summary)."""
+def _figure(figure: Figure, directory: Path | None) -> str:
+    """The section's PNG inlined, or nothing when the directory does not hold it."""
+    path = None if directory is None else directory / figure.file
+    if path is None or not path.is_file():
+        return ""
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"<img alt='{html.escape(figure.alt)}' src='data:image/png;base64,{encoded}'>"
+
+
+def render_html(report: Report, directory: Path | None) -> str:
+    """The page for ``report``, with the figures ``directory`` holds (None: no figures)."""
     document = report_document(report)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -59,13 +68,11 @@ def render_html(report: Report, figure: Path | None) -> str:
         f"<title>{html.escape(document.title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(document.title)}</h1>",
     ]
-    for index, section in enumerate(document.sections):
+    for section in document.sections:
         parts.append(f"<h2>{html.escape(section.title)}</h2>")
         for block in section.blocks:
             parts.append(_table(block) if isinstance(block, Table) else f"<p>{_inline(block)}</p>")
-        if index == 0 and figure is not None:
-            encoded = base64.b64encode(figure.read_bytes()).decode("ascii")
-            parts.append("<img alt='weights and activations, batch 1 and 8' "
-                         f"src='data:image/png;base64,{encoded}'>")  # fmt: skip
+        if section.figure is not None:
+            parts.append(_figure(section.figure, directory))
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)

@@ -22,6 +22,8 @@ def render_document(document: Document) -> str:
         lines += [f"## {section.title}", ""]
         for block in section.blocks:
             lines += [*(_table(block) if isinstance(block, Table) else [block]), ""]
+        if section.figure is not None:
+            lines += [f"![{section.figure.alt}]({section.figure.file})", ""]
     return "\n".join(lines)
 
 
