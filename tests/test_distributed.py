@@ -67,3 +67,11 @@ def test_sync_batchnorm_equals_batchnorm_in_one_process():
     native.eval()
     synced.eval()
     assert torch.equal(native(x), synced(x))
+    for model in (native, synced):  # momentum None: a cumulative average (BatchNorm re-estimation)
+        model[0].reset_running_stats()
+        model[0].momentum = None
+        model.train()
+        model(x)
+        model(x * 3 + 1)
+    assert torch.allclose(native[0].running_mean, synced[0].running_mean, atol=1e-6)
+    assert torch.allclose(native[0].running_var, synced[0].running_var, atol=1e-5)

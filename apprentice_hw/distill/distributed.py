@@ -129,7 +129,10 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         var = (total[channels : 2 * channels] / n - (total[:channels] / n) ** 2).to(x.dtype)
         with torch.no_grad():
             self.num_batches_tracked += 1
-            momentum = self.momentum if self.momentum is not None else 0.0
+            # momentum None: a cumulative average, as torch's BatchNorm computes it
+            momentum = self.momentum
+            if momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
             self.running_mean.mul_(1 - momentum).add_(momentum * mean.detach())
             unbiased = var.detach() * n / (n - 1)
             self.running_var.mul_(1 - momentum).add_(momentum * unbiased)
@@ -147,4 +150,19 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
             setattr(module, name, synced)
         else:
             convert_batchnorm(child)
+    return module
+
+
+def plain_batchnorm(module: nn.Module) -> nn.Module:
+    """Undo :func:`convert_batchnorm` in place: every :class:`SyncBatchNorm2d` back to a
+    BatchNorm2d with its state (in eval mode the two compute the same; tools that match the
+    exact type, such as ``torch.fx``'s BatchNorm folding, then treat both runs alike)."""
+    for name, child in module.named_children():
+        if type(child) is SyncBatchNorm2d:
+            plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum)
+            plain.load_state_dict(child.state_dict())
+            plain.train(child.training)
+            setattr(module, name, plain)
+        else:
+            plain_batchnorm(child)
     return module

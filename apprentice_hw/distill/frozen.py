@@ -17,6 +17,7 @@ import copy
 import torch
 from torch import nn
 
+from apprentice_hw.distill import distributed
 from apprentice_hw.distill.trainer import Batches, is_tensors, predict
 
 
@@ -32,8 +33,8 @@ def inference_copy(teacher: nn.Module) -> nn.Module:
     its forward cannot be traced (a user's model with data-dependent control flow)."""
     from torch.fx.experimental.optimization import fuse
 
-    try:
-        return fuse(copy.deepcopy(teacher).eval())
+    try:  # under torchrun the teacher's BatchNorms are SyncBatchNorm2d: fold them alike
+        return fuse(distributed.plain_batchnorm(copy.deepcopy(teacher)).eval())
     except Exception:
         return teacher
 

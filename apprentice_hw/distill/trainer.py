@@ -297,9 +297,9 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
         context.progress.message(f"    {phase.name}: resumed after epoch {start_epoch}")
     with distributed.replicated_batch():  # every rank calibrates on the same batches
         fixed_images = calibration_images(context.train, spec.batch_size)
-    for name in phase.trainable:
-        if has_runtime_stats(phase.networks[name]):
-            calibrate_activations(phase.networks[name], fixed_images, spec.batch_size)
+        for name in phase.trainable:
+            if has_runtime_stats(phase.networks[name]):
+                calibrate_activations(phase.networks[name], fixed_images, spec.batch_size)
     steps_per_epoch = _steps_per_epoch(context.train, spec.batch_size)
     for epoch in range(start_epoch, spec.epochs):
         lr = schedule(spec.lr, epoch, spec.epochs)
@@ -337,8 +337,9 @@ def run_phase(phase: Phase, context: TrainContext) -> list[EpochMetrics]:
             [total, count, *(term_sums[k] for k in keys)], world
         )
         term_sums = dict(zip(keys, sums, strict=True))
-        for name in phase.trainable:  # statistics of this epoch's final weights
-            reestimate_batchnorm(phase.networks[name], fixed_images, spec.batch_size)
+        with distributed.replicated_batch():  # every rank: the same images, the same result
+            for name in phase.trainable:  # statistics of this epoch's final weights
+                reestimate_batchnorm(phase.networks[name], fixed_images, spec.batch_size)
         logits, test_labels = test_logits(phase.networks, context.test)
         _check_outputs(logits, phase, epoch + 1)
         metrics = EpochMetrics(
