@@ -456,6 +456,7 @@ def plot_epochs(settings: Settings, runs: dict[str, dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = len(settings.precisions)
     figure, axes = plt.subplots(1, columns, figsize=(4.5 * columns, 3.8), dpi=100, sharey=True,
@@ -471,12 +472,14 @@ def plot_epochs(settings: Settings, runs: dict[str, dict], path: Path) -> None:
             low = [100 * (1 - max(c[e - 1] for c in curves)) for e in epochs]
             high = [100 * (1 - min(c[e - 1] for c in curves)) for e in epochs]
             label = "no distillation" if scheme == "none" else f"scheme {scheme}"
-            axis.plot(epochs, mean, marker="o", label=label)
-            axis.fill_between(epochs, low, high, alpha=0.15)
+            colour = {"none": "C0", "A": "C1", "B": "C2"}[scheme]  # the same in every panel
+            axis.plot(epochs, mean, marker="o", color=colour, label=label)
+            axis.fill_between(epochs, low, high, color=colour, alpha=0.15)
         axis.set(title=precision_name(w, a), xlabel="epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize="small")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("test top-1 error (%)")
-    axes[0][0].legend(fontsize="small")
     figure.suptitle("Top-1 error per epoch (mean over seeds, band: min..max)")
     figure.tight_layout()
     with atomic_path(path) as tmp:
