@@ -54,6 +54,13 @@ def plot_footprint(bars: list[FootprintBar], title: str, path: Path) -> Path:
         axis.set_ylabel("MiB")
         axis.grid(axis="y", alpha=0.3)
     axes[0].legend()
+    return save_png(figure, title, path)
+
+
+def save_png(figure, title: str, path: Path) -> Path:
+    """Title and lay out a matplotlib ``figure``, write it to ``path`` atomically, free it."""
+    import matplotlib.pyplot as plt
+
     figure.suptitle(title)
     figure.tight_layout()
     with atomic_path(path) as tmp:

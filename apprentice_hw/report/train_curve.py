@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from apprentice_hw.atomic import atomic_path
+from apprentice_hw.report.figure import save_png
 from apprentice_hw.report_model import TrainingEpoch
 
 CURVE_FILE = "train_curve.png"
@@ -57,9 +57,4 @@ def plot_training_curve(epochs: list[TrainingEpoch], title: str, path: Path) -> 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
-    figure.suptitle(title)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
-    return path
+    return save_png(figure, title, path)
