@@ -67,7 +67,7 @@ def step_data(state: BuildState) -> None:
 
 def step_train(state: BuildState) -> None:
     from apprentice_hw.distill import evaluate
-    from apprentice_hw.training import train_models, training_epochs
+    from apprentice_hw.training import train_models
 
     data = state.data
     trained = train_models(state.recipe, data, state.workdir, state.progress, resume=state.resume)
@@ -78,7 +78,7 @@ def step_train(state: BuildState) -> None:
         ),
         student_top1=evaluate(trained.student, data.test_x, data.test_y),
     )
-    state.parts.training = training_epochs(trained.history)
+    state.parts.training = list(trained.history)
 
 
 def restore_train(state: BuildState, saved: ReportParts) -> None:

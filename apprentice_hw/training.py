@@ -32,7 +32,6 @@ from apprentice_hw.models import build_model
 from apprentice_hw.outputs import CHECKPOINTS, RECIPE_RECORD
 from apprentice_hw.progress import Progress
 from apprentice_hw.quant import FloatLayers, QuantLayers
-from apprentice_hw.report_model import TrainingEpoch
 
 
 @dataclass
@@ -125,7 +124,7 @@ def train_models(
     )
     result = run_scheme(recipe.distill.scheme, inputs)
     if is_main:
-        _write_results(out, teacher, student, result)
+        _write_results(out, teacher, student, result, recipe.name)
     distributed.barrier()
     return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
 
@@ -178,7 +177,9 @@ def distill_networks(
     return TrainedModels(teacher.eval(), student.eval(), result.teacher_trained, result.history)
 
 
-def _write_results(out: Path, teacher: nn.Module, student: nn.Module, result) -> None:
+def _write_results(
+    out: Path, teacher: nn.Module, student: nn.Module, result, recipe_name: str
+) -> None:
     if result.teacher_trained:
         with atomic_path(out / "teacher.pt") as tmp:
             torch.save(teacher.state_dict(), tmp)
@@ -187,18 +188,13 @@ def _write_results(out: Path, teacher: nn.Module, student: nn.Module, result) ->
     write_text(
         out / "train_log.jsonl", "".join(json.dumps(m.to_dict()) + "\n" for m in result.history)
     )
-    write_training_curve(out, result.history)
+    write_training_curve(out, result.history, recipe_name)
 
 
-def training_epochs(history: list[EpochMetrics]) -> list[TrainingEpoch]:
-    """The trainer's per-epoch metrics as the report's rows (``train_log.jsonl``'s lines)."""
-    return [TrainingEpoch.from_dict(metrics.to_dict()) for metrics in history]
-
-
-def write_training_curve(out: Path, history: list[EpochMetrics]) -> None:
-    """``train_curve.png`` beside ``train_log.jsonl`` (nothing when no epoch ran: a
-    pretrained teacher with a resumed, finished student)."""
-    from apprentice_hw.report.train_curve import CURVE_FILE, plot_training_curve
+def write_training_curve(out: Path, history: list[EpochMetrics], recipe_name: str) -> None:
+    """``train_curve.png`` beside ``train_log.jsonl``, titled as the build report draws it
+    (nothing when no epoch ran: a pretrained teacher with a resumed, finished student)."""
+    from apprentice_hw.report.train_curve import CURVE_FILE, curve_title, plot_training_curve
 
     if history:
-        plot_training_curve(training_epochs(history), f"training: {out.name}", out / CURVE_FILE)
+        plot_training_curve(history, curve_title(recipe_name), out / CURVE_FILE)

@@ -268,8 +268,11 @@ def step_costs(settings: Settings, steps: int) -> list[dict]:
                 )
                 context = TrainContext((data.train_x, data.train_y), (data.test_x, data.test_y),
                                        augmentation, 0, Progress(quiet=True))  # fmt: skip
-                inputs = SchemeInputs(teacher, student, recipe.teacher_train, spec,
-                                      recipe.distill, context, False, lambda: None)  # fmt: skip
+                inputs = SchemeInputs(
+                    teacher=teacher, student=student, teacher_spec=recipe.teacher_train,
+                    student_spec=spec, distill=recipe.distill, context=context,
+                    same_architecture=False, build_fp32_student=lambda: None,
+                )  # fmt: skip
                 start = time.perf_counter()
                 if kind == "qat":
                     phase = cross_entropy_phase("student", student, spec)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from apprentice_hw.quant.calibration import (
     reestimate_batchnorm,
 )
 from apprentice_hw.registry import Registry
+from apprentice_hw.report_model import TrainingEpoch
 from apprentice_hw.torch_backend import configure_torch
 
 configure_torch()  # every training and evaluation path imports this module
@@ -61,20 +62,9 @@ def constant_lr(base_lr: float, epoch: int, epochs: int) -> float:
     return base_lr
 
 
-@dataclass(frozen=True)
-class EpochMetrics:
-    """What one epoch did, written as one JSON line per epoch."""
-
-    phase: str
-    epoch: int
-    lr: float
-    train_loss: float
-    test_top1: dict[str, float]
-    test_top5: dict[str, float]
-    terms: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+# What one epoch did (one line of train_log.jsonl): the very record the report's training
+# section holds, so the log, the checkpoints and report.json share one definition.
+EpochMetrics = TrainingEpoch
 
 
 @dataclass

@@ -9,7 +9,7 @@ from apprentice_hw.atomic import write_json, write_text
 from apprentice_hw.report.fields import FIGURE_FILE, HTML_FILE, figure_title
 from apprentice_hw.report.figure import build_bars, plot_footprint
 from apprentice_hw.report.html import render_html
-from apprentice_hw.report.train_curve import CURVE_FILE, plot_training_curve
+from apprentice_hw.report.train_curve import CURVE_FILE, curve_title, plot_training_curve
 from apprentice_hw.report.writer import render_markdown
 from apprentice_hw.report_model import Report
 
@@ -21,6 +21,6 @@ def write_report(report: Report, directory: Path) -> None:
     write_text(directory / "report.md", render_markdown(report))
     plot_footprint(build_bars(report), figure_title(report), directory / FIGURE_FILE)
     if report.training:
-        plot_training_curve(report.training, f"training: {report.model.recipe}",
+        plot_training_curve(report.training, curve_title(report.model.recipe),
                             directory / CURVE_FILE)  # fmt: skip
     write_text(directory / HTML_FILE, render_html(report, directory))

@@ -17,6 +17,11 @@ from apprentice_hw.report_model import TrainingEpoch
 CURVE_FILE = "train_curve.png"
 
 
+def curve_title(recipe_name: str) -> str:
+    """One title wherever the curve is drawn (``train``, and again by a build's report)."""
+    return f"training: {recipe_name}"
+
+
 def phase_offsets(epochs: list[TrainingEpoch]) -> dict[str, int]:
     """The run's epoch count before each phase starts, in the order the phases ran."""
     offsets: dict[str, int] = {}
