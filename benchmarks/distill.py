@@ -166,10 +166,11 @@ def provides(job: Job, settings: Settings) -> bool:
 
 
 def ready(job: Job, work: Path, settings: Settings) -> bool:
-    if provides(job, settings):
-        return True
-    have = all((work / f"seed{job.seed}" / f"{phase}.ckpt").exists() for phase in NEEDS[job.scheme])
-    return have or not NEEDS[job.scheme]
+    """The job trains what it needs itself, or its seed's shared checkpoints exist."""
+    shared = work / f"seed{job.seed}"
+    return provides(job, settings) or all(
+        (shared / f"{phase}.ckpt").exists() for phase in NEEDS[job.scheme]
+    )
 
 
 def load_runs(work: Path) -> dict[str, dict]:
